@@ -1,0 +1,164 @@
+"""OpenAI-shaped chat messages -> token ids + pixel arrays.
+
+The messages are translated into a mistral-common `ChatCompletionRequest` (TextChunk / ImageChunk holding the
+image this module loaded and validated) and encoded by mistral-common itself, so the chat template, the image
+token grid, the resize and the normalisation are exactly the reference's (system prompt on the last user
+turn, "\\n\\n" joins, image-first reordering of [text..., image] messages, [IMG]/[IMG_BREAK]/[IMG_END] blocks).
+
+Messages:  {"role": "system" | "user" | "assistant", "content": str | list[part]}
+Parts:     {"type": "text", "text": str}
+           {"type": "image_url", "image_url": {"url": str}}   data: URL, local path, file:// or http(s):// URL
+           {"type": "image", "image": PIL.Image | bytes | path}
+Images are allowed in user messages only. The conversation must end with a user message (system messages
+may follow it): the prompt then ends with [/INST], where the assistant's answer starts. A conversation that
+ends with an assistant message is refused, since continuing a partial answer is not supported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from mistral_common.exceptions import MistralCommonException
+from mistral_common.protocol.instruct.chunk import ImageChunk, TextChunk
+from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
+from mistral_common.protocol.instruct.request import ChatCompletionRequest
+from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+from pydantic import ValidationError
+
+from pixtral.errors import InputError
+from pixtral.prompt.images import DEFAULT_LIMITS, FetchRemote, ImageLimits, load_image
+
+ROLES = ("system", "user", "assistant")
+_MESSAGE_TYPES = {"system": SystemMessage, "user": UserMessage, "assistant": AssistantMessage}
+
+
+@dataclass
+class EncodedPrompt:
+    """A prompt ready for the model."""
+
+    token_ids: list[int]  # starts with BOS, ends with [/INST]; each image is an [IMG]...[IMG_END] block
+    images: list[np.ndarray] = field(default_factory=list)  # (3, H, W) float32, in prompt order
+
+
+def encode_chat(
+    messages: Sequence[Mapping[str, Any]],
+    tokenizer: MistralTokenizer,
+    *,
+    limits: ImageLimits = DEFAULT_LIMITS,
+    fetch_remote: FetchRemote | None = None,
+) -> EncodedPrompt:
+    """Encode a conversation exactly as mistral-common does. Raises InputError naming the message (and
+    part) at fault."""
+    request = ChatCompletionRequest(
+        messages=to_mistral_messages(messages, tokenizer, limits=limits, fetch_remote=fetch_remote)
+    )
+    try:
+        tokenized = tokenizer.encode_chat_completion(request)
+    except (MistralCommonException, ValueError, AssertionError) as e:
+        raise InputError(f"the conversation cannot be encoded: {e}") from e
+    images = [np.ascontiguousarray(image, dtype=np.float32) for image in tokenized.images]
+    return EncodedPrompt(token_ids=list(tokenized.tokens), images=images)
+
+
+def to_mistral_messages(
+    messages: Sequence[Mapping[str, Any]],
+    tokenizer: MistralTokenizer,
+    *,
+    limits: ImageLimits = DEFAULT_LIMITS,
+    fetch_remote: FetchRemote | None = None,
+) -> list[SystemMessage | UserMessage | AssistantMessage]:
+    """Validate OpenAI-shaped messages and build mistral-common messages (images loaded and checked)."""
+    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
+        raise InputError("messages must be a list of {'role': ..., 'content': ...} objects")
+    if not messages:
+        raise InputError("the conversation is empty: send at least one user message")
+
+    converted = [
+        _convert_message(index, message, tokenizer, limits, fetch_remote)
+        for index, message in enumerate(messages)
+    ]
+    last = max((i for i, m in enumerate(messages) if m["role"] != "system"), default=-1)
+    if last >= 0 and messages[last]["role"] == "assistant":
+        raise InputError(
+            f"message {last} is from the assistant and nothing from the user follows it: end the conversation "
+            "with a user message (continuing an assistant reply is not supported)"
+        )
+    return converted
+
+
+def _convert_message(
+    index: int,
+    message: Any,
+    tokenizer: MistralTokenizer,
+    limits: ImageLimits,
+    fetch_remote: FetchRemote | None,
+) -> SystemMessage | UserMessage | AssistantMessage:
+    where = f"message {index}"
+    if not isinstance(message, Mapping):
+        raise InputError(f"{where} must be an object with 'role' and 'content', not {type(message).__name__}")
+    role = message.get("role")
+    if role not in ROLES:
+        raise InputError(
+            f"{where} has role {role!r}; use one of {', '.join(ROLES)} (tools are not supported)"
+        )
+    if "content" not in message:
+        raise InputError(f"{where} ({role}) has no 'content'")
+    content = message["content"]
+
+    if isinstance(content, str):
+        chunks: str | list[TextChunk | ImageChunk] = content
+    elif isinstance(content, Sequence) and not isinstance(content, (bytes, bytearray)):
+        chunks = [
+            _convert_part(f"{where} ({role}) part {part_index}", role, part, tokenizer, limits, fetch_remote)
+            for part_index, part in enumerate(content)
+        ]
+    else:
+        raise InputError(
+            f"{where} ({role}) content must be a string or a list of parts, not {type(content).__name__}"
+        )
+    try:
+        return _MESSAGE_TYPES[role](content=chunks)
+    except ValidationError as e:
+        raise InputError(f"{where} ({role}) is not valid: {e.errors()[0].get('msg', e)}") from e
+
+
+def _convert_part(
+    where: str,
+    role: str,
+    part: Any,
+    tokenizer: MistralTokenizer,
+    limits: ImageLimits,
+    fetch_remote: FetchRemote | None,
+) -> TextChunk | ImageChunk:
+    if not isinstance(part, Mapping):
+        raise InputError(f"{where} must be an object with a 'type', not {type(part).__name__}")
+    kind = part.get("type")
+    if kind == "text":
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise InputError(f"{where} is a text part whose 'text' is missing or not a string")
+        return TextChunk(text=text)
+    if kind not in ("image_url", "image"):
+        raise InputError(f"{where} has type {kind!r}; use 'text', 'image_url' or 'image'")
+
+    if role != "user":
+        raise InputError(f"{where} is an image: images are only allowed in user messages")
+    if tokenizer.instruct_tokenizer.image_encoder is None:
+        raise InputError(f"{where} is an image but this model's tokenizer has no image support")
+    if kind == "image_url":
+        image_url = part.get("image_url")
+        source = image_url.get("url") if isinstance(image_url, Mapping) else image_url
+        if not isinstance(source, str):
+            raise InputError(f"{where} needs 'image_url': {{'url': <data: URL, path or http(s) URL>}}")
+    else:
+        source = part.get("image")
+        if source is None:
+            raise InputError(f"{where} needs 'image': a PIL image, bytes or a path")
+    try:
+        image = load_image(source, limits, fetch_remote)
+    except InputError as e:
+        raise InputError(f"{where}: {e}") from e
+    return ImageChunk(image=image)

@@ -1,0 +1,208 @@
+"""Image sources -> validated, fully decoded PIL images.
+
+Sizes are checked before anything is decoded: the byte count first, then the pixel count that the file's
+header declares (a 50-byte PNG can declare 100 000 x 100 000 pixels). Only then is the image decoded, all
+of it, so a truncated file fails here and not deep inside preprocessing.
+
+The image is returned as PIL decoded it: no EXIF orientation, no mode conversion. mistral-common does the
+RGB conversion (transparency -> white) and the resize itself, and it does not apply EXIF orientation
+either, so doing it here would change the pixels and, for rotated photos, the token count.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+import re
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from pixtral.errors import InputError
+
+ImageSource = str | bytes | bytearray | Path | Image.Image
+FetchRemote = Callable[[str], bytes]
+
+MiB = 1024 * 1024
+
+# PIL names the formats it reads; MPO is the multi-picture JPEG many cameras write.
+_FORMAT_ALIASES = {"MPO": "JPEG"}
+_URL_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*):")
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an image may be. Checked before decoding, so an oversized image costs nothing."""
+
+    max_bytes: int = 20 * MiB  # of the encoded file (for a data: URL, of the decoded base64 payload)
+    max_pixels: int = 50_000_000  # width * height as declared by the file's header
+    allowed_formats: frozenset[str] = field(
+        default_factory=lambda: frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"})
+    )
+
+
+DEFAULT_LIMITS = ImageLimits()
+
+
+def load_image(
+    source: ImageSource,
+    limits: ImageLimits = DEFAULT_LIMITS,
+    fetch_remote: FetchRemote | None = None,
+) -> Image.Image:
+    """Load one image from a `data:` URL, a local path or `file://` URL, raw bytes, a PIL image, or an
+    `http(s)://` URL (only through `fetch_remote(url) -> bytes`, which owns timeouts and address checks).
+
+    Raises InputError when the source cannot be read, is too large, is not an allowed format, or does not
+    decode completely.
+    """
+    if isinstance(source, Image.Image):
+        return _check_pil_image(source, limits)
+    if isinstance(source, (bytes, bytearray)):
+        return decode_image_bytes(bytes(source), limits, what="the image bytes")
+    if isinstance(source, Path):
+        return _load_path(source, limits)
+    if not isinstance(source, str):
+        raise InputError(
+            f"an image must be a data: URL, a path, a file:// or http(s):// URL, bytes or a PIL image, "
+            f"not {type(source).__name__}"
+        )
+    if not source:
+        raise InputError("the image URL is empty: give a data: URL, a path or an http(s):// URL")
+
+    match = _URL_SCHEME.match(source)
+    scheme = match.group(1).lower() if match else ""
+    if scheme == "data":
+        return decode_image_bytes(_data_url_payload(source, limits), limits, what="the data: URL")
+    if scheme == "file":
+        return _load_path(Path(urllib.request.url2pathname(urllib.parse.urlparse(source).path)), limits)
+    if scheme in ("http", "https"):
+        return _load_remote(source, limits, fetch_remote)
+    if match and source[match.end() :].startswith("//"):
+        raise InputError(
+            f"unsupported image URL scheme {scheme!r} in {_shorten(source)}: "
+            "use a data: URL, a file:// or http(s):// URL, or a local path"
+        )
+    return _load_path(Path(source), limits)
+
+
+def decode_image_bytes(data: bytes, limits: ImageLimits, what: str = "the image") -> Image.Image:
+    """Check the size, header and format of an encoded image, then decode it fully."""
+    if len(data) > limits.max_bytes:
+        raise InputError(
+            f"{what} is {_mb(len(data))}, more than the {_mb(limits.max_bytes)} limit: send a smaller image"
+        )
+    if not data:
+        raise InputError(f"{what} is empty: send the bytes of a PNG, JPEG, WEBP, GIF, BMP or TIFF image")
+    try:
+        image = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{what} declares too many pixels ({e}): send a smaller image") from e
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise InputError(
+            f"{what} is not a readable image ({_reason(e)}): send a PNG, JPEG, WEBP, GIF, BMP or TIFF file"
+        ) from e
+
+    image_format = _FORMAT_ALIASES.get(image.format or "", image.format or "unknown")
+    if image_format not in limits.allowed_formats:
+        raise InputError(
+            f"{what} is a {image_format} image; allowed formats are {', '.join(sorted(limits.allowed_formats))}"
+        )
+    _check_pixels(image.size, limits, what)
+    try:
+        image.load()  # decode everything now: truncated or corrupt data fails here
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{what} declares too many pixels ({e}): send a smaller image") from e
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
+        raise InputError(
+            f"{what} could not be decoded ({_reason(e)}): the file is truncated or corrupt, send it again"
+        ) from e
+    return image
+
+
+def _check_pil_image(image: Image.Image, limits: ImageLimits) -> Image.Image:
+    what = "the PIL image"
+    _check_pixels(image.size, limits, what)
+    try:
+        image.load()  # an Image.open() result may still be lazy
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise InputError(f"{what} could not be decoded ({_reason(e)}): the file behind it is corrupt") from e
+    return image
+
+
+def _check_pixels(size: tuple[int, int], limits: ImageLimits, what: str) -> None:
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise InputError(f"{what} has no pixels ({width}x{height}): send a non-empty image")
+    if width * height > limits.max_pixels:
+        raise InputError(
+            f"{what} is {width}x{height} = {width * height:,} pixels, more than the {limits.max_pixels:,} "
+            "pixel limit: downscale it (the model sees at most 1024x1024 anyway)"
+        )
+
+
+def _data_url_payload(url: str, limits: ImageLimits) -> bytes:
+    header, comma, payload = url.partition(",")
+    if not comma:
+        raise InputError(f"the data: URL {_shorten(url)} has no ',' before its payload")
+    if not header.lower().endswith(";base64"):
+        raise InputError(
+            f"the data: URL {_shorten(url)} is not base64-encoded: use data:image/png;base64,<base64 bytes>"
+        )
+    payload = "".join(payload.split())  # tolerate line breaks in the base64 text
+    if len(payload) // 4 * 3 > limits.max_bytes:  # refuse before decoding the base64
+        raise InputError(
+            f"the data: URL holds about {_mb(len(payload) // 4 * 3)}, more than the "
+            f"{_mb(limits.max_bytes)} limit: send a smaller image"
+        )
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InputError(f"the data: URL {_shorten(url)} holds invalid base64 ({e})") from e
+
+
+def _load_path(path: Path, limits: ImageLimits) -> Image.Image:
+    what = f"the image file {str(path)!r}"
+    try:
+        size = os.stat(path).st_size
+        if size > limits.max_bytes:
+            raise InputError(
+                f"{what} is {_mb(size)}, more than the {_mb(limits.max_bytes)} limit: send a smaller image"
+            )
+        with open(path, "rb") as file:
+            data = file.read(limits.max_bytes + 1)
+    except FileNotFoundError as e:
+        raise InputError(f"{what} does not exist: check the path") from e
+    except IsADirectoryError as e:
+        raise InputError(f"{what} is a directory, not an image file") from e
+    except OSError as e:
+        raise InputError(f"{what} cannot be read ({e.strerror or e})") from e
+    return decode_image_bytes(data, limits, what=what)
+
+
+def _load_remote(url: str, limits: ImageLimits, fetch_remote: FetchRemote | None) -> Image.Image:
+    if fetch_remote is None:
+        raise InputError(
+            f"remote image URLs are disabled ({_shorten(url)}): send the image as a data: URL or a local path"
+        )
+    data = fetch_remote(url)  # the fetcher raises InputError itself when it refuses or fails
+    if not isinstance(data, (bytes, bytearray)):
+        raise TypeError(f"fetch_remote must return bytes, got {type(data).__name__}")
+    return decode_image_bytes(bytes(data), limits, what=f"the image at {_shorten(url)}")
+
+
+def _shorten(text: str, limit: int = 64) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _mb(n_bytes: int) -> str:
+    return f"{n_bytes / MiB:.1f} MiB"
+
+
+def _reason(error: BaseException) -> str:
+    return str(error) or type(error).__name__
