@@ -11,7 +11,7 @@ from mistral_common.protocol.instruct.chunk import ImageURLChunk, TextChunk
 from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from PIL import Image
-from prompt_helpers import data_url, encode, noise_image
+from tests.prompt.prompt_helpers import data_url, encode, noise_image
 
 from pixtral.errors import InputError
 from pixtral.prompt.chat import EncodedPrompt, encode_chat

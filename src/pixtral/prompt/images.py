@@ -64,7 +64,7 @@ def load_image(
     if isinstance(source, Image.Image):
         return _check_pil_image(source, limits)
     if isinstance(source, (bytes, bytearray)):
-        return decode_image_bytes(bytes(source), limits, what="the image bytes")
+        return decode_image_bytes(bytes(source), limits, what="the image data")
     if isinstance(source, Path):
         return _load_path(source, limits)
     if not isinstance(source, str):
@@ -105,7 +105,8 @@ def decode_image_bytes(data: bytes, limits: ImageLimits, what: str = "the image"
         raise InputError(f"{what} declares too many pixels ({e}): send a smaller image") from e
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise InputError(
-            f"{what} is not a readable image ({_reason(e)}): send a PNG, JPEG, WEBP, GIF, BMP or TIFF file"
+            f"{what} is not a readable image, or is truncated ({_reason(e)}): "
+            "send a complete PNG, JPEG, WEBP, GIF, BMP or TIFF file"
         ) from e
 
     image_format = _FORMAT_ALIASES.get(image.format or "", image.format or "unknown")
