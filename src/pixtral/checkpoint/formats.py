@@ -1,0 +1,172 @@
+"""The two published checkpoint formats, each a (read, write) pair around one in-memory convention:
+native tensor names, q/k rows laid out for interleaved RoPE, tensors in their stored dtype.
+
+- native: `params.json` + `consolidated.safetensors` (mistralai/Pixtral-12B-2409)
+- hf:     `config.json` + `model.safetensors` or `model-XXXXX-of-YYYYY.safetensors` + index
+          (mistral-community/pixtral-12b, LlavaForConditionalGeneration)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from pixtral.checkpoint.hf_names import (
+    half_to_interleaved,
+    hf_to_native_name,
+    interleaved_to_half,
+    native_to_hf_name,
+    rope_heads,
+)
+from pixtral.checkpoint.safetensors_file import SafetensorsFile
+from pixtral.config import PixtralConfig
+from pixtral.errors import CheckpointError, ConfigError
+
+NATIVE_PARAMS, NATIVE_WEIGHTS = "params.json", "consolidated.safetensors"
+HF_CONFIG, HF_WEIGHTS, HF_INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
+TOKENIZER_FILES = ("tekken.json",)
+FORMATS = ("native", "hf")
+
+
+@dataclass(frozen=True)
+class TensorSource:
+    file: SafetensorsFile
+    stored_name: str
+    to_native: Callable[[torch.Tensor], torch.Tensor] | None = None  # layout change on read
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.file.tensors[self.stored_name].shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.file.tensors[self.stored_name].torch_dtype
+
+    def read(self) -> torch.Tensor:
+        t = self.file.read(self.stored_name)
+        return self.to_native(t) if self.to_native else t
+
+
+def detect_format(folder: Path) -> str:
+    if (folder / NATIVE_PARAMS).is_file() and (folder / NATIVE_WEIGHTS).is_file():
+        return "native"
+    if (folder / HF_CONFIG).is_file():
+        return "hf"
+    if (folder / NATIVE_PARAMS).is_file():
+        raise CheckpointError(f"{folder}: has {NATIVE_PARAMS} but no {NATIVE_WEIGHTS}")
+    raise CheckpointError(
+        f"{folder}: not a Pixtral checkpoint (expected {NATIVE_PARAMS} + {NATIVE_WEIGHTS}, or {HF_CONFIG} + "
+        f"{HF_WEIGHTS} / sharded weights with {HF_INDEX})"
+    )
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+
+
+# ---- read ---------------------------------------------------------------------------------------
+
+
+def read_config(folder: Path, fmt: str) -> PixtralConfig:
+    if fmt == "native":
+        return PixtralConfig.from_params_json(read_json(folder / NATIVE_PARAMS), str(folder / NATIVE_PARAMS))
+    return PixtralConfig.from_hf_config(read_json(folder / HF_CONFIG), str(folder / HF_CONFIG))
+
+
+def read_sources(folder: Path, fmt: str, config: PixtralConfig) -> dict[str, TensorSource]:
+    """Native name -> where to read it. Unknown or duplicated tensors are errors naming file and tensor."""
+    sources: dict[str, TensorSource] = {}
+    for file in _weight_files(folder, fmt):
+        sf = SafetensorsFile(file)
+        for stored in sf.tensors:
+            name = stored if fmt == "native" else hf_to_native_name(stored)
+            if name is None:
+                raise CheckpointError(f"{file}: unexpected tensor '{stored}' (not part of a Pixtral model)")
+            if name in sources:
+                raise CheckpointError(f"{file}: tensor '{stored}' appears twice in the checkpoint")
+            to_native = None
+            heads = rope_heads(name, config) if fmt == "hf" else None
+            if heads is not None:
+                to_native = _permute(half_to_interleaved, *heads)
+            sources[name] = TensorSource(sf, stored, to_native)
+    return sources
+
+
+def _weight_files(folder: Path, fmt: str) -> list[Path]:
+    if fmt == "native":
+        return [folder / NATIVE_WEIGHTS]
+    if (folder / HF_INDEX).is_file():
+        index = read_json(folder / HF_INDEX)
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{folder / HF_INDEX}: no 'weight_map'")
+        files = sorted(set(weight_map.values()))
+        for f in files:
+            if not (folder / f).is_file():
+                raise CheckpointError(f"{folder / HF_INDEX}: lists shard '{f}', which is missing")
+        return [folder / f for f in files]
+    if (folder / HF_WEIGHTS).is_file():
+        return [folder / HF_WEIGHTS]
+    raise CheckpointError(f"{folder}: no {HF_WEIGHTS} and no {HF_INDEX}")
+
+
+def _permute(
+    fn: Callable[..., torch.Tensor], n_heads: int, head_dim: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda t: fn(t, n_heads, head_dim).contiguous()
+
+
+# ---- write --------------------------------------------------------------------------------------
+
+
+def write_checkpoint(
+    folder: Path,
+    fmt: str,
+    config: PixtralConfig,
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    max_shard_bytes: int = 5 * 1024**3,
+) -> None:
+    """Write native-convention tensors in `fmt`. Tensors are written in their own dtype (no cast)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
+    folder.mkdir(parents=True, exist_ok=True)
+    if fmt == "native":
+        state = {name: t.contiguous() for name, t in tensors}
+        save_file(state, str(folder / NATIVE_WEIGHTS), metadata={"format": "pt"})
+        (folder / NATIVE_PARAMS).write_text(json.dumps(config.to_params_json(), indent=2) + "\n")
+        return
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors:
+        heads = rope_heads(name, config)
+        if heads is not None:
+            t = interleaved_to_half(t, *heads)
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][native_to_hf_name(name)] = t.contiguous()
+        size += nbytes
+    if len(shards) == 1:
+        save_file(shards[0], str(folder / HF_WEIGHTS), metadata={"format": "pt"})
+    else:
+        weight_map, total = {}, 0
+        for i, shard in enumerate(shards):
+            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(folder / fname), metadata={"format": "pt"})
+            for name, t in shard.items():
+                weight_map[name] = fname
+                total += t.numel() * t.element_size()
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (folder / HF_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    (folder / HF_CONFIG).write_text(json.dumps(config.to_hf_config(), indent=2) + "\n")

@@ -1,0 +1,117 @@
+"""The one entry point for checkpoints: open a folder (or hub id) in either format, check every tensor
+against the config before reading any, load into a model with bounded memory, save, convert.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pixtral.checkpoint.formats import (
+    TOKENIZER_FILES,
+    TensorSource,
+    detect_format,
+    read_config,
+    read_sources,
+    write_checkpoint,
+)
+from pixtral.checkpoint.hub import resolve_model_path
+from pixtral.config import PixtralConfig
+from pixtral.errors import CheckpointError
+from pixtral.model.pixtral import Pixtral
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Checkpoint:
+    folder: Path
+    format: str  # "native" | "hf"
+    config: PixtralConfig
+    sources: dict[str, TensorSource]  # native name -> where to read it
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(native name, tensor in native layout and stored dtype), one at a time."""
+        for name, src in self.sources.items():
+            yield name, src.read()
+
+    @property
+    def stored_dtype(self) -> torch.dtype:
+        dtypes = {src.dtype for src in self.sources.values()}
+        return dtypes.pop() if len(dtypes) == 1 else torch.float32
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """Open and fully validate a checkpoint: config, tensor names and shapes; no weights are read yet."""
+    folder = resolve_model_path(path)
+    fmt = detect_format(folder)
+    config = read_config(folder, fmt)
+    sources = read_sources(folder, fmt, config)
+    _check_against(config, sources, folder)
+    return Checkpoint(folder, fmt, config, sources)
+
+
+def expected_shapes(config: PixtralConfig) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        model = Pixtral(config)
+    return {name: tuple(p.shape) for name, p in model.state_dict().items()}
+
+
+def _check_against(config: PixtralConfig, sources: dict[str, TensorSource], folder: Path) -> None:
+    expected = expected_shapes(config)
+    missing = [n for n in expected if n not in sources]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise CheckpointError(f"{folder}: missing tensor(s) {', '.join(missing[:3])}{more}")
+    for name, src in sources.items():
+        if name not in expected:
+            raise CheckpointError(f"{src.file.path}: unexpected tensor '{src.stored_name}' for this config")
+        if src.shape != expected[name]:
+            raise CheckpointError(
+                f"{src.file.path}: tensor '{src.stored_name}' has shape {list(src.shape)} but the config "
+                f"implies {list(expected[name])} (does the config match the weights?)"
+            )
+        if not src.dtype.is_floating_point:
+            raise CheckpointError(
+                f"{src.file.path}: tensor '{src.stored_name}' has non-float dtype {src.dtype}"
+            )
+
+
+def load_model(
+    path: str | Path, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu"
+) -> tuple[Pixtral, Checkpoint]:
+    """Build the model on the meta device, then read, permute and cast one tensor at a time.
+
+    Peak memory is the final weights plus one tensor in flight."""
+    ckpt = open_checkpoint(path)
+    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    with torch.device("meta"):
+        model = Pixtral(ckpt.config)
+    state = {}
+    for name, tensor in ckpt.tensors():
+        state[name] = tensor.to(device=device, dtype=torch_dtype)
+        del tensor
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval(), ckpt
+
+
+def save_model(model: Pixtral, folder: str | Path, fmt: str = "native") -> None:
+    state = model.state_dict()
+    write_checkpoint(Path(folder), fmt, model.config, ((n, t.detach()) for n, t in state.items()))
+
+
+def convert(src: str | Path, dst: str | Path, to: str) -> Checkpoint:
+    """Rewrite a checkpoint in another format, bit-exactly (no dtype change); tokenizer files come along."""
+    ckpt = open_checkpoint(src)
+    dst = Path(dst)
+    if dst.exists() and any(dst.iterdir()):
+        raise CheckpointError(f"{dst}: destination exists and is not empty")
+    write_checkpoint(dst, to, ckpt.config, ckpt.tensors())
+    for name in TOKENIZER_FILES:
+        if (ckpt.folder / name).is_file():
+            shutil.copyfile(ckpt.folder / name, dst / name)
+    return ckpt

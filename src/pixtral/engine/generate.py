@@ -1,0 +1,52 @@
+"""The decoding loop over the model: prefill the prompt (images included) into a KV cache, then one token
+per step. Yields token ids; text, stop strings and streaming are the engine's job (engine.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from pixtral.engine.sampling import SamplingParams, sample_next
+from pixtral.model.kv_cache import KVCache
+from pixtral.model.pixtral import Pixtral
+
+
+@dataclass
+class Step:
+    token_id: int
+    logits: torch.Tensor  # (vocab,) float32, the distribution the token was drawn from
+
+
+@torch.inference_mode()
+def decode_steps(
+    model: Pixtral,
+    prompt_ids: list[int],
+    images: list[torch.Tensor],
+    params: SamplingParams,
+    stop_ids: frozenset[int] = frozenset(),
+) -> Iterator[Step]:
+    """Yield up to params.max_tokens steps; stops after yielding a token in stop_ids (e.g. EOS)."""
+    generator = None
+    if not params.greedy:
+        generator = torch.Generator().manual_seed(params.seed if params.seed is not None else torch.seed())
+    cache = KVCache(model.config.text, 1, len(prompt_ids) + params.max_tokens, model.dtype)
+    ids = torch.tensor([prompt_ids])
+    logits = model(ids, images or None, cache=cache, last_only=True)[:, -1]  # (1, vocab)
+    pos = len(prompt_ids)
+    for _ in range(params.max_tokens):
+        token = sample_next(logits, params, generator)  # (1,)
+        yield Step(int(token), logits[0])
+        if int(token) in stop_ids:
+            return
+        logits = model(token[:, None], start_pos=pos, cache=cache)[:, -1]
+        pos += 1
+
+
+def greedy_generate_ids(
+    model: Pixtral, prompt_ids: list[int], images: list[torch.Tensor], max_tokens: int
+) -> list[int]:
+    return [
+        s.token_id for s in decode_steps(model, prompt_ids, images, SamplingParams(max_tokens=max_tokens))
+    ]

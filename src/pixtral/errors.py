@@ -1,0 +1,17 @@
+"""Errors a user can cause. The CLI prints them as one line; the server turns them into a 4xx."""
+
+
+class PixtralError(Exception):
+    """Base class: the message says what went wrong and what to fix."""
+
+
+class ConfigError(PixtralError):
+    """A params.json / config.json that is missing, malformed, or contradicts the weights."""
+
+
+class CheckpointError(PixtralError):
+    """A weights file that is missing, truncated, corrupt, or holds missing/extra/mis-shaped tensors."""
+
+
+class InputError(PixtralError):
+    """A request the model cannot serve: bad messages, images, or sampling parameters."""

@@ -1,0 +1,79 @@
+"""The Mistral NeMo decoder block: pre-norm, GQA attention with 1-D RoPE and a KV cache, SwiGLU (spec §1).
+
+head_dim is given explicitly (NeMo: 128, while dim / n_heads = 160). No biases, no embedding scaling,
+no sliding window: plain causal attention over the whole text + image sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pixtral.config import TextConfig
+from pixtral.model.feed_forward import FeedForward
+from pixtral.model.kv_cache import LayerKVCache
+from pixtral.model.norm import RMSNorm
+from pixtral.model.rope import apply_rope
+
+
+class DecoderAttention(nn.Module):
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.wq = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=False)
+        self.wk = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
+        self.wv = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
+        self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        start_pos: int,
+        cache: LayerKVCache | None,
+    ) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.wq(x).view(b, t, self.n_heads, self.head_dim)  # (B, T, dim) -> (B, T, H, hd)
+        k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim)  # (B, T, dim) -> (B, T, KV, hd)
+        v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(start_pos, k, v)  # (B, start_pos + T, KV, hd)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # heads first
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=causal_mask(t, k.shape[2], x.device), enable_gqa=True
+        )
+        return self.wo(out.transpose(1, 2).reshape(b, t, -1))  # (B, H, T, hd) -> (B, T, dim)
+
+
+def causal_mask(n_queries: int, n_keys: int, device: torch.device) -> torch.Tensor | None:
+    """Bottom-right aligned causal mask (True = attend): query i sees keys up to n_keys - n_queries + i.
+    None when every query may see every key (a single decode step)."""
+    if n_queries == 1:
+        return None
+    offset = n_keys - n_queries
+    q = torch.arange(n_queries, device=device)[:, None]
+    k = torch.arange(n_keys, device=device)[None, :]
+    return k <= q + offset  # (T, S)
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attention = DecoderAttention(config)
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.feed_forward = FeedForward(config.dim, config.hidden_dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        start_pos: int,
+        cache: LayerKVCache | None,
+    ) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, cache)
+        return h + self.feed_forward(self.ffn_norm(h))

@@ -1,0 +1,90 @@
+"""Pixtral: vision encoder + adapter + Mistral NeMo decoder (spec §1-§3).
+
+The model takes token ids, pixel tensors and a start position, and returns float32 logits. It knows nothing
+of files, tokenizers, HTTP or sampling. Its parameter names are the Mistral native tensor names, so a native
+checkpoint loads as is and the Hugging Face layout is one rename-and-permute away (checkpoint/hf.py).
+
+Merge rule: adapter outputs replace the embeddings of `[IMG]` positions only, in order (row-major patches of
+image 1, then image 2, ...). `[IMG_BREAK]` and `[IMG_END]` keep their ordinary token embeddings.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pixtral.config import PixtralConfig
+from pixtral.model.adapter import VisionLanguageAdapter
+from pixtral.model.decoder import DecoderBlock
+from pixtral.model.kv_cache import KVCache
+from pixtral.model.norm import RMSNorm
+from pixtral.model.rope import rope_1d_angles, rope_cos_sin
+from pixtral.model.vision_encoder import VisionEncoder
+
+
+class ImageTokenMismatch(ValueError):
+    """The prompt's [IMG] count differs from the number of patches the images produce."""
+
+
+class Pixtral(nn.Module):
+    def __init__(self, config: PixtralConfig) -> None:
+        super().__init__()
+        self.config = config
+        t, v = config.text, config.vision
+        self.vision_encoder = VisionEncoder(v)
+        self.vision_language_adapter = VisionLanguageAdapter(v.hidden_size, t.dim, bias=v.adapter_bias)
+        self.tok_embeddings = nn.Embedding(t.vocab_size, t.dim)
+        self.layers = nn.ModuleList(DecoderBlock(t) for _ in range(t.n_layers))
+        self.norm = RMSNorm(t.dim, t.norm_eps)
+        self.output = nn.Linear(t.dim, t.vocab_size, bias=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.output.weight.dtype
+
+    def encode_images(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """list of (3, H_i, W_i) pixels -> (sum of patches, text dim) features for the [IMG] positions."""
+        return self.vision_language_adapter(self.vision_encoder(images))
+
+    def embed(self, token_ids: torch.Tensor, image_features: torch.Tensor | None) -> torch.Tensor:
+        """(B, T) ids + (n_img_tokens, dim) features -> (B, T, dim), features scattered onto [IMG] ids."""
+        h = self.tok_embeddings(token_ids)
+        is_image = token_ids == self.config.vision.image_token_id
+        n_slots = int(is_image.sum())
+        n_features = 0 if image_features is None else image_features.shape[0]
+        if n_slots != n_features:
+            raise ImageTokenMismatch(
+                f"the prompt has {n_slots} [IMG] tokens but the images give {n_features} patch features"
+            )
+        if n_slots:
+            h = h.masked_scatter(is_image[..., None], image_features.to(h.dtype))
+        return h
+
+    def forward(
+        self,
+        token_ids: torch.Tensor,
+        images: list[torch.Tensor] | None = None,
+        *,
+        image_features: torch.Tensor | None = None,
+        start_pos: int = 0,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """token_ids (B, T) at positions [start_pos, start_pos + T) -> logits (B, T or 1, vocab) float32.
+
+        Images are given either as pixels (`images`) or as already encoded features (`image_features`).
+        """
+        if images:
+            if image_features is not None:
+                raise ValueError("pass images or image_features, not both")
+            image_features = self.encode_images(images)
+        h = self.embed(token_ids, image_features)  # (B, T, dim)
+        positions = torch.arange(start_pos, start_pos + token_ids.shape[1], device=h.device)
+        cos, sin = rope_cos_sin(
+            rope_1d_angles(positions, self.config.text.head_dim, self.config.text.rope_theta)
+        )
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, start_pos, None if cache is None else cache.layers[i])
+        if last_only:
+            h = h[:, -1:]
+        return self.output(self.norm(h)).float()

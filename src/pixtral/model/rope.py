@@ -1,0 +1,45 @@
+"""Rotary position embeddings, in the native (mistral-inference) convention: interleaved pairs.
+
+A head vector x of size d is read as d/2 pairs (x[2j], x[2j+1]); pair j is rotated by angle phi_j:
+    (a, b) -> (a cos phi - b sin phi, a sin phi + b cos phi).
+Angles and the rotation are computed in float32 and cast back (spec §1.4, §2.3, §7). Weights in the
+Hugging Face layout are permuted to this convention when loaded (checkpoint/hf.py), so one convention
+holds inside the model.
+"""
+
+import torch
+
+
+def inverse_frequencies(head_dim: int, theta: float) -> torch.Tensor:
+    """1 / theta^(2k/d) for k = 0 .. d/2-1, float32. (head_dim,) -> (head_dim // 2,)"""
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+
+
+def rope_1d_angles(positions: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
+    """Decoder angles: position p, pair k -> p * inv_freq_k.  (T,) -> (T, head_dim // 2) float32"""
+    inv = inverse_frequencies(head_dim, theta).to(positions.device)
+    return positions.to(torch.float32)[:, None] * inv[None, :]
+
+
+def rope_2d_angles(rows: torch.Tensor, cols: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
+    """Vision angles for patches at (row, col): the first half of the pairs encode the row with the even
+    base frequencies, the second half the column with the odd ones (spec §2.3; not the paper's figure).
+    (N,), (N,) -> (N, head_dim // 2) float32
+    """
+    base = inverse_frequencies(head_dim, theta).to(rows.device)  # (head_dim // 2,)
+    freqs_h = rows.to(torch.float32)[:, None] * base[None, 0::2]  # (N, head_dim // 4)
+    freqs_w = cols.to(torch.float32)[:, None] * base[None, 1::2]  # (N, head_dim // 4)
+    return torch.cat([freqs_h, freqs_w], dim=-1)
+
+
+def rope_cos_sin(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, d/2) angles -> cos, sin of shape (T, 1, d/2), ready to broadcast over heads."""
+    return angles.cos()[:, None, :], angles.sin()[:, None, :]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs. x: (..., T, n_heads, d); cos/sin: (T, 1, d/2) -> same shape as x."""
+    x32 = x.float().unflatten(-1, (-1, 2))  # (..., T, H, d/2, 2)
+    a, b = x32[..., 0], x32[..., 1]
+    out = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1)
+    return out.flatten(-2).to(x.dtype)
