@@ -1,0 +1,5 @@
+import sys
+
+from pixtral.serve.cli import main
+
+sys.exit(main())

@@ -1,0 +1,205 @@
+"""`pixtral serve --model PATH ...`: parse flags, start listening, load the engine, serve until SIGTERM.
+
+The lead's main CLI calls `add_serve_parser(subparsers)`; `python -m pixtral.serve ...` works standalone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from pixtral.serve.settings import API_KEY_ENV, ServeSettings
+
+log = logging.getLogger("pixtral.serve")
+_D = ServeSettings.__dataclass_fields__
+
+
+def _default(name: str) -> Any:
+    return _D[name].default
+
+
+def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the `serve` sub-command; its handler is `args.func(args) -> int`."""
+    p = subparsers.add_parser(
+        "serve",
+        help="serve the model over an OpenAI-compatible HTTP API with a chat page at /",
+        description="Serve a Pixtral model: POST /v1/chat/completions (OpenAI-compatible, images as "
+        "image_url parts), GET /v1/models, /health, /metrics, and a chat page at /.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_serve_arguments(p)
+    p.set_defaults(func=run_serve)
+    return p
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model folder or hub id (default: the bundled model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes the server)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--api-key", default=None, help=f"require 'Authorization: Bearer KEY' on /v1/* (or set {API_KEY_ENV})"
+    )
+    p.add_argument("--served-model-name", default=None, help="the model id clients send (default: engine's)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--device", default="cpu")
+
+    g = p.add_argument_group("limits")
+    g.add_argument("--max-body-bytes", type=int, default=_default("max_body_bytes"))
+    g.add_argument("--max-images-per-request", type=int, default=_default("max_images_per_request"))
+    g.add_argument("--max-image-bytes", type=int, default=_default("max_image_bytes"))
+    g.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=_default("max_image_pixels"),
+        help="width*height from the header, checked before decoding",
+    )
+    g.add_argument("--allowed-image-formats", default=",".join(_default("allowed_image_formats")))
+    g.add_argument("--max-prompt-tokens", type=int, default=None, help="default: the model's context")
+    g.add_argument(
+        "--max-tokens-limit",
+        type=int,
+        default=_default("max_tokens_limit"),
+        help="largest max_tokens a request may ask for",
+    )
+    g.add_argument("--default-max-tokens", type=int, default=_default("default_max_tokens"))
+    g.add_argument("--max-n", type=int, default=_default("max_n"))
+    g.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=_default("max_concurrency"),
+        help="generations at once (1 unless the engine is thread-safe)",
+    )
+    g.add_argument(
+        "--max-queue",
+        type=int,
+        default=_default("max_queue"),
+        help="requests waiting beyond --max-concurrency; more get 429",
+    )
+    g.add_argument(
+        "--request-timeout",
+        type=float,
+        default=_default("request_timeout_s"),
+        help="seconds from arrival to the last token",
+    )
+
+    m = p.add_argument_group("media sources (data: URLs are always accepted)")
+    m.add_argument(
+        "--allow-remote-media",
+        action="store_true",
+        help="fetch http(s) image URLs (public addresses only, checked after DNS and on redirects)",
+    )
+    m.add_argument(
+        "--allowed-media-domains",
+        default="",
+        help="comma-separated domains remote images may come from (subdomains included)",
+    )
+    m.add_argument("--remote-timeout", type=float, default=_default("remote_timeout_s"))
+    m.add_argument(
+        "--allowed-local-media-path",
+        action="append",
+        default=[],
+        type=Path,
+        help="a directory whose files image_url may name (file:// or a path); repeatable",
+    )
+
+    s = p.add_argument_group("lifecycle and logs")
+    s.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=_default("drain_timeout_s"),
+        help="seconds SIGTERM waits for in-flight requests",
+    )
+    s.add_argument("--no-access-log", action="store_true")
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def settings_from_args(args: argparse.Namespace) -> ServeSettings:
+    return ServeSettings(
+        served_model_name=args.served_model_name,
+        api_key=args.api_key,
+        max_body_bytes=args.max_body_bytes,
+        max_images_per_request=args.max_images_per_request,
+        max_image_bytes=args.max_image_bytes,
+        max_image_pixels=args.max_image_pixels,
+        allowed_image_formats=tuple(f.strip() for f in args.allowed_image_formats.split(",") if f.strip()),
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_tokens_limit=args.max_tokens_limit,
+        default_max_tokens=args.default_max_tokens,
+        max_n=args.max_n,
+        max_concurrency=args.max_concurrency,
+        max_queue=args.max_queue,
+        request_timeout_s=args.request_timeout,
+        allow_remote_media=args.allow_remote_media,
+        allowed_media_domains=tuple(d.strip() for d in args.allowed_media_domains.split(",") if d.strip()),
+        remote_timeout_s=args.remote_timeout,
+        allowed_local_media_paths=tuple(args.allowed_local_media_path),
+        drain_timeout_s=args.drain_timeout,
+        access_log=not args.no_access_log,
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from pixtral.errors import PixtralError
+    from pixtral.serve.app import create_app
+
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = settings_from_args(args)
+    except ValueError as e:
+        print(f"pixtral serve: {e}", file=sys.stderr)
+        return 2
+    app = create_app(None, settings)  # listen at once; /health says "loading" until the engine is set
+    failed: list[BaseException] = []
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            access_log=False,
+            log_config=None,
+            timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+            timeout_keep_alive=5,
+        )
+    )
+
+    def load() -> None:
+        from pixtral.engine import Engine
+
+        try:
+            engine = Engine.load(model=args.model, dtype=args.dtype, device=args.device)
+        except (PixtralError, OSError) as e:
+            failed.append(e)
+            log.error("cannot load the model: %s", e)
+            server.should_exit = True
+            return
+        app.state.server.set_engine(engine)
+        log.info(
+            "model %s loaded (context %s tokens); serving on http://%s:%d",
+            app.state.server.model_name,
+            getattr(engine, "max_context", "?"),
+            args.host,
+            args.port,
+        )
+
+    threading.Thread(target=load, name="pixtral-load", daemon=True).start()
+    server.run()
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pixtral serve", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_serve_arguments(parser)
+    return run_serve(parser.parse_args(argv))
