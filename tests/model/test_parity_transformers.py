@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.factories import TEST_CONFIG, prompt_with_images, random_model
 
 from pixtral.checkpoint.loader import load_model, save_model
+from tests.factories import TEST_CONFIG, prompt_with_images, random_model
 
 transformers = pytest.importorskip("transformers")
 

@@ -33,6 +33,7 @@ class DecoderAttention(nn.Module):
         sin: torch.Tensor,
         start_pos: int,
         cache: LayerKVCache | None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.wq(x).view(b, t, self.n_heads, self.head_dim)  # (B, T, dim) -> (B, T, H, hd)
@@ -42,9 +43,9 @@ class DecoderAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(start_pos, k, v)  # (B, start_pos + T, KV, hd)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # heads first
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=causal_mask(t, k.shape[2], x.device), enable_gqa=True
-        )
+        if mask is None:
+            mask = causal_mask(t, k.shape[2], x.device)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         return self.wo(out.transpose(1, 2).reshape(b, t, -1))  # (B, H, T, hd) -> (B, T, dim)
 
 
@@ -74,6 +75,7 @@ class DecoderBlock(nn.Module):
         sin: torch.Tensor,
         start_pos: int,
         cache: LayerKVCache | None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, cache)
+        h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, cache, mask)
         return h + self.feed_forward(self.ffn_norm(h))

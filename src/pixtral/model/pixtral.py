@@ -69,22 +69,27 @@ class Pixtral(nn.Module):
         start_pos: int = 0,
         cache: KVCache | None = None,
         last_only: bool = False,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """token_ids (B, T) at positions [start_pos, start_pos + T) -> logits (B, T or 1, vocab) float32.
 
         Images are given either as pixels (`images`) or as already encoded features (`image_features`).
+        For packed training rows, `positions` (B, T) restarts at 0 per sample and `mask` (B, 1, T, T) bool
+        (True = attend) keeps attention causal within each sample; by default positions count from
+        start_pos and attention is causal over the whole row.
         """
         if images:
             if image_features is not None:
                 raise ValueError("pass images or image_features, not both")
             image_features = self.encode_images(images)
         h = self.embed(token_ids, image_features)  # (B, T, dim)
-        positions = torch.arange(start_pos, start_pos + token_ids.shape[1], device=h.device)
-        cos, sin = rope_cos_sin(
-            rope_1d_angles(positions, self.config.text.head_dim, self.config.text.rope_theta)
-        )
+        if positions is None:
+            positions = torch.arange(start_pos, start_pos + token_ids.shape[1], device=h.device)
+        angles = rope_1d_angles(positions.reshape(-1), self.config.text.head_dim, self.config.text.rope_theta)
+        cos, sin = rope_cos_sin(angles.view(*positions.shape, -1))  # (T, 1, hd/2) or (B, T, 1, hd/2)
         for i, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, start_pos, None if cache is None else cache.layers[i])
+            h = layer(h, cos, sin, start_pos, None if cache is None else cache.layers[i], mask)
         if last_only:
             h = h[:, -1:]
         return self.output(self.norm(h)).float()

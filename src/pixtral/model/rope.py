@@ -33,12 +33,12 @@ def rope_2d_angles(rows: torch.Tensor, cols: torch.Tensor, head_dim: int, theta:
 
 
 def rope_cos_sin(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(T, d/2) angles -> cos, sin of shape (T, 1, d/2), ready to broadcast over heads."""
-    return angles.cos()[:, None, :], angles.sin()[:, None, :]
+    """(..., T, d/2) angles -> cos, sin of shape (..., T, 1, d/2), ready to broadcast over heads."""
+    return angles.cos().unsqueeze(-2), angles.sin().unsqueeze(-2)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs. x: (..., T, n_heads, d); cos/sin: (T, 1, d/2) -> same shape as x."""
+    """Rotate interleaved pairs. x: (B, T, n_heads, d) or (T, n_heads, d); cos/sin: (..., T, 1, d/2)."""
     x32 = x.float().unflatten(-1, (-1, 2))  # (..., T, H, d/2, 2)
     a, b = x32[..., 0], x32[..., 1]
     out = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1)
