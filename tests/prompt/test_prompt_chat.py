@@ -11,11 +11,11 @@ from mistral_common.protocol.instruct.chunk import ImageURLChunk, TextChunk
 from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from PIL import Image
-from tests.prompt.prompt_helpers import data_url, encode, noise_image
 
 from pixtral.errors import InputError
 from pixtral.prompt.chat import EncodedPrompt, encode_chat
 from pixtral.prompt.images import DEFAULT_LIMITS, ImageLimits
+from tests.prompt.prompt_helpers import data_url, encode, noise_image
 
 BOS, EOS, INST, END_INST, IMG, IMG_BREAK, IMG_END = 1, 2, 3, 4, 10, 12, 13
 

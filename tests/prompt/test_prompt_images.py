@@ -9,10 +9,10 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
-from tests.prompt.prompt_helpers import data_url, encode, noise_image
 
 from pixtral.errors import InputError
 from pixtral.prompt.images import ImageLimits, load_image
+from tests.prompt.prompt_helpers import data_url, encode, noise_image
 
 
 def png_declaring(width: int, height: int) -> bytes:
@@ -81,8 +81,20 @@ def test_pixel_limit_is_configurable():
     with pytest.raises(InputError, match="110 pixels, more than the 100 pixel limit"):
         load_image(data, ImageLimits(max_pixels=100))
     assert load_image(data, ImageLimits(max_pixels=110)).size == (11, 10)
-    with pytest.raises(InputError, match="pixel limit"):
-        load_image(noise_image(11, 10), ImageLimits(max_pixels=100))
+
+
+def test_pil_images_are_not_held_to_the_encoded_data_limits():
+    # whoever decoded the image (e.g. the server, under its own limits) has already accepted its size
+    tiny = ImageLimits(max_bytes=1, max_pixels=1, allowed_formats=frozenset({"PNG"}))
+    assert load_image(noise_image(11, 10), tiny).size == (11, 10)
+    with pytest.raises(InputError, match="no pixels"):
+        load_image(Image.new("RGB", (0, 3)))
+
+
+def test_limits_are_validated_and_format_names_normalised():
+    assert ImageLimits(allowed_formats=frozenset({"png", "Jpeg"})).allowed_formats == {"PNG", "JPEG"}
+    with pytest.raises(ValueError, match="positive"):
+        ImageLimits(max_pixels=0)
 
 
 def test_byte_limit_is_checked_for_every_source(tmp_path):

@@ -44,7 +44,12 @@ class ImageLimits:
     max_pixels: int = 50_000_000  # width * height as declared by the file's header
     allowed_formats: frozenset[str] = field(
         default_factory=lambda: frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"})
-    )
+    )  # PIL's format names; MPO (multi-picture JPEG) counts as JPEG
+
+    def __post_init__(self) -> None:
+        if self.max_bytes <= 0 or self.max_pixels <= 0:
+            raise ValueError(f"image limits must be positive, got {self.max_bytes=} and {self.max_pixels=}")
+        object.__setattr__(self, "allowed_formats", frozenset(f.upper() for f in self.allowed_formats))
 
 
 DEFAULT_LIMITS = ImageLimits()
@@ -57,12 +62,13 @@ def load_image(
 ) -> Image.Image:
     """Load one image from a `data:` URL, a local path or `file://` URL, raw bytes, a PIL image, or an
     `http(s)://` URL (only through `fetch_remote(url) -> bytes`, which owns timeouts and address checks).
+    The limits apply to encoded sources; a PIL image is only checked to be non-empty and fully decoded.
 
     Raises InputError when the source cannot be read, is too large, is not an allowed format, or does not
     decode completely.
     """
     if isinstance(source, Image.Image):
-        return _check_pil_image(source, limits)
+        return _check_pil_image(source)
     if isinstance(source, (bytes, bytearray)):
         return decode_image_bytes(bytes(source), limits, what="the image data")
     if isinstance(source, Path):
@@ -126,9 +132,14 @@ def decode_image_bytes(data: bytes, limits: ImageLimits, what: str = "the image"
     return image
 
 
-def _check_pil_image(image: Image.Image, limits: ImageLimits) -> Image.Image:
+def _check_pil_image(image: Image.Image) -> Image.Image:
+    """A PIL image is taken as the caller made it: the limits guard encoded data, and whoever built the
+    image (the server, with its own limits) has accepted its size. It is only checked to be non-empty and
+    decoded completely."""
     what = "the PIL image"
-    _check_pixels(image.size, limits, what)
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise InputError(f"{what} has no pixels ({width}x{height}): send a non-empty image")
     try:
         image.load()  # an Image.open() result may still be lazy
     except (OSError, ValueError, SyntaxError, EOFError) as e:
