@@ -333,3 +333,15 @@ def test_bad_conversations_raise_input_error_naming_the_culprit(tokenizer, messa
 def test_remote_image_without_fetcher_is_refused(tokenizer):
     with pytest.raises(InputError, match="message 0 .user. part 0: remote image URLs are disabled"):
         encode_chat([{"role": "user", "content": [image_part("https://example.com/a.png")]}], tokenizer)
+
+
+def test_structure_is_checked_before_any_image_is_fetched(tokenizer):
+    def fetch(url: str) -> bytes:
+        raise AssertionError(f"fetched {url} for a conversation that was going to be refused")
+
+    messages = [
+        {"role": "user", "content": [image_part("https://example.com/a.png")]},
+        {"role": "assistant", "content": "Sure"},
+    ]
+    with pytest.raises(InputError, match="message 1 is from the assistant"):
+        encode_chat(messages, tokenizer, fetch_remote=fetch)

@@ -76,17 +76,30 @@ def to_mistral_messages(
     if not messages:
         raise InputError("the conversation is empty: send at least one user message")
 
-    converted = [
-        _convert_message(index, message, tokenizer, limits, fetch_remote)
-        for index, message in enumerate(messages)
-    ]
-    last = max((i for i, m in enumerate(messages) if m["role"] != "system"), default=-1)
-    if last >= 0 and messages[last]["role"] == "assistant":
+    roles = [_role(index, message) for index, message in enumerate(messages)]  # cheap checks first
+    last = max((index for index, role in enumerate(roles) if role != "system"), default=-1)
+    if last >= 0 and roles[last] == "assistant":
         raise InputError(
             f"message {last} is from the assistant and nothing from the user follows it: end the conversation "
             "with a user message (continuing an assistant reply is not supported)"
         )
-    return converted
+    return [
+        _convert_message(index, message, tokenizer, limits, fetch_remote)
+        for index, message in enumerate(messages)
+    ]
+
+
+def _role(index: int, message: Any) -> str:
+    if not isinstance(message, Mapping):
+        raise InputError(
+            f"message {index} must be an object with 'role' and 'content', not {type(message).__name__}"
+        )
+    role = message.get("role")
+    if role not in ROLES:
+        raise InputError(
+            f"message {index} has role {role!r}; use one of {', '.join(ROLES)} (tools are not supported)"
+        )
+    return role
 
 
 def _convert_message(
@@ -97,13 +110,7 @@ def _convert_message(
     fetch_remote: FetchRemote | None,
 ) -> SystemMessage | UserMessage | AssistantMessage:
     where = f"message {index}"
-    if not isinstance(message, Mapping):
-        raise InputError(f"{where} must be an object with 'role' and 'content', not {type(message).__name__}")
-    role = message.get("role")
-    if role not in ROLES:
-        raise InputError(
-            f"{where} has role {role!r}; use one of {', '.join(ROLES)} (tools are not supported)"
-        )
+    role = _role(index, message)
     if "content" not in message:
         raise InputError(f"{where} ({role}) has no 'content'")
     content = message["content"]
