@@ -146,7 +146,9 @@ def test_data_url_with_line_breaks_is_accepted():
 
 @pytest.mark.parametrize("image_format", ["PPM", "ICO", "TGA"])
 def test_formats_outside_the_allowed_list_are_refused(image_format):
-    with pytest.raises(InputError, match=f"is a {image_format} image; allowed formats are BMP, GIF, JPEG"):
+    with pytest.raises(
+        InputError, match=f"is a {image_format} image; allowed formats are BMP, GIF, JPEG, PNG, TIFF, WEBP"
+    ):
         load_image(encode(noise_image(16, 16), image_format))
 
 

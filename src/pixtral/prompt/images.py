@@ -104,7 +104,7 @@ def decode_image_bytes(data: bytes, limits: ImageLimits, what: str = "the image"
             f"{what} is {_mb(len(data))}, more than the {_mb(limits.max_bytes)} limit: send a smaller image"
         )
     if not data:
-        raise InputError(f"{what} is empty: send the bytes of a PNG, JPEG, WEBP, GIF, BMP or TIFF image")
+        raise InputError(f"{what} is empty: send the bytes of a {_formats(limits)} image")
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only
     except Image.DecompressionBombError as e:
@@ -112,14 +112,12 @@ def decode_image_bytes(data: bytes, limits: ImageLimits, what: str = "the image"
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise InputError(
             f"{what} is not a readable image, or is truncated ({_reason(e)}): "
-            "send a complete PNG, JPEG, WEBP, GIF, BMP or TIFF file"
+            f"send a complete {_formats(limits)} file"
         ) from e
 
     image_format = _FORMAT_ALIASES.get(image.format or "", image.format or "unknown")
     if image_format not in limits.allowed_formats:
-        raise InputError(
-            f"{what} is a {image_format} image; allowed formats are {', '.join(sorted(limits.allowed_formats))}"
-        )
+        raise InputError(f"{what} is a {image_format} image; allowed formats are {_formats(limits)}")
     _check_pixels(image.size, limits, what)
     try:
         image.load()  # decode everything now: truncated or corrupt data fails here
@@ -210,6 +208,10 @@ def _load_remote(url: str, limits: ImageLimits, fetch_remote: FetchRemote | None
 
 def _shorten(text: str, limit: int = 64) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _formats(limits: ImageLimits) -> str:
+    return ", ".join(sorted(limits.allowed_formats))
 
 
 def _mb(n_bytes: int) -> str:
