@@ -1,0 +1,57 @@
+"""Our own engine, in this process, through its public API (docs/contracts.md): ``Engine.load`` / ``generate``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pixtral.evals.errors import BackendError
+from pixtral.evals.types import Completion, Message, to_openai_messages
+
+
+class InProcessBackend:
+    """Runs ``pixtral.engine.Engine.generate`` in a worker thread, one request at a time."""
+
+    def __init__(self, model: str | None = None, dtype: str | None = None, device: str | None = None) -> None:
+        self._load_kwargs: dict[str, Any] = {"model": model}
+        if dtype:
+            self._load_kwargs["dtype"] = dtype
+        if device:
+            self._load_kwargs["device"] = device
+        self._engine: Any = None
+        self._lock = asyncio.Lock()
+        self.model: str | None = None
+        self.requests_sent = 0
+        self.endpoints = ["in-process"]
+
+    async def __aenter__(self) -> InProcessBackend:
+        try:
+            from pixtral.engine import Engine  # imported lazily: the HTTP path must not need torch
+        except ImportError as exc:
+            raise BackendError(f"the in-process backend needs pixtral.engine ({exc})") from exc
+        self._engine = await asyncio.to_thread(Engine.load, **self._load_kwargs)
+        self.model = str(getattr(self._engine, "model_name", self._load_kwargs["model"] or "pixtral"))
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self._engine = None
+
+    async def complete(
+        self, messages: list[Message], *, max_tokens: int, temperature: float, item_id: str | None = None
+    ) -> Completion:
+        from pixtral.engine import SamplingParams
+
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature)
+        async with self._lock:
+            self.requests_sent += 1
+            try:
+                out = await asyncio.to_thread(self._engine.generate, to_openai_messages(messages), params)
+            except Exception as exc:  # one bad item must not kill the run; the runner records it
+                raise BackendError(f"{item_id}: the engine failed: {type(exc).__name__}: {exc}") from exc
+        return Completion(
+            text=out.text,
+            finish_reason=out.finish_reason,
+            prompt_tokens=out.prompt_tokens,
+            completion_tokens=len(out.token_ids),
+            endpoint="in-process",
+        )

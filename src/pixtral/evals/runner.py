@@ -1,0 +1,315 @@
+"""One evaluation run: rows → items → answers (→ verdicts) → scores → reports, resumable at every step.
+
+Each item is a small pipeline: reuse or request the answer, commit it, then (MM-MT-Bench) reuse or request the
+verdict and commit it. Pipelines run concurrently up to the backends' limits; a failing item is recorded in the
+store with its error and the run goes on. Scores are pure functions of stored answers, computed at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pixtral.evals.backends.http import OpenAIHTTPBackend
+from pixtral.evals.config import EvalConfig
+from pixtral.evals.data import load_rows, select_indices
+from pixtral.evals.errors import BackendError, DatasetError, EvalConfigError
+from pixtral.evals.judge import JudgeParams, build_judge_messages, judge, judge_key
+from pixtral.evals.metrics import check_mode
+from pixtral.evals.progress import ProgressReporter
+from pixtral.evals.prompts import PromptSet, load_prompt_set
+from pixtral.evals.store import Store
+from pixtral.evals.tasks import get_task
+from pixtral.evals.tasks.base import Task
+from pixtral.evals.types import Item, stable_hash
+
+
+def harness_version() -> str:
+    try:
+        return metadata.version("pixtral")
+    except metadata.PackageNotFoundError:
+        return "0.1.0+src"
+
+
+@dataclass
+class ItemRecord:
+    """What is kept of an item once its request has been sent: no image bytes."""
+
+    item_id: str
+    task: str
+    key: str
+    request: dict[str, Any]
+    reference: Any
+    meta: dict[str, Any]
+    group: str
+    judge_key: str | None = None
+
+
+@dataclass
+class TaskRun:
+    task: Task
+    records: list[ItemRecord] = field(default_factory=list)
+    dataset: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunCounters:
+    generated: int = 0
+    reused: int = 0
+    judged: int = 0
+    judge_cached: int = 0
+    failed: int = 0
+
+
+def _api_key(env_name: str | None, required_for: str | None = None) -> str | None:
+    if not env_name:
+        return None
+    key = os.environ.get(env_name)
+    if not key and required_for:
+        raise EvalConfigError(f"{required_for} needs an API key: set the environment variable {env_name}")
+    return key
+
+
+def _needs_key(endpoints: list[str]) -> bool:
+    return any("api.openai.com" in e for e in endpoints)
+
+
+class Runner:
+    def __init__(self, cfg: EvalConfig) -> None:
+        check_mode(cfg.scoring)
+        if not cfg.tasks:
+            raise EvalConfigError("no task given: pass --task NAME (repeatable or comma-separated)")
+        self.cfg = cfg
+        self.tasks = [get_task(t) for t in cfg.tasks]
+        self.prompts: PromptSet = load_prompt_set(cfg.prompts, cfg.scoring)
+        if not cfg.in_process and not cfg.endpoints:
+            raise EvalConfigError("pass --endpoint URL (an OpenAI-compatible server) or --in-process")
+        self.judge_params = JudgeParams(
+            model=cfg.judge_model, max_tokens=cfg.judge_max_tokens, attempts=cfg.judge_attempts
+        )
+        self.counters = RunCounters()
+        self.model_name: str | None = cfg.model
+
+    def _backend(self) -> Any:
+        cfg = self.cfg
+        if cfg.in_process:
+            from pixtral.evals.backends.inprocess import InProcessBackend
+
+            return InProcessBackend(cfg.engine_model, cfg.engine_dtype, cfg.engine_device)
+        return OpenAIHTTPBackend(
+            cfg.endpoints,
+            model=cfg.model,
+            api_key=_api_key(cfg.api_key_env),
+            concurrency=cfg.concurrency,
+            timeout=cfg.timeout,
+            max_retries=cfg.retries,
+            backoff=cfg.backoff,
+        )
+
+    def _judge_backend(self) -> OpenAIHTTPBackend:
+        cfg = self.cfg
+        key = _api_key(cfg.judge_api_key_env, "the judge" if _needs_key(cfg.judge_endpoints) else None)
+        return OpenAIHTTPBackend(
+            cfg.judge_endpoints,
+            model=cfg.judge_model,
+            api_key=key,
+            concurrency=cfg.judge_concurrency,
+            timeout=cfg.judge_timeout,
+            max_retries=cfg.retries,
+            backoff=cfg.backoff,
+        )
+
+    async def run(self) -> list[TaskRun]:
+        cfg = self.cfg
+        store = Store(cfg.output_dir / "store.sqlite")
+        try:
+            needs_judge = any(t.needs_judge for t in self.tasks)
+            # Load data first: a wrong folder should fail before any endpoint is touched.
+            loaded = []
+            for task in self.tasks:
+                rows = load_rows(
+                    task.dataset,
+                    task.name,
+                    cfg.data_dir,
+                    cfg.dataset,
+                    cfg.dataset_config,
+                    cfg.split,
+                    cfg.revision,
+                )
+                loaded.append((task, rows, select_indices(len(rows), cfg.limit, cfg.shuffle, cfg.seed)))
+            async with self._backend() as backend:
+                self.model_name = backend.model
+                self.model_endpoints = backend.endpoints
+                judge_backend = self._judge_backend() if needs_judge else None
+                if judge_backend is not None:
+                    await judge_backend.__aenter__()
+                try:
+                    with ProgressReporter(enabled=cfg.progress) as progress:
+                        runs = []
+                        for task, rows, indices in loaded:
+                            runs.append(
+                                await self._run_task(
+                                    task, rows, indices, store, backend, judge_backend, progress
+                                )
+                            )
+                finally:
+                    if judge_backend is not None:
+                        await judge_backend.__aexit__(None, None, None)
+            return runs
+        finally:
+            store.close()
+
+    async def _run_task(self, task, rows, indices, store, backend, judge_backend, progress) -> TaskRun:
+        cfg = self.cfg
+        split = cfg.split or task.dataset.split
+        tr = TaskRun(task, dataset=rows.provenance)
+        done_keys = store.answer_keys()
+        window = asyncio.Semaphore(
+            max(4, 4 * cfg.concurrency)
+        )  # bounds the items (and image bytes) in memory
+        pending: set[asyncio.Task] = set()
+        bar = progress.add(task.name, total=None)
+        first_error: list[BaseException] = []
+
+        async def pipeline(item: Item, rec: ItemRecord) -> None:
+            try:
+                await self._process(task, item, rec, store, backend, judge_backend, done_keys)
+            except BaseException as exc:  # a bug, not an item failure: stop the run after recording
+                first_error.append(exc)
+                raise
+            finally:
+                window.release()
+                progress.advance(bar)
+
+        for index in indices:
+            row = rows[index]
+            try:
+                items = task.build_items(index, row, self.prompts, cfg.scoring, split)
+            except DatasetError as exc:  # a malformed row is recorded and reported, it does not stop the run
+                rec = ItemRecord(
+                    task.item_id(split, index),
+                    task.name,
+                    f"row:{task.item_id(split, index)}",
+                    {},
+                    None,
+                    {},
+                    "",
+                )
+                store.put_error(rec.key, rec.item_id, "build", str(exc))
+                tr.records.append(rec)
+                self.counters.failed += 1
+                continue
+            for item in items:
+                rec = ItemRecord(
+                    item.item_id, task.name, item.request_key(self.model_name or ""), item.public_request(),
+                    item.reference, item.meta, item.group,
+                )  # fmt: skip
+                tr.records.append(rec)
+                progress.grow(bar)
+                await window.acquire()
+                if first_error:
+                    raise first_error[0]
+                t = asyncio.create_task(pipeline(item, rec))
+                pending.add(t)
+                t.add_done_callback(pending.discard)
+        if pending:
+            await asyncio.gather(*pending)
+        return tr
+
+    async def _process(self, task, item, rec, store, backend, judge_backend, done_keys) -> None:
+        answer_text: str
+        if rec.key in done_keys:
+            stored = store.get_answer(rec.key)
+            answer_text = stored.text
+            self.counters.reused += 1
+        else:
+            start = time.monotonic()
+            try:
+                completion = await backend.complete(
+                    item.messages,
+                    max_tokens=item.max_tokens,
+                    temperature=item.temperature,
+                    item_id=item.item_id,
+                )
+            except BackendError as exc:
+                store.put_error(rec.key, item.item_id, "generate", str(exc))
+                self.counters.failed += 1
+                return
+            store.put_answer(
+                rec.key, task.name, item.item_id, self.model_name or "", completion, time.monotonic() - start
+            )
+            done_keys.add(rec.key)
+            answer_text = completion.text or ""
+            self.counters.generated += 1
+        if not task.needs_judge:
+            return
+        ex = item.extra
+        messages = build_judge_messages(
+            ex["conversation"], ex["image"], ex["turn_index"], answer_text, self.cfg.scoring
+        )
+        rec.judge_key = judge_key(messages, self.judge_params, self.cfg.scoring)
+        if store.get_verdict(rec.judge_key) is not None:
+            self.counters.judge_cached += 1
+            return
+        try:
+            verdict = await judge(judge_backend, messages, self.judge_params, self.cfg.scoring, item.item_id)
+        except BackendError as exc:
+            store.put_error(rec.judge_key, item.item_id, "judge", str(exc))
+            self.counters.failed += 1
+            return
+        store.put_verdict(rec.judge_key, item.item_id, self.judge_params.model, verdict)
+        self.counters.judged += 1
+
+    def provenance(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "harness": "pixtral.evals",
+            "harness_version": harness_version(),
+            "model": self.model_name,
+            "backend": "in-process" if cfg.in_process else "openai-http",
+            "endpoints": getattr(self, "model_endpoints", cfg.endpoints),
+            "prompt_set": self.prompts.name,
+            "prompt_templates_sha256": stable_hash(
+                {k: [v.template, v.max_tokens] for k, v in self.prompts.templates.items()}
+            ),
+            "scoring": cfg.scoring,
+            "sampling": {"temperature": 0.0},
+            "selection": {"limit": cfg.limit, "shuffle": cfg.shuffle, "seed": cfg.seed, "split": cfg.split},
+            "judge": {
+                "model": cfg.judge_model,
+                "endpoints": cfg.judge_endpoints,
+                "temperature": self.judge_params.temperature,
+                "max_tokens": self.judge_params.max_tokens,
+                "attempts": self.judge_params.attempts,
+            }
+            if any(t.needs_judge for t in self.tasks)
+            else None,
+        }
+
+
+def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+    """Run (or resume) an evaluation and write its reports; returns the aggregate results (results.json)."""
+    from pixtral.evals.report import write_reports
+    from pixtral.evals.scoring import score_task
+
+    started = time.time()
+    runner = Runner(cfg)
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    task_runs = asyncio.run(runner.run())
+    store = Store(cfg.output_dir / "store.sqlite")
+    try:
+        scored = [score_task(tr, store, cfg.scoring, cfg.bootstrap) for tr in task_runs]
+    finally:
+        store.close()
+    run_info = {
+        "started": started,
+        "finished": time.time(),
+        "requests": runner.counters.__dict__,
+        "output_dir": str(Path(cfg.output_dir).resolve()),
+    }
+    return write_reports(cfg, runner.provenance(), scored, run_info)
