@@ -25,15 +25,18 @@ def fake_client(fake_engine):
 def _engine_class():
     try:
         from pixtral.engine import Engine
-    except ImportError as e:
-        pytest.skip(f"pixtral.engine.Engine is not available yet ({e})")
+    except ImportError:
+        try:  # the engine package before its __init__ exports Engine
+            from pixtral.engine.engine import Engine
+        except ImportError as e:
+            pytest.skip(f"pixtral.engine.Engine is not available yet ({e})")
     return Engine
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     _engine_class()
-    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
 
 @pytest.fixture(scope="session")

@@ -331,3 +331,18 @@ def test_client_disconnect_cancels_generation():
             time.sleep(0.05)
         assert engine.running == 0
         assert metric(text, "pixtral_cancelled_generations_total") >= 1
+
+
+def test_prompt_and_max_tokens_against_the_context(fake_client):
+    r = fake_client.post(CHAT, json={"messages": [{"role": "user", "content": "hello " * 5000}]})
+    assert r.status_code == 400 and "context" in error_of(r)["message"]
+    r = fake_client.post(
+        CHAT, json={"messages": [{"role": "user", "content": "hello " * 4000}], "max_tokens": 200}
+    )
+    assert r.status_code == 400
+    err = error_of(r)
+    assert err["code"] == "context_length_exceeded" and err["param"] == "max_tokens"
+    assert "maximum context length is 4096 tokens" in err["message"]
+    # without max_tokens the answer is clipped to the context left
+    r = fake_client.post(CHAT, json={"messages": [{"role": "user", "content": "hello " * 4000}]})
+    assert r.status_code == 200 and r.json()["usage"]["total_tokens"] <= 4096
