@@ -2,8 +2,8 @@
 
 The whole header is checked before any tensor is read (dtype, shape, offsets inside the file), so a truncated
 or corrupt file fails at once with its name and the tensor at fault, never half-way through a load. Each tensor
-is read through its own short-lived memory map and copied out, so the file's pages do not stay resident
-beside the loaded weights (peak RSS = final weights + one tensor). Writing uses the `safetensors` library.
+is read with plain reads into its own buffer, so the file's pages are never mapped into the process: loading
+costs the final weights plus, when casting, one tensor in flight. Writing uses the `safetensors` library.
 """
 
 from __future__ import annotations
@@ -14,22 +14,21 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pixtral.errors import CheckpointError
 
-_DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
-    "F64": (torch.float64, np.dtype("<f8")),
-    "F32": (torch.float32, np.dtype("<f4")),
-    "F16": (torch.float16, np.dtype("<f2")),
-    "BF16": (torch.bfloat16, np.dtype("<u2")),  # numpy has no bfloat16: read the bits, view in torch
-    "I64": (torch.int64, np.dtype("<i8")),
-    "I32": (torch.int32, np.dtype("<i4")),
-    "I16": (torch.int16, np.dtype("<i2")),
-    "I8": (torch.int8, np.dtype("i1")),
-    "U8": (torch.uint8, np.dtype("u1")),
-    "BOOL": (torch.bool, np.dtype("?")),
+_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
 }
 _MAX_HEADER = 256 * 1024 * 1024
 
@@ -43,7 +42,7 @@ class TensorInfo:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return _DTYPES[self.dtype][0]
+        return _DTYPES[self.dtype]
 
 
 class SafetensorsFile:
@@ -86,25 +85,30 @@ class SafetensorsFile:
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
             raise CheckpointError(f"{where}: corrupt data_offsets {offsets!r}")
         start, end = base + offsets[0], base + offsets[1]
-        if end - start != math.prod(shape) * _DTYPES[dtype][1].itemsize or start < base:
+        if end - start != math.prod(shape) * _DTYPES[dtype].itemsize or start < base:
             raise CheckpointError(f"{where}: data_offsets do not match dtype {dtype} and shape {shape}")
         if end > size:
             raise CheckpointError(f"{where}: file is truncated (tensor ends at byte {end}, file has {size})")
         return TensorInfo(dtype, tuple(shape), start, end)
 
     def read(self, name: str) -> torch.Tensor:
-        """A fresh tensor (its own memory) with the stored dtype and shape."""
+        """A fresh tensor (its own memory) with the stored dtype and shape.
+
+        The bytes are read straight into the tensor's buffer with readinto(): the file's pages stay in the
+        page cache and never count toward this process's RSS."""
         info = self.tensors[name]
-        torch_dtype, np_dtype = _DTYPES[info.dtype]
-        count = math.prod(info.shape)
-        if count == 0:
-            return torch.empty(info.shape, dtype=torch_dtype)
-        mapped = np.memmap(self.path, dtype=np_dtype, mode="r", offset=info.start, shape=(count,))
-        try:
-            out = torch.from_numpy(np.array(mapped))  # copy out of the map
-        finally:
-            mapped._mmap.close()  # unmap now, so the file's pages leave this process's RSS
-            del mapped
-        if info.dtype == "BF16":
-            out = out.view(torch.bfloat16)
-        return out.reshape(info.shape)
+        out = torch.empty(info.shape, dtype=info.torch_dtype)
+        if out.numel() == 0:
+            return out
+        buffer = out.view(-1).view(torch.uint8).numpy()
+        with self.path.open("rb", buffering=0) as f:
+            f.seek(info.start)
+            view, done = memoryview(buffer), 0
+            while done < len(buffer):
+                n = f.readinto(view[done:])
+                if not n:
+                    raise CheckpointError(
+                        f"{self.path}: tensor '{name}': file ended early (truncated while reading)"
+                    )
+                done += n
+        return out

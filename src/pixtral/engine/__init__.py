@@ -1,0 +1,6 @@
+"""The one way to generate: `Engine.load(...)` then `generate` / `stream`."""
+
+from pixtral.engine.engine import Completion, Engine, StreamEvent
+from pixtral.engine.sampling import SamplingParams
+
+__all__ = ["Completion", "Engine", "SamplingParams", "StreamEvent"]

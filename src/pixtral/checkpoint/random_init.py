@@ -1,0 +1,44 @@
+"""Write a checkpoint of random weights in a named shape (`pixtral init`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from pixtral.checkpoint.loader import save_model
+from pixtral.config import PixtralConfig
+from pixtral.default_model import UNTRAINED_MARKER
+from pixtral.model.init import init_random_weights_
+from pixtral.model.pixtral import Pixtral
+
+
+def create_random_checkpoint(
+    folder: str | Path,
+    config: PixtralConfig,
+    fmt: str = "native",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Random weights, saved atomically (written beside the target, then renamed), marked untrained."""
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder}: exists and is not empty")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        model = init_random_weights_(Pixtral(config), seed=seed).to(dtype)
+        save_model(model, tmp, fmt)
+        (tmp / UNTRAINED_MARKER).write_text(
+            f"Random weights (seed {seed}), written by `pixtral init`: this model is untrained and its output "
+            "is noise. It exists to exercise the code paths.\n"
+        )
+        if folder.exists():
+            folder.rmdir()
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder

@@ -1,0 +1,340 @@
+"""The `pixtral` command: thin argument parsing over the engine, the checkpoint layer and the other tools."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pixtral.errors import PixtralError
+
+EXAMPLES = """examples:
+  pixtral generate --image examples/sample.png --prompt "Describe the image."
+  pixtral generate --model mistralai/Pixtral-12B-2409 --image a.png --image b.jpg --prompt "Compare them." --dtype bfloat16
+  pixtral chat --model ./my-model
+  pixtral init --out ./tiny --preset tiny
+  pixtral convert ./tiny ./tiny-hf --to hf
+  pixtral info ./tiny-hf
+
+--model accepts a local folder in Mistral native format (params.json + consolidated.safetensors) or Hugging Face
+format (config.json + model*.safetensors), or a hub id; omitted, the bundled default model is used.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args) or 0
+    except PixtralError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FileExistsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pixtral",
+        description="Run, serve, evaluate and train Pixtral vision-language models.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_generate(sub)
+    _add_chat(sub)
+    _add_init(sub)
+    _add_convert(sub)
+    _add_info(sub)
+    return parser
+
+
+# ---- shared options -----------------------------------------------------------------------------
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model folder (native or HF format) or hub id; default: the bundled model")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="weights and activations dtype (default float32; bfloat16 halves memory)",
+    )
+
+
+def _sampling_options(p: argparse.ArgumentParser, temperature: float) -> None:
+    p.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate (default 256)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=temperature,
+        help=f"0 = greedy (default {temperature}); Mistral suggests 0.35 for chat",
+    )
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0 = off)")
+    p.add_argument(
+        "--top-k", type=int, default=0, help="sample among the k most likely tokens (default 0 = off)"
+    )
+    p.add_argument("--seed", type=int, help="random seed: the same seed gives the same tokens")
+    p.add_argument(
+        "--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)"
+    )
+
+
+def _sampling_params(args: argparse.Namespace):
+    from pixtral.engine import SamplingParams
+
+    return SamplingParams(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        stop=args.stop,
+    )
+
+
+def _load_engine(args: argparse.Namespace):
+    from pixtral.engine import Engine
+
+    engine = Engine.load(args.model, dtype=args.dtype)
+    if engine.untrained:
+        print(
+            f"note: model '{engine.model_name}' has random (untrained) weights: its output is noise.",
+            file=sys.stderr,
+        )
+    return engine
+
+
+# ---- generate -----------------------------------------------------------------------------------
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="answer one prompt (with images) and exit",
+        description="One user message: the images in the given order, then the prompt text.",
+    )
+    _model_options(p)
+    p.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="IMG",
+        help="image file, data: URL or http(s) URL (repeatable, in order)",
+    )
+    p.add_argument("--prompt", required=True, help="the user's text")
+    p.add_argument("--system", help="system prompt")
+    _sampling_options(p, temperature=0.0)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object: text, token_ids, prompt_tokens, completion_tokens, finish_reason",
+    )
+    p.set_defaults(handler=_generate)
+
+
+def user_message(text: str, images: list[str]) -> dict:
+    parts = [{"type": "image_url", "image_url": {"url": img}} for img in images]
+    return {"role": "user", "content": [*parts, {"type": "text", "text": text}]}
+
+
+def _generate(args: argparse.Namespace) -> int:
+    params = _sampling_params(args)
+    engine = _load_engine(args)
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        user_message(args.prompt, args.image)
+    ]
+    if args.json:
+        c = engine.generate(messages, params)
+        print(
+            json.dumps(
+                {
+                    "text": c.text,
+                    "token_ids": c.token_ids,
+                    "prompt_tokens": c.prompt_tokens,
+                    "completion_tokens": len(c.token_ids),
+                    "finish_reason": c.finish_reason,
+                    "model": engine.model_name,
+                    "untrained": engine.untrained,
+                },
+                ensure_ascii=False,
+            )
+        )
+        return 0
+    for event in engine.stream(messages, params):
+        print(event.text, end="", flush=True)
+    print()
+    return 0
+
+
+# ---- chat ---------------------------------------------------------------------------------------
+
+
+def _add_chat(sub) -> None:
+    p = sub.add_parser(
+        "chat",
+        help="interactive multi-turn chat in the terminal",
+        description="Type a message and press Enter. Commands: /image PATH attaches an image to "
+        "your next message, /reset starts over, /quit (or Ctrl-D) leaves.",
+    )
+    _model_options(p)
+    p.add_argument("--system", help="system prompt")
+    _sampling_options(p, temperature=0.35)
+    p.set_defaults(handler=_chat)
+
+
+def _chat(args: argparse.Namespace) -> int:
+    params = _sampling_params(args)
+    engine = _load_engine(args)
+    history: list[dict] = []
+    images: list[str] = []
+    interactive = sys.stdin.isatty()
+    while True:
+        try:
+            line = input("you> " if interactive else "")
+        except EOFError:
+            print()
+            return 0
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return 0
+        if line == "/reset":
+            history, images = [], []
+            print("(conversation cleared)")
+            continue
+        if line.startswith("/image"):
+            path = line[len("/image") :].strip()
+            if not path or not Path(path).expanduser().is_file():
+                print(f"(no such image file: {path!r})")
+                continue
+            images.append(str(Path(path).expanduser()))
+            print(f"(image attached to your next message: {path})")
+            continue
+        message = user_message(line, images) if images else {"role": "user", "content": line}
+        system = [{"role": "system", "content": args.system}] if args.system else []
+        print("pixtral> ", end="", flush=True)
+        answer = []
+        try:
+            for event in engine.stream(system + history + [message], params):
+                print(event.text, end="", flush=True)
+                answer.append(event.text)
+        except PixtralError as e:
+            print(f"\n(error: {e})")
+            continue
+        print()
+        history += [message, {"role": "assistant", "content": "".join(answer)}]
+        images = []
+
+
+# ---- init / convert / info -----------------------------------------------------------------------
+
+
+def _add_init(sub) -> None:
+    p = sub.add_parser(
+        "init",
+        help="write a model of random weights in a named shape",
+        description="tiny: for tests and demos (real tokenizer, tiny layers); "
+        "small: about 1.1 B parameters, for benchmarks.",
+    )
+    p.add_argument("--out", required=True, type=Path, help="folder to create")
+    p.add_argument("--preset", choices=["tiny", "small"], default="tiny")
+    p.add_argument("--format", choices=["native", "hf"], default="native")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="stored dtype")
+    p.set_defaults(handler=_init)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from pixtral.checkpoint.loader import DTYPES
+    from pixtral.checkpoint.random_init import create_random_checkpoint
+    from pixtral.config import preset
+
+    config = preset(args.preset)
+    create_random_checkpoint(args.out, config, fmt=args.format, seed=args.seed, dtype=DTYPES[args.dtype])
+    n = config.num_parameters()["total"]
+    print(
+        f"wrote {args.out} ({args.preset}, {n / 1e6:.1f} M parameters, {args.format} format, random weights)"
+    )
+    return 0
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="rewrite a checkpoint in another format (bit-exact)",
+        description="Converts between the Mistral native and Hugging Face layouts, renaming tensors "
+        "and permuting q/k rows for the RoPE convention. Dtypes are kept as stored.",
+    )
+    p.add_argument("src", help="source model folder or hub id")
+    p.add_argument("dst", type=Path, help="destination folder (must not exist or be empty)")
+    p.add_argument("--to", choices=["native", "hf"], required=True, help="target format")
+    p.set_defaults(handler=_convert)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from pixtral.checkpoint.loader import convert
+
+    ckpt = convert(args.src, args.dst, args.to)
+    print(f"wrote {args.dst} ({args.to} format, {len(ckpt.sources)} tensors, from {ckpt.format} format)")
+    return 0
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="print a checkpoint's config, parameter counts and format")
+    p.add_argument("model", help="model folder or hub id")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=_info)
+
+
+def _info(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from pixtral.checkpoint.loader import open_checkpoint
+    from pixtral.default_model import UNTRAINED_MARKER
+
+    ckpt = open_checkpoint(args.model)
+    counts = ckpt.config.num_parameters()
+    info = {
+        "folder": str(ckpt.folder),
+        "format": ckpt.format,
+        "dtype": str(ckpt.stored_dtype).removeprefix("torch."),
+        "tensors": len(ckpt.sources),
+        "parameters": counts,
+        "untrained": (ckpt.folder / UNTRAINED_MARKER).exists(),
+        "config": asdict(ckpt.config),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    t, v = ckpt.config.text, ckpt.config.vision
+    print(
+        f"{info['folder']}\n  format {info['format']}, dtype {info['dtype']}, {info['tensors']} tensors"
+        + (", UNTRAINED (random weights)" if info["untrained"] else "")
+    )
+    print("  parameters: " + ", ".join(f"{k} {n / 1e6:,.1f} M" for k, n in counts.items()))
+    print(
+        f"  decoder: dim {t.dim}, {t.n_layers} layers, {t.n_heads} heads / {t.n_kv_heads} kv heads × head_dim "
+        f"{t.head_dim}, ffn {t.hidden_dim}, vocab {t.vocab_size}, rope θ {t.rope_theta:g}, context {t.max_seq_len}"
+    )
+    print(
+        f"  vision:  dim {v.hidden_size}, {v.num_hidden_layers} layers, {v.num_attention_heads} heads, ffn "
+        f"{v.intermediate_size}, patch {v.patch_size}, max image {v.image_size}px, rope θ {v.rope_theta:g}"
+    )
+    print(
+        f"  tokens:  [IMG] {v.image_token_id}, [IMG_BREAK] {v.image_break_token_id}, [IMG_END] {v.image_end_token_id}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""The one way to generate: messages in, text out (blocking or streamed).
+
+The CLI, the server and the in-process evaluation backend all call `Engine`. It owns the model, the
+tokenizer and the image limits; it turns OpenAI-shaped messages into a prompt (prompt/), runs the decoding
+loop (generate.py), and turns token ids back into text with stop strings applied.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pixtral.checkpoint.loader import load_model
+from pixtral.default_model import UNTRAINED_MARKER, default_model_path
+from pixtral.engine.generate import decode_steps
+from pixtral.engine.sampling import SamplingParams
+from pixtral.errors import InputError
+from pixtral.model.pixtral import Pixtral
+from pixtral.prompt.chat import EncodedPrompt, encode_chat
+from pixtral.prompt.detokenize import StreamingDetokenizer
+from pixtral.prompt.images import DEFAULT_LIMITS, FetchRemote, ImageLimits
+from pixtral.prompt.tokenizer import load_tokenizer
+
+Messages = Sequence[Mapping[str, Any]]
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]  # generated ids, EOS excluded
+    prompt_tokens: int
+    finish_reason: str  # "stop" (EOS or a stop string) | "length"
+
+
+@dataclass
+class StreamEvent:
+    text: str  # new text since the last event: whole UTF-8 characters only
+    token_ids: list[int] = field(default_factory=list)  # ids generated since the last event
+    finish_reason: str | None = None  # set on the last event only
+    prompt_tokens: int = 0
+
+
+class Engine:
+    def __init__(
+        self,
+        model: Pixtral,
+        tokenizer,
+        *,
+        model_name: str = "pixtral",
+        untrained: bool = False,
+        limits: ImageLimits = DEFAULT_LIMITS,
+        fetch_remote: FetchRemote | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.untrained = untrained
+        self.limits = limits
+        self.fetch_remote = fetch_remote
+        self.eos_id = model.config.eos_id
+        self._lock = threading.Lock()  # one generation at a time; batching is the scheduler's job
+
+    @classmethod
+    def load(
+        cls,
+        model: str | Path | None = None,
+        *,
+        dtype: str = "float32",
+        device: str = "cpu",
+        limits: ImageLimits = DEFAULT_LIMITS,
+        fetch_remote: FetchRemote | None = None,
+    ) -> Engine:
+        """A model folder (native or HF format), a hub id, or None for the bundled default model."""
+        path = default_model_path() if model is None else model
+        net, ckpt = load_model(path, dtype=dtype, device=device)
+        tokenizer = load_tokenizer(ckpt.folder)
+        vocab = tokenizer.instruct_tokenizer.tokenizer.n_words
+        if vocab > net.config.text.vocab_size:
+            raise InputError(
+                f"{ckpt.folder}: the tokenizer has {vocab} tokens but the model only {net.config.text.vocab_size}"
+            )
+        return cls(
+            net,
+            tokenizer,
+            model_name=str(model) if model is not None else "default",
+            untrained=(ckpt.folder / UNTRAINED_MARKER).exists(),
+            limits=limits,
+            fetch_remote=fetch_remote,
+        )
+
+    @property
+    def max_context(self) -> int:
+        return self.model.config.text.max_seq_len
+
+    def encode(self, messages: Messages) -> EncodedPrompt:
+        prompt = encode_chat(messages, self.tokenizer, limits=self.limits, fetch_remote=self.fetch_remote)
+        if len(prompt.token_ids) >= self.max_context:
+            raise InputError(
+                f"the prompt has {len(prompt.token_ids)} tokens; this model's context is {self.max_context} "
+                "(leave room for at least one generated token)"
+            )
+        return prompt
+
+    def generate(self, messages: Messages, params: SamplingParams | None = None) -> Completion:
+        text, ids, finish, n_prompt = [], [], "length", 0
+        for event in self.stream(messages, params):
+            text.append(event.text)
+            ids += event.token_ids
+            n_prompt = event.prompt_tokens
+            finish = event.finish_reason or finish
+        return Completion("".join(text), ids, n_prompt, finish)
+
+    def stream(self, messages: Messages, params: SamplingParams | None = None) -> Iterator[StreamEvent]:
+        """Events as text becomes final. Closing the iterator stops generation and frees its memory."""
+        params = params or SamplingParams()
+        prompt = self.encode(messages)
+        n_prompt = len(prompt.token_ids)
+        params = replace(params, max_tokens=min(params.max_tokens, self.max_context - n_prompt))
+        images = [torch.from_numpy(im) for im in prompt.images]
+        with self._lock:
+            yield from self._stream_text(prompt.token_ids, images, params, n_prompt)
+
+    def _stream_text(
+        self, prompt_ids: list[int], images: list[torch.Tensor], params: SamplingParams, n_prompt: int
+    ) -> Iterator[StreamEvent]:
+        detok = StreamingDetokenizer(self.tokenizer)
+        stops = StopStrings(params.stop)
+        pending_ids: list[int] = []
+        finish = "length"
+        for step in decode_steps(self.model, prompt_ids, images, params, stop_ids=frozenset({self.eos_id})):
+            if step.token_id == self.eos_id:
+                finish = "stop"
+                break
+            pending_ids.append(step.token_id)
+            safe, stopped = stops.feed(detok.push(step.token_id))
+            if stopped:
+                finish = "stop"
+                break
+            if safe:
+                yield StreamEvent(safe, pending_ids, None, n_prompt)
+                pending_ids = []
+        rest = stops.finish("" if stops.stopped else detok.flush())
+        yield StreamEvent(rest, pending_ids, finish, n_prompt)
+
+
+class StopStrings:
+    """Cuts the text at the first stop string, holding back the tail that could still begin one."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = list(stops)
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Add text; return (text now safe to emit, whether a stop string was hit)."""
+        self.pending += text
+        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.pending = self.pending[:cut]
+            self.stopped = True
+            return "", True
+        n_safe = max(0, len(self.pending) - self.hold)
+        safe, self.pending = self.pending[:n_safe], self.pending[n_safe:]
+        return safe, False
+
+    def finish(self, text: str) -> str:
+        """The rest of the text at the end of generation (cut at a stop string if one completes)."""
+        if not self.stopped:
+            self.feed(text)
+        out, self.pending = self.pending, ""
+        return out
