@@ -1,0 +1,134 @@
+"""The engine: messages in, text out; streaming equals blocking; stop strings, EOS, context limits, cancellation."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+import torch
+from PIL import Image
+
+from pixtral.config import preset, with_text
+from pixtral.engine import Engine, SamplingParams
+from pixtral.errors import InputError
+from pixtral.model.init import init_random_weights_
+from pixtral.model.pixtral import Pixtral
+from pixtral.prompt.tokenizer import load_tokenizer
+
+
+def make_engine(max_seq_len: int = 131072, seed: int = 0) -> Engine:
+    config = with_text(preset("tiny"), max_seq_len=max_seq_len)
+    model = init_random_weights_(Pixtral(config), seed=seed, std=0.15).eval()
+    return Engine(model, load_tokenizer(None), model_name="tiny-test")
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return make_engine()
+
+
+def png_url(size=(40, 20), color=(200, 30, 30)) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {
+        "role": "user",
+        "content": [
+            {"type": "image_url", "image_url": {"url": png_url()}},
+            {"type": "text", "text": "What colour is this?"},
+        ],
+    },
+]
+
+
+def test_stream_concatenation_equals_generate(engine):
+    params = SamplingParams(max_tokens=24)
+    done = engine.generate(MESSAGES, params)
+    events = list(engine.stream(MESSAGES, params))
+    assert "".join(e.text for e in events) == done.text
+    assert [i for e in events for i in e.token_ids] == done.token_ids
+    assert [e.finish_reason for e in events][-1] == done.finish_reason == "length"
+    assert all(e.finish_reason is None for e in events[:-1])
+    assert len(done.token_ids) == 24
+    assert done.prompt_tokens == len(engine.encode(MESSAGES).token_ids)
+    assert done.text == engine.tokenizer.decode(done.token_ids)
+
+
+def test_stop_string_cuts_the_text_and_never_streams_past_it(engine):
+    full = engine.generate(MESSAGES, SamplingParams(max_tokens=40)).text
+    middle = len(full) // 2
+    stop = full[middle : middle + 3]
+    expected = full[: full.find(stop)]
+    params = SamplingParams(max_tokens=40, stop=[stop, "never-appears-xyz"])
+    done = engine.generate(MESSAGES, params)
+    assert done.text == expected and done.finish_reason == "stop"
+    streamed = "".join(e.text for e in engine.stream(MESSAGES, params))
+    assert streamed == expected
+
+
+def test_eos_stops_generation_and_is_not_returned(engine):
+    calls = {"n": 0}
+
+    def boost_eos_on_fourth_step(module, inputs, output):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            output = output.clone()
+            output[..., engine.eos_id] = 1e4
+        return output
+
+    handle = engine.model.output.register_forward_hook(boost_eos_on_fourth_step)
+    try:
+        done = engine.generate(MESSAGES, SamplingParams(max_tokens=20))
+    finally:
+        handle.remove()
+    assert done.finish_reason == "stop"
+    assert len(done.token_ids) == 3 and engine.eos_id not in done.token_ids
+
+
+def test_prompt_over_the_context_is_refused_and_max_tokens_is_clipped():
+    small = make_engine(max_seq_len=40)
+    with pytest.raises(InputError, match="context is 40"):
+        small.generate([{"role": "user", "content": "word " * 60}])
+    prompt_len = len(small.encode([{"role": "user", "content": "hello"}]).token_ids)
+    done = small.generate([{"role": "user", "content": "hello"}], SamplingParams(max_tokens=500))
+    assert len(done.token_ids) == 40 - prompt_len and done.finish_reason == "length"
+
+
+def test_closing_a_stream_cancels_it_and_frees_the_engine(engine):
+    stream = engine.stream(MESSAGES, SamplingParams(max_tokens=200))
+    next(stream)
+    stream.close()
+    assert not engine._lock.locked()
+    assert len(engine.generate(MESSAGES, SamplingParams(max_tokens=3)).token_ids) == 3
+
+
+def test_seed_reproducibility_and_sampling_params(engine):
+    p = SamplingParams(max_tokens=16, temperature=1.0, top_p=0.9, top_k=50, seed=7)
+    assert engine.generate(MESSAGES, p).token_ids == engine.generate(MESSAGES, p).token_ids
+    with pytest.raises(InputError, match="top_p"):
+        SamplingParams(top_p=0.0)
+    with pytest.raises(InputError, match="max_tokens"):
+        SamplingParams(max_tokens=0)
+
+
+def test_top_k_1_and_greedy_agree(engine):
+    greedy = engine.generate(MESSAGES, SamplingParams(max_tokens=10))
+    top1 = engine.generate(MESSAGES, SamplingParams(max_tokens=10, temperature=0.9, top_k=1, seed=3))
+    assert greedy.token_ids == top1.token_ids
+
+
+def test_sampling_respects_top_k_and_top_p():
+    from pixtral.engine.sampling import sample_next
+
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0]])
+    gen = torch.Generator().manual_seed(0)
+    draws = {int(sample_next(logits, SamplingParams(temperature=1.0, top_k=2), gen)) for _ in range(200)}
+    assert draws == {0, 1}
+    # softmax mass: 0.64, 0.23, 0.09, ...: top_p 0.7 keeps the first two tokens
+    draws = {int(sample_next(logits, SamplingParams(temperature=1.0, top_p=0.7), gen)) for _ in range(200)}
+    assert draws == {0, 1}

@@ -1,0 +1,127 @@
+"""The `pixtral` command, driven as a user would (in-process for speed)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from pixtral.cli import main
+
+SAMPLE = "examples/sample.png"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models") / "tiny"
+    assert main(["init", "--out", str(folder), "--preset", "tiny", "--seed", "1"]) == 0
+    return folder
+
+
+def test_generate_json_with_images(tiny_dir, capsys):
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(tiny_dir),
+                "--image",
+                SAMPLE,
+                "--image",
+                SAMPLE,
+                "--prompt",
+                "Compare.",
+                "--max-tokens",
+                "7",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert out["finish_reason"] == "length" and len(out["token_ids"]) == out["completion_tokens"] == 7
+    assert out["prompt_tokens"] > 2 * 20  # two 320x200 images: 20x13 patches each
+    assert out["untrained"] is True and "untrained" in captured.err
+
+
+def test_generate_streams_the_same_text_as_json(tiny_dir, capsys):
+    args = [
+        "generate",
+        "--model",
+        str(tiny_dir),
+        "--prompt",
+        "Hello",
+        "--max-tokens",
+        "9",
+        "--seed",
+        "3",
+        "--temperature",
+        "0.7",
+    ]
+    assert main(args + ["--json"]) == 0
+    text = json.loads(capsys.readouterr().out)["text"]
+    assert main(args) == 0
+    assert capsys.readouterr().out == text + "\n"
+
+
+def test_default_model_is_created_on_first_use(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PIXTRAL_HOME", str(tmp_path))
+    monkeypatch.delenv("PIXTRAL_DEFAULT_MODEL", raising=False)
+    assert (
+        main(
+            [
+                "generate",
+                "--image",
+                SAMPLE,
+                "--prompt",
+                "What is in the image?",
+                "--max-tokens",
+                "4",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["model"] == "default"
+    assert any((tmp_path / "models").iterdir())
+
+
+def test_info_and_init_formats(tmp_path, capsys):
+    assert main(["init", "--out", str(tmp_path / "hf"), "--format", "hf", "--dtype", "bfloat16"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "hf"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "hf" and info["dtype"] == "bfloat16" and info["untrained"] is True
+    assert (
+        info["parameters"]["total"]
+        == info["parameters"]["decoder"]
+        + info["parameters"]["vision_encoder"]
+        + info["parameters"]["adapter"]
+    )
+    assert main(["init", "--out", str(tmp_path / "hf")]) == 2  # refuses to overwrite
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_chat_multi_turn_with_an_image(tiny_dir, monkeypatch, capsys):
+    script = f"Hello\n/image {SAMPLE}\nWhat is this?\n/image missing.png\n/reset\nBye\n/quit\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(script))
+    assert main(["chat", "--model", str(tiny_dir), "--max-tokens", "5", "--temperature", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("pixtral> ") == 3
+    assert f"(image attached to your next message: {SAMPLE})" in out
+    assert "(no such image file: 'missing.png')" in out and "(conversation cleared)" in out
+
+
+def test_bad_input_is_one_line_with_exit_code_2(tiny_dir, capsys):
+    assert main(["generate", "--model", str(tiny_dir), "--image", "nope.png", "--prompt", "x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "nope.png" in err[-1]
+    assert main(["generate", "--model", str(tiny_dir), "--prompt", "x", "--top-p", "0"]) == 2
+    assert "top_p" in capsys.readouterr().err
+
+
+def test_help_teaches():
+    with pytest.raises(SystemExit):
+        main(["--help"])
