@@ -202,3 +202,12 @@ def test_paired_difference():
     b = [1.0] * 100
     d = paired_difference(a, b, [str(i) for i in range(100)], 500)
     assert d["diff"] == 0.5 and d["low"] > 0 and d["p_le_0"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "text,found",
+    [("it is 6", True), ("6 apples", True), ("(6)", True), ("16", False), ("2016", False), ("6.5", False),
+     ("0.6", False), ("6,000", False), ("is 6.", True), ("6%", True)],
+)  # fmt: skip
+def test_fixed_anywhere_number_boundaries(text, found):
+    assert anywhere_in_answer(text, ["6"], FIXED) == float(found)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Sequence
+from functools import lru_cache
 
 from rapidfuzz.distance import Levenshtein
 
@@ -116,6 +117,21 @@ def _as_number(ref: str) -> int | float | None:
     return int(n) if n.is_integer() else n
 
 
+def _bounded_occurrence(text: str, number: str) -> bool:
+    """``number`` occurs in ``text`` not glued to other digits ("6" is not in "16", "2016" or "6.5")."""
+    start = text.find(number)
+    while start >= 0:
+        end = start + len(number)
+        before = text[start - 1] if start else ""
+        after = text[end : end + 2]
+        glued_before = before.isdigit() or (before in (".", ","))
+        glued_after = after[:1].isdigit() or (after[:1] in (".", ",") and after[1:2].isdigit())
+        if not glued_before and not glued_after:
+            return True
+        start = text.find(number, start + 1)
+    return False
+
+
 def anywhere_in_answer(response: str, targets: Sequence[str], mode: str = FIXED) -> float:
     """Flexible Level 3's match: does a reference appear anywhere in the raw response?
 
@@ -134,10 +150,8 @@ def anywhere_in_answer(response: str, targets: Sequence[str], mode: str = FIXED)
         if mode == COMPAT:
             if any(f in response for f in forms):
                 return 1.0
-        else:
-            for f in forms:
-                if re.search(r"(?<![\d.,])" + re.escape(f) + r"(?!\.?\d)", response):
-                    return 1.0
+        elif any(_bounded_occurrence(response, f) for f in forms):
+            return 1.0
     haystack = response if mode == COMPAT else response.lower()
     for ref in text_targets:
         for cand in (f"is {ref}", f"was {ref}", f" {ref}.", f"are {ref}", f"\n\n{ref}"):
@@ -146,7 +160,13 @@ def anywhere_in_answer(response: str, targets: Sequence[str], mode: str = FIXED)
     return 0.0
 
 
-def flex3_correctness(response: str, targets: Sequence[str], mode: str = FIXED) -> float:
+def flex3_correctness(
+    response: str,
+    targets: Sequence[str],
+    mode: str = FIXED,
+    l2: float | None = None,
+    anywhere: float | None = None,
+) -> float:
     """Flexible Level 3.
 
     compat (= ``anywhere_in_answer_relaxed_correctness``): the Level-2 score when Level 2 parses something,
@@ -154,10 +174,13 @@ def flex3_correctness(response: str, targets: Sequence[str], mode: str = FIXED) 
     correct *or* the reference appears anywhere.
     """
     parsed = parse_flex2(response)
-    l2 = relaxed_correctness(parsed, targets, mode)
-    if mode == COMPAT:
-        return l2 if parsed is not None else anywhere_in_answer(response, targets, mode)
-    return max(l2, anywhere_in_answer(response, targets, mode))
+    if l2 is None:
+        l2 = relaxed_correctness(parsed, targets, mode)
+    if mode == COMPAT and parsed is not None:
+        return l2
+    if mode == FIXED and l2 == 1.0:
+        return 1.0
+    return anywhere if anywhere is not None else anywhere_in_answer(response, targets, mode)
 
 
 # ---------------------------------------------------------------- ANLS (spec §3.2)
@@ -272,6 +295,7 @@ def _process_digit_article(text: str) -> str:
     return " ".join(words)
 
 
+@lru_cache(maxsize=200_000)
 def vqa_normalize(answer: str) -> str:
     """The official VQA answer normaliser: punctuation, case, number words, articles, contractions."""
     answer = answer.replace("\n", " ").replace("\t", " ").strip()

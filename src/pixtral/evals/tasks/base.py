@@ -108,6 +108,8 @@ class CoTTask(Task):
             p = parser(answer)
             parsed[level] = p
             metrics[level] = relaxed_correctness(p, refs, mode)
-        metrics["flex3"] = flex3_correctness(answer, refs, mode)
         metrics["anywhere"] = anywhere_in_answer(answer, refs, mode)
+        metrics["flex3"] = flex3_correctness(
+            answer, refs, mode, l2=metrics["flex2"], anywhere=metrics["anywhere"]
+        )
         return Scored(metrics, parsed)
