@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -158,9 +159,13 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"pixtral serve: {e}", file=sys.stderr)
         return 2
+    if settings.served_model_name is None and args.model:
+        # a local folder is served under its name ("pixtral-12b"), a hub id as it is
+        local = Path(args.model).expanduser()
+        settings.served_model_name = local.resolve().name if local.exists() else str(args.model)
     app = create_app(None, settings)  # listen at once; /health says "loading" until the engine is set
     failed: list[BaseException] = []
-    server = uvicorn.Server(
+    server = _draining_server(
         uvicorn.Config(
             app,
             host=args.host,
@@ -195,6 +200,22 @@ def run_serve(args: argparse.Namespace) -> int:
     threading.Thread(target=load, name="pixtral-load", daemon=True).start()
     server.run()
     return 1 if failed else 0
+
+
+def _draining_server(config: Any) -> Any:
+    """A uvicorn.Server whose SIGTERM ends in exit status 0 once the drain is done (uvicorn re-raises the
+    signal after its graceful shutdown, which would report a clean drain as death by SIGTERM)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            captured = getattr(self, "_captured_signals", None)
+            if sig == signal.SIGTERM and isinstance(captured, list) and sig in captured:
+                captured.remove(sig)
+                log.info("SIGTERM: draining in-flight requests, then exiting")
+
+    return Server(config)
 
 
 def main(argv: list[str] | None = None) -> int:
