@@ -1,0 +1,119 @@
+"""Data loading: Hugging Face by name and split only, local parquet/arrow/jsonl folders, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fixtures import render
+
+from pixtral.evals import EvalConfig, run_eval
+from pixtral.evals.data import load_local, load_rows, select_indices
+from pixtral.evals.errors import DatasetError
+from pixtral.evals.images import sniff_mime, to_image_data
+from pixtral.evals.prompts import load_prompt_set
+from pixtral.evals.tasks import get_task
+
+
+def test_hub_path_loads_one_split_and_keeps_original_image_bytes(fixtures, monkeypatch, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    calls = []
+    parquet = fixtures.root / "docvqa" / "DocVQA" / "validation-00000-of-00001.parquet"
+
+    def fake_load_dataset(name, config=None, *, split=None, revision=None, **kw):
+        calls.append((name, config, split, revision, kw))
+        ds = datasets.Dataset.from_parquet(str(parquet), cache_dir=str(tmp_path))
+        return ds.cast_column(
+            "image", datasets.Image()
+        )  # the hub's feature type: decoded PIL images by default
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    task = get_task("docvqa")
+    rows = load_rows(task.dataset, "docvqa", None, None, None, None, "abc123")
+    assert calls == [("lmms-lab/DocVQA", "DocVQA", "validation", "abc123", {})]  # by name and split only
+    assert rows.provenance["source"] == "huggingface" and rows.provenance["revision"] == "abc123"
+    item = task.build_items(0, rows[0], load_prompt_set("explicit"), "fixed", "validation")[0]
+    image = item.messages[0]["content"][0]["image"]
+    assert (
+        image.data == pq.read_table(parquet).column("image")[0].as_py()["bytes"]
+    )  # not decoded, not re-encoded
+
+
+def test_hub_failure_says_what_to_do(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+
+    def offline(*a, **k):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DatasetError, match="--data-dir"):
+        load_rows(get_task("chartqa").dataset, "chartqa", None, None, None, None, None)
+
+
+def test_local_jsonl_with_image_paths_and_arrow(tmp_path):
+    folder = tmp_path / "chartqa"
+    (folder / "imgs").mkdir(parents=True)
+    (folder / "imgs" / "a.jpg").write_bytes(render("a", "JPEG"))
+    rows = [{"image": "imgs/a.jpg", "question": "Q? [q:x]", "answer": "3", "type": "human_test"}]
+    (folder / "test.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    loaded = load_local(folder, "test")
+    item = get_task("chartqa").build_items(0, loaded[0], load_prompt_set("explicit"), "fixed", "test")[0]
+    assert item.messages[0]["content"][0]["image"].data == (folder / "imgs" / "a.jpg").read_bytes()
+
+    arrow_dir = tmp_path / "arrow" / "test"
+    arrow_dir.mkdir(parents=True)
+    table = pa.Table.from_pylist(
+        [{"image": {"bytes": render("b"), "path": None}, "question": "Q", "answer": "1"}]
+    )
+    with (
+        pa.OSFile(str(arrow_dir / "data-00000-of-00001.arrow"), "wb") as sink,
+        pa.ipc.new_stream(sink, table.schema) as w,
+    ):
+        w.write_table(table)
+    assert load_local(tmp_path / "arrow", "test")[0]["answer"] == "1"
+
+
+def test_local_folder_errors(tmp_path, fixtures):
+    with pytest.raises(DatasetError, match="is not a folder"):
+        load_local(tmp_path / "nope", "test")
+    with pytest.raises(DatasetError, match="no files for split 'train'"):
+        load_local(fixtures.root / "chartqa", "train")
+    bad = tmp_path / "bad" / "chartqa"
+    bad.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([{"image": None, "q": "x"}]), bad / "test-0.parquet")
+    with pytest.raises(DatasetError, match=r"lack the columns \['question', 'answer'\]"):
+        get_task("chartqa").build_items(
+            0, load_local(bad, "test")[0], load_prompt_set("explicit"), "fixed", "test"
+        )
+
+
+def test_a_malformed_row_is_recorded_and_the_run_goes_on(tmp_path, server, fixtures):
+    folder = tmp_path / "data" / "chartqa"
+    folder.mkdir(parents=True)
+    good = {"image": {"bytes": render("ok"), "path": None}, "question": "What is shown? [q:chartqa-0]",
+            "answer": "42", "type": "human_test"}  # fmt: skip
+    broken = dict(good, image=None)
+    pq.write_table(pa.Table.from_pylist([good, broken]), folder / "test-00000.parquet")
+    results = run_eval(EvalConfig(tasks=["chartqa"], output_dir=tmp_path / "out", endpoints=[server.url],
+                                  data_dir=tmp_path / "data", progress=False, bootstrap=10))  # fmt: skip
+    counts = results["tasks"]["chartqa"]["counts"]
+    assert counts["answered"] == 1 and counts["errors"] == 1
+    assert "no image in column 'image'" in results["tasks"]["chartqa"]["errors"][0]["error"]
+
+
+def test_selection_is_seeded_and_limited():
+    assert select_indices(5, None, False, 0) == [0, 1, 2, 3, 4]
+    assert (
+        select_indices(100, 5, True, 7) == select_indices(100, 5, True, 7) != select_indices(100, 5, True, 8)
+    )
+    with pytest.raises(DatasetError):
+        select_indices(5, 0, False, 0)
+
+
+def test_image_sniffing():
+    assert sniff_mime(render("x", "JPEG")) == "image/jpeg"
+    assert sniff_mime(render("x", "PNG")) == "image/png"
+    assert to_image_data({"bytes": render("x", "JPEG"), "path": "x.png"}).mime == "image/jpeg"  # bytes decide
+    assert to_image_data(None) is None
