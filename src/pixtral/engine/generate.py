@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from pixtral.engine.sampling import SamplingParams, sample_next
-from pixtral.model.kv_cache import KVCache
+from pixtral.model.kv_cache import SequenceKVCache
 from pixtral.model.pixtral import Pixtral
 
 
@@ -31,17 +31,15 @@ def decode_steps(
     generator = None
     if not params.greedy:
         generator = torch.Generator().manual_seed(params.seed if params.seed is not None else torch.seed())
-    cache = KVCache(model.config.text, 1, len(prompt_ids) + params.max_tokens, model.dtype)
+    cache = SequenceKVCache(model.config.text, len(prompt_ids) + params.max_tokens, model.dtype)
     ids = torch.tensor([prompt_ids])
-    logits = model(ids, images or None, cache=cache, last_only=True)[:, -1]  # (1, vocab)
-    pos = len(prompt_ids)
+    logits = model(ids, images or None, caches=[cache], last_only=True)[:, -1]  # (1, vocab)
     for _ in range(params.max_tokens):
         token = sample_next(logits, params, generator)  # (1,)
         yield Step(int(token), logits[0])
         if int(token) in stop_ids:
             return
-        logits = model(token[:, None], start_pos=pos, cache=cache)[:, -1]
-        pos += 1
+        logits = model(token[:, None], caches=[cache])[:, -1]
 
 
 def greedy_generate_ids(

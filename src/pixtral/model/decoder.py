@@ -12,14 +12,15 @@ from torch import nn
 
 from pixtral.config import TextConfig
 from pixtral.model.feed_forward import FeedForward
-from pixtral.model.kv_cache import LayerKVCache
+from pixtral.model.kv_cache import SequenceKVCache
 from pixtral.model.norm import RMSNorm
 from pixtral.model.rope import apply_rope
 
 
 class DecoderAttention(nn.Module):
-    def __init__(self, config: TextConfig) -> None:
+    def __init__(self, config: TextConfig, layer: int) -> None:
         super().__init__()
+        self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         self.wq = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=False)
         self.wk = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
@@ -31,8 +32,7 @@ class DecoderAttention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        start_pos: int,
-        cache: LayerKVCache | None,
+        caches: list[SequenceKVCache] | None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, t, _ = x.shape
@@ -40,13 +40,24 @@ class DecoderAttention(nn.Module):
         k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim)  # (B, T, dim) -> (B, T, KV, hd)
         v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            k, v = cache.update(start_pos, k, v)  # (B, start_pos + T, KV, hd)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # heads first
-        if mask is None:
-            mask = causal_mask(t, k.shape[2], x.device)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-        return self.wo(out.transpose(1, 2).reshape(b, t, -1))  # (B, H, T, hd) -> (B, T, dim)
+        if caches is None:  # the whole sequence at once (prefill from empty, training)
+            if mask is None:
+                mask = causal_mask(t, t, x.device)
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, enable_gqa=True
+            ).transpose(1, 2)  # (B, T, H, hd)
+        else:  # each row against its own cache: rows may sit at different positions
+            out = torch.empty_like(q)
+            for row, cache in enumerate(caches):
+                keys, values = cache.update(self.layer, k[row], v[row])  # (S, KV, hd), S = cached + T
+                out[row] = F.scaled_dot_product_attention(
+                    q[row].transpose(0, 1),
+                    keys.transpose(0, 1),
+                    values.transpose(0, 1),
+                    attn_mask=causal_mask(t, keys.shape[0], x.device),
+                    enable_gqa=True,
+                ).transpose(0, 1)
+        return self.wo(out.reshape(b, t, -1))  # (B, T, H, hd) -> (B, T, dim)
 
 
 def causal_mask(n_queries: int, n_keys: int, device: torch.device) -> torch.Tensor | None:
@@ -61,10 +72,10 @@ def causal_mask(n_queries: int, n_keys: int, device: torch.device) -> torch.Tens
 
 
 class DecoderBlock(nn.Module):
-    def __init__(self, config: TextConfig) -> None:
+    def __init__(self, config: TextConfig, layer: int) -> None:
         super().__init__()
         self.attention_norm = RMSNorm(config.dim, config.norm_eps)
-        self.attention = DecoderAttention(config)
+        self.attention = DecoderAttention(config, layer)
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.feed_forward = FeedForward(config.dim, config.hidden_dim)
 
@@ -73,9 +84,8 @@ class DecoderBlock(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        start_pos: int,
-        cache: LayerKVCache | None,
+        caches: list[SequenceKVCache] | None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, cache, mask)
+        h = x + self.attention(self.attention_norm(x), cos, sin, caches, mask)
         return h + self.feed_forward(self.ffn_norm(h))

@@ -1,7 +1,9 @@
-"""Per-layer key/value buffers for incremental decoding (post-RoPE keys, as in the reference).
+"""Key/value buffers for incremental decoding: one per sequence, post-RoPE keys (as in the reference).
 
-A plain pre-allocated cache: `batch` rows of `max_len` positions. The engine decides how many rows and how
-long; the model only writes the new keys/values at `start_pos` and reads everything before them.
+Each sequence owns a contiguous buffer for all layers, sized by the engine (prompt + max new tokens), and
+knows how many positions it holds. A batch of sequences is a list of these: rows of a batched forward may
+sit at different positions, which is what continuous batching needs. Positions come from the cache:
+the next token of a sequence is at `cache.length`.
 """
 
 from __future__ import annotations
@@ -11,33 +13,22 @@ import torch
 from pixtral.config import TextConfig
 
 
-class LayerKVCache:
+class SequenceKVCache:
     def __init__(
-        self, batch: int, max_len: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype, device
-    ) -> None:
-        shape = (batch, max_len, n_kv_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self, config: TextConfig, max_len: int, dtype: torch.dtype, device: str | torch.device = "cpu"
+    ):
+        shape = (config.n_layers, max_len, config.n_kv_heads, config.head_dim)
+        self.k = torch.empty(shape, dtype=dtype, device=device)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
+        self.length = 0  # positions written (and visible) so far
 
-    def update(self, start_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, T, n_kv, hd) at [start_pos, start_pos + T); return all keys/values up to the end."""
-        end = start_pos + k.shape[1]
-        if end > self.k.shape[1]:
-            raise ValueError(f"KV cache holds {self.k.shape[1]} positions; asked to write up to {end}")
-        self.k[: k.shape[0], start_pos:end] = k
-        self.v[: v.shape[0], start_pos:end] = v
-        return self.k[: k.shape[0], :end], self.v[: v.shape[0], :end]
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[1]
 
-
-class KVCache:
-    def __init__(
-        self, config: TextConfig, batch: int, max_len: int, dtype: torch.dtype, device="cpu"
-    ) -> None:
-        self.max_len = max_len
-        self.layers = [
-            LayerKVCache(batch, max_len, config.n_kv_heads, config.head_dim, dtype, device)
-            for _ in range(config.n_layers)
-        ]
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
 
     @staticmethod
     def bytes_per_token(config: TextConfig, dtype: torch.dtype) -> int:
@@ -48,3 +39,23 @@ class KVCache:
             * config.head_dim
             * torch.empty((), dtype=dtype).element_size()
         )
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (T, n_kv, hd) at [length, length + T) of `layer`; return keys/values (length + T, ...).
+        `length` itself advances once all layers are written (advance())."""
+        end = self.length + k.shape[0]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; asked to write up to {end}")
+        self.k[layer, self.length : end] = k
+        self.v[layer, self.length : end] = v
+        return self.k[layer, :end], self.v[layer, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+    def copy_prefix_from(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Start from a cached prefix: k, v of shape (n_layers, n, n_kv, hd)."""
+        n = k.shape[1]
+        self.k[:, :n] = k
+        self.v[:, :n] = v
+        self.length = n

@@ -16,7 +16,7 @@ from torch import nn
 from pixtral.config import PixtralConfig
 from pixtral.model.adapter import VisionLanguageAdapter
 from pixtral.model.decoder import DecoderBlock
-from pixtral.model.kv_cache import KVCache
+from pixtral.model.kv_cache import SequenceKVCache
 from pixtral.model.norm import RMSNorm
 from pixtral.model.rope import rope_1d_angles, rope_cos_sin
 from pixtral.model.vision_encoder import VisionEncoder
@@ -34,7 +34,7 @@ class Pixtral(nn.Module):
         self.vision_encoder = VisionEncoder(v)
         self.vision_language_adapter = VisionLanguageAdapter(v.hidden_size, t.dim, bias=v.adapter_bias)
         self.tok_embeddings = nn.Embedding(t.vocab_size, t.dim)
-        self.layers = nn.ModuleList(DecoderBlock(t) for _ in range(t.n_layers))
+        self.layers = nn.ModuleList(DecoderBlock(t, i) for i in range(t.n_layers))
         self.norm = RMSNorm(t.dim, t.norm_eps)
         self.output = nn.Linear(t.dim, t.vocab_size, bias=False)
 
@@ -66,30 +66,35 @@ class Pixtral(nn.Module):
         images: list[torch.Tensor] | None = None,
         *,
         image_features: torch.Tensor | None = None,
-        start_pos: int = 0,
-        cache: KVCache | None = None,
+        caches: list[SequenceKVCache] | None = None,
         last_only: bool = False,
         positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """token_ids (B, T) at positions [start_pos, start_pos + T) -> logits (B, T or 1, vocab) float32.
+        """token_ids (B, T) -> logits (B, T, vocab) float32 (or (B, 1, vocab) with last_only).
 
         Images are given either as pixels (`images`) or as already encoded features (`image_features`).
-        For packed training rows, `positions` (B, T) restarts at 0 per sample and `mask` (B, 1, T, T) bool
-        (True = attend) keeps attention causal within each sample; by default positions count from
-        start_pos and attention is causal over the whole row.
+        With `caches` (one per row), row b continues its sequence at position caches[b].length and the new
+        keys/values are appended to it. Without, each row is a whole sequence from position 0: for packed
+        training rows, `positions` (B, T) restarts at 0 per sample and `mask` (B, 1, T, T) bool (True = attend)
+        keeps attention causal within each sample.
         """
         if images:
             if image_features is not None:
                 raise ValueError("pass images or image_features, not both")
             image_features = self.encode_images(images)
         h = self.embed(token_ids, image_features)  # (B, T, dim)
+        b, t = token_ids.shape
         if positions is None:
-            positions = torch.arange(start_pos, start_pos + token_ids.shape[1], device=h.device)
+            starts = torch.tensor([c.length for c in caches] if caches else [0] * b, device=h.device)
+            positions = starts[:, None] + torch.arange(t, device=h.device)  # (B, T)
         angles = rope_1d_angles(positions.reshape(-1), self.config.text.head_dim, self.config.text.rope_theta)
-        cos, sin = rope_cos_sin(angles.view(*positions.shape, -1))  # (T, 1, hd/2) or (B, T, 1, hd/2)
-        for i, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, start_pos, None if cache is None else cache.layers[i], mask)
+        cos, sin = rope_cos_sin(angles.view(*positions.shape, -1))  # (B, T, 1, hd/2)
+        for layer in self.layers:
+            h = layer(h, cos, sin, caches, mask)
+        if caches:
+            for cache in caches:
+                cache.advance(t)
         if last_only:
             h = h[:, -1:]
         return self.output(self.norm(h)).float()
