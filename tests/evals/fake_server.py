@@ -32,7 +32,8 @@ def _text_of(content: Any) -> str:
 
 
 class FakeOpenAIServer:
-    def __init__(self, oracle: dict[str, str] | None = None, delay: float = 0.0) -> None:
+    def __init__(self, oracle: dict[str, str] | None = None, delay: float = 0.0, port: int = 0) -> None:
+        self.port = port
         self.oracle = dict(oracle or {})
         self.delay = delay
         self.requests: list[dict[str, Any]] = []
@@ -114,7 +115,7 @@ class FakeOpenAIServer:
                 )  # fmt: skip
                 self._send(200, completion.model_dump())
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._httpd.daemon_threads = True
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
         return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"

@@ -299,3 +299,34 @@ def test_cli_run_report_compare_and_user_errors(fixtures, server, tmp_path):
                                      server.url, "--output-dir", str(tmp_path / "d")], env=env, capture_output=True,
                              text=True, timeout=60)  # fmt: skip
     assert missing.returncode == 2 and "is not a folder" in missing.stderr
+
+
+def test_a_rejected_api_key_stops_the_run_with_one_clear_error(fixtures, server, tmp_path):
+    from pixtral.evals.errors import EvalConfigError
+
+    server.fail_plan = {"chartqa:test:2": [401]}
+    with pytest.raises(EvalConfigError, match="check the API key"):
+        run_eval(config(fixtures, server.url, tmp_path / "auth", ["chartqa"]))
+    assert len(server.model_requests()) <= 4  # no retries of a 401
+
+
+def test_wait_for_endpoint_polls_until_the_server_is_up(fixtures, tmp_path):
+    import socket
+    import threading
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    late = FakeOpenAIServer(fixtures.oracle, port=port)
+    timer = threading.Timer(1.0, late.start)
+    timer.start()
+    try:
+        start = time.monotonic()
+        results = run_eval(config(fixtures, f"http://127.0.0.1:{port}/v1", tmp_path / "late", ["docvqa"],
+                                  wait_for_endpoint=30))  # fmt: skip
+        assert time.monotonic() - start >= 0.9
+        assert results["tasks"]["docvqa"]["counts"]["answered"] == 4
+    finally:
+        timer.join()
+        late.stop()

@@ -61,6 +61,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--backoff", type=float, default=1.0, help="first retry delay in seconds, doubling (default 1)"
     )
+    g.add_argument("--wait-for-endpoint", type=float, default=0.0, metavar="SECONDS",
+                   help="wait up to SECONDS for GET /v1/models to answer before starting (a server still loading)")  # fmt: skip
     g = p.add_argument_group("data")
     g.add_argument("--data-dir", type=Path, default=None,
                    help="local folder in the dataset's schema (a TASK/ sub-folder is used when present); no network")  # fmt: skip
@@ -136,7 +138,7 @@ def _config_from_args(args: argparse.Namespace):
         tasks=tasks, output_dir=args.output_dir, endpoints=args.endpoint or [], model=args.model,
         api_key_env=args.api_key_env, in_process=args.in_process, engine_model=args.engine_model,
         engine_dtype=args.engine_dtype, engine_device=args.engine_device, concurrency=args.concurrency,
-        timeout=args.timeout, retries=args.retries, backoff=args.backoff, data_dir=args.data_dir,
+        timeout=args.timeout, retries=args.retries, backoff=args.backoff, wait_for_endpoint=args.wait_for_endpoint, data_dir=args.data_dir,
         dataset=args.dataset, dataset_config=args.dataset_config, split=args.split, revision=args.revision,
         limit=args.limit, shuffle=args.shuffle, seed=args.seed, prompts=args.prompts, scoring=args.scoring,
         judge_model=args.judge_model, judge_endpoints=args.judge_endpoint or [DEFAULT_JUDGE_URL],

@@ -25,6 +25,7 @@ class EvalConfig:
     timeout: float = 600.0
     retries: int = 5
     backoff: float = 1.0
+    wait_for_endpoint: float = 0.0  # seconds to wait for GET /v1/models to answer (a server still loading)
     # data
     data_dir: Path | None = None
     dataset: str | None = None

@@ -109,6 +109,7 @@ class Runner:
             timeout=cfg.timeout,
             max_retries=cfg.retries,
             backoff=cfg.backoff,
+            wait_s=cfg.wait_for_endpoint,
         )
 
     def _judge_backend(self) -> OpenAIHTTPBackend:
@@ -186,6 +187,23 @@ class Runner:
                 window.release()
                 progress.advance(bar)
 
+        try:
+            await self._schedule(
+                task, rows, indices, split, tr, store, window, pending, first_error, pipeline, progress, bar
+            )
+            if pending:
+                await asyncio.gather(*pending)
+        except BaseException:  # stop the items still in flight before the store and the clients close
+            for t in list(pending):
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            raise
+        return tr
+
+    async def _schedule(
+        self, task, rows, indices, split, tr, store, window, pending, first_error, pipeline, progress, bar
+    ):
+        cfg = self.cfg
         for index in indices:
             row = rows[index]
             try:
@@ -217,9 +235,6 @@ class Runner:
                 t = asyncio.create_task(pipeline(item, rec))
                 pending.add(t)
                 t.add_done_callback(pending.discard)
-        if pending:
-            await asyncio.gather(*pending)
-        return tr
 
     async def _process(self, task, item, rec, store, backend, judge_backend, done_keys) -> None:
         answer_text: str

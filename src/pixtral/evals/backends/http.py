@@ -18,6 +18,11 @@ from pixtral.evals.errors import BackendError, EvalConfigError
 from pixtral.evals.types import Completion, Message, to_openai_messages
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
+FATAL_STATUS = {
+    401: "check the API key (--api-key-env / --judge-api-key-env)",
+    403: "check the API key and its permissions",
+    404: "check the endpoint URL and the model name (--model / --judge-model)",
+}
 
 
 def chat_completions_url(endpoint: str) -> str:
@@ -53,6 +58,7 @@ class OpenAIHTTPBackend:
         max_retries: int = 5,
         backoff: float = 1.0,
         backoff_max: float = 60.0,
+        wait_s: float = 0.0,
     ) -> None:
         if not endpoints:
             raise EvalConfigError("no endpoint given: pass --endpoint URL (repeatable) or use --in-process")
@@ -69,6 +75,7 @@ class OpenAIHTTPBackend:
         self._client: httpx.AsyncClient | None = None
         self._sem: asyncio.Semaphore | None = None
         self._rr = 0
+        self._wait_s = wait_s
         self.requests_sent = 0
 
     @property
@@ -83,6 +90,8 @@ class OpenAIHTTPBackend:
             timeout=httpx.Timeout(self._timeout, connect=min(30.0, self._timeout)), limits=limits
         )
         self._sem = asyncio.Semaphore(self._concurrency)
+        if self._wait_s > 0:
+            await self._wait_until_ready()
         if self.model is None:
             self.model = await self._discover_model()
         return self
@@ -100,9 +109,28 @@ class OpenAIHTTPBackend:
             headers["X-Pixtral-Eval-Item"] = item_id
         return headers
 
+    def _models_url(self, endpoint: _Endpoint) -> str:
+        return endpoint.url.rsplit("/chat/completions", 1)[0] + "/models"
+
+    async def _wait_until_ready(self) -> None:
+        """Poll every endpoint's ``GET /models`` until it answers 200 (a server still loading its weights)."""
+        assert self._client is not None
+        deadline = time.monotonic() + self._wait_s
+        for ep in self._endpoints:
+            while True:
+                try:
+                    resp = await self._client.get(self._models_url(ep), headers=self._headers(None))
+                    if resp.status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise BackendError(f"{self._models_url(ep)} was not ready after {self._wait_s:.0f} s")
+                await asyncio.sleep(min(2.0, max(0.05, self._wait_s / 50)))
+
     async def _discover_model(self) -> str:
         assert self._client is not None
-        url = self._endpoints[0].url.rsplit("/chat/completions", 1)[0] + "/models"
+        url = self._models_url(self._endpoints[0])
         try:
             resp = await self._client.get(url, headers=self._headers(None))
             resp.raise_for_status()
@@ -154,6 +182,12 @@ class OpenAIHTTPBackend:
                         ep.served += 1
                         return _parse_completion(resp, ep.url)
                     last_error = f"HTTP {resp.status_code}: {resp.text[:300]}"
+                    if (
+                        resp.status_code in FATAL_STATUS
+                    ):  # every request would fail the same way: stop the run
+                        raise EvalConfigError(
+                            f"{ep.url} answered {last_error}; {FATAL_STATUS[resp.status_code]}"
+                        )
                     if resp.status_code not in RETRYABLE_STATUS:
                         raise BackendError(f"{ep.url} rejected the request for {item_id}: {last_error}")
                     retry_after = resp.headers.get("retry-after")
