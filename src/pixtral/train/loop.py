@@ -1,0 +1,477 @@
+"""The training loop: one function, `train(config)`, the same on one process and under torchrun.
+
+Per optimizer step: the step's rows for this rank (packing.RowSchedule), cut into micro-batches; the loss is
+a sum of token losses divided by the number of loss tokens of the whole global batch (all ranks, all
+micro-batches), so the gradient is the same whatever the split into ranks and micro-batches. DDP / FSDP
+average gradients over ranks, so each rank scales its loss by the world size. Then clipping, AdamW, the
+warmup + cosine schedule, metrics, and at their intervals: checkpoint, validation loss, eval hook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pixtral.config import PixtralConfig, preset
+from pixtral.errors import ConfigError
+from pixtral.model.init import init_random_weights_
+from pixtral.model.pixtral import Pixtral
+from pixtral.train import distributed as D
+from pixtral.train.checkpointing import (
+    STATE_FILE,
+    export_model,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from pixtral.train.config import TrainConfig, TrainConfigError
+from pixtral.train.data import ConversationDataset, load_dataset
+from pixtral.train.lora import LoRAConfig, apply_lora
+from pixtral.train.metrics import MetricsLogger
+from pixtral.train.packing import IGNORE, Batch, RowSchedule, collate
+
+log = logging.getLogger("pixtral.train")
+
+EvalHook = Callable[["TrainContext", int], dict[str, Any]]
+
+
+class LossModule(nn.Module):
+    """Holds the model; forward returns the summed token loss of a batch. The unit DDP and FSDP wrap.
+
+    When the vision side trains and a micro-batch has no image, a one-patch blank image goes through the
+    encoder with weight 0, so every trainable parameter takes part in every backward pass (DDP needs it;
+    FSDP would otherwise wait for a collective that the other ranks never start)."""
+
+    def __init__(self, model: Pixtral) -> None:
+        super().__init__()
+        self.model = model
+
+    def vision_trains(self) -> bool:
+        parts = (self.model.vision_encoder, self.model.vision_language_adapter)
+        return any(p.requires_grad for part in parts for p in part.parameters())
+
+    def forward(
+        self,
+        token_ids: torch.Tensor,
+        labels: torch.Tensor,
+        images: list[torch.Tensor],
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        m = self.model
+        features = None
+        zero = None
+        if images:
+            features = m.vision_language_adapter(m.vision_encoder(images))  # (n_patches, dim)
+        elif self.vision_trains():
+            p = m.config.vision.patch_size
+            blank = torch.zeros(m.config.vision.num_channels, p, p, device=token_ids.device)
+            zero = m.vision_language_adapter(m.vision_encoder([blank])).sum() * 0.0
+        logits = m(token_ids, image_features=features, positions=positions, mask=mask)  # (B, T, vocab)
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+        return loss if zero is None else loss + zero
+
+
+@dataclass
+class TrainContext:
+    """What the loop holds; given to eval hooks."""
+
+    config: TrainConfig
+    info: D.DistInfo
+    model: Pixtral
+    root: LossModule
+    wrapped: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    model_config: PixtralConfig
+    tokenizer: Any
+    tokenizer_dir: Path | None
+    lora: LoRAConfig | None
+    export_dtype: torch.dtype | None
+    out_dir: Path
+
+
+@dataclass
+class TrainResult:
+    steps: int  # optimizer steps done in total
+    losses: dict[int, float] = field(default_factory=dict)  # step (1-based) -> loss, this invocation
+    interrupted: bool = False
+    export_dir: Path | None = None
+    tokens_per_s: float = 0.0  # mean over this invocation's steps (first step excluded when possible)
+
+
+# ---- set-up --------------------------------------------------------------------------------------
+
+
+def build_model(cfg: TrainConfig) -> tuple[Pixtral, Any, Path | None, torch.dtype | None]:
+    """-> (model in float32, tokenizer, folder to copy the tokenizer file from, stored dtype)."""
+    from pixtral.prompt.tokenizer import load_tokenizer, packaged_tokenizer
+
+    if cfg.model.startswith("preset:"):
+        model = Pixtral(preset(cfg.model.split(":", 1)[1]))
+        init_random_weights_(model, seed=cfg.init_seed, std=cfg.init_std)
+        return model, packaged_tokenizer(), None, None
+    from pixtral.checkpoint.loader import load_model
+
+    model, ckpt = load_model(cfg.model, "float32")
+    return model, load_tokenizer(ckpt.folder), ckpt.folder, ckpt.stored_dtype
+
+
+def configure_trainable(model: Pixtral, cfg: TrainConfig) -> LoRAConfig | None:
+    if cfg.mode == "lora":
+        lora = LoRAConfig(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, list(cfg.lora_targets), cfg.model)
+        apply_lora(model, lora, seed=cfg.seed)
+        return lora
+    parts = {
+        "vision_encoder": [model.vision_encoder],
+        "adapter": [model.vision_language_adapter],
+        "decoder": [model.tok_embeddings, model.layers, model.norm, model.output],
+    }
+    for name in cfg.freeze:
+        for module in parts[name]:
+            module.requires_grad_(False)
+    return None
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warmup to 1 over `warmup` steps, then cosine down to min_ratio at `total` (0-based step)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    use_bf16 = cfg.precision == "bf16" or (
+        cfg.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _no_sync(wrapped: nn.Module, last: bool, strategy: str) -> contextlib.AbstractContextManager:
+    """Skip the gradient reduction on all but the last micro-batch of a step."""
+    if last:
+        return contextlib.nullcontext()
+    if hasattr(wrapped, "no_sync"):  # DDP
+        return wrapped.no_sync()
+    if hasattr(wrapped, "set_requires_gradient_sync"):  # FSDP2
+
+        @contextlib.contextmanager
+        def fsdp_no_sync():
+            wrapped.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                wrapped.set_requires_gradient_sync(True)
+
+        return fsdp_no_sync()
+    return contextlib.nullcontext()
+
+
+def _micro_batches(rows: list[list[int]], size: int) -> list[list[list[int]]]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+# ---- the loop ------------------------------------------------------------------------------------
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    eval_hook: EvalHook | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train as `cfg` says. `resume`: continue from the latest checkpoint in out_dir (start fresh when there
+    is none). `stop_after`: return after this many optimizer steps of this invocation (tests)."""
+    cfg = cfg.validated()
+    info = D.setup(cfg.device)
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, info, resume, eval_hook, stop_after)
+    finally:
+        torch.set_num_threads(threads)
+        D.teardown()
+
+
+def _train(
+    cfg: TrainConfig, info: D.DistInfo, resume: bool, eval_hook: EvalHook | None, stop_after: int | None
+) -> TrainResult:
+    out_dir = Path(cfg.out_dir)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    torch.manual_seed(cfg.seed)
+    accumulation = cfg.accumulation_steps(info.world_size)
+
+    existing = latest_checkpoint(out_dir)
+    if existing is not None and not resume:
+        raise TrainConfigError(
+            f"{out_dir} already holds checkpoints ({existing.name}): pass --resume to continue that run, "
+            "or choose another out_dir"
+        )
+
+    model, tokenizer, tokenizer_dir, stored_dtype = build_model(cfg)
+    n_words = tokenizer.instruct_tokenizer.tokenizer.n_words
+    if n_words > model.config.text.vocab_size:
+        raise ConfigError(
+            f"the tokenizer has {n_words} ids but the model's vocab_size is {model.config.text.vocab_size}"
+        )
+    lora = configure_trainable(model, cfg)
+    model.to(info.device).train()
+    if cfg.activation_checkpointing:
+        D.apply_activation_checkpointing(model)
+    root = LossModule(model)
+    wrapped = D.wrap(root, model, info, cfg.distributed)
+
+    trainable = [p for p in root.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.dim() >= 2]
+    no_decay = [p for p in trainable if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+    )
+
+    train_data = load_dataset(cfg.data, tokenizer, cfg.seq_len, cfg.overflow, name="data")
+    val_data = (
+        load_dataset(cfg.val_data, tokenizer, cfg.seq_len, cfg.overflow, name="val_data")
+        if cfg.val_data
+        else None
+    )
+    schedule = RowSchedule(train_data.lengths(), cfg.seq_len, cfg.pack, cfg.seed, cfg.batch_size)
+    pad_id = tokenizer.instruct_tokenizer.tokenizer.pad_id
+    patch = model.config.vision.patch_size
+
+    start_step = 0
+    if resume and existing is not None:
+        state = load_checkpoint(existing, root, optimizer, scheduler, info)
+        _check_resumable(cfg, state, existing)
+        start_step = int(state["step"])
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "train_config.json").write_text(_json(cfg.to_dict()))
+
+    ctx = TrainContext(
+        cfg,
+        info,
+        model,
+        root,
+        wrapped,
+        optimizer,
+        scheduler,
+        model.config,
+        tokenizer,
+        tokenizer_dir,
+        lora,
+        _export_dtype(cfg, stored_dtype),
+        out_dir,
+    )
+    metrics = MetricsLogger(out_dir, info.is_main, cfg.max_steps, start_step, cfg.progress, cfg.tensorboard)
+    if start_step:
+        metrics.message(f"resumed from {existing} at step {start_step}")
+    metrics.message(
+        f"training {sum(p.numel() for p in trainable):,} parameters on {info.world_size} rank(s), "
+        f"{train_data.stats.samples} samples, {accumulation} micro-batch(es) of {cfg.micro_batch_size} per step"
+    )
+
+    stop = {"flag": False}
+    previous = _install_signal_handlers(stop)
+    result = TrainResult(steps=start_step)
+    timed_tokens, timed_seconds = 0.0, 0.0
+    step = start_step
+    try:
+        while step < cfg.max_steps:
+            t0 = time.perf_counter()
+            rows = schedule.rank_rows(step, info.rank, info.world_size)
+            _, epoch = schedule.step_rows(step)
+            batches = [
+                collate(mb, train_data, pad_id, patch, cfg.pack)
+                for mb in _micro_batches(rows, cfg.micro_batch_size)
+            ]
+            n_loss, n_tokens = D.all_sum(
+                [sum(b.n_loss_tokens for b in batches), sum(b.n_tokens for b in batches)], info.device
+            )
+            local_loss = 0.0
+            for i, batch in enumerate(batches):
+                b = batch.to(info.device)
+                with _no_sync(wrapped, i == len(batches) - 1, cfg.distributed), _autocast(cfg, info.device):
+                    loss_sum = wrapped(b.token_ids, b.labels, b.images, b.positions, b.mask)
+                    (loss_sum * (info.world_size / max(n_loss, 1.0))).backward()
+                local_loss += float(loss_sum.detach())
+            grad_norm = _clip(trainable, cfg.grad_clip)
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            (total_loss,) = D.all_sum([local_loss], info.device)
+            loss = total_loss / max(n_loss, 1.0)
+            step += 1
+            seconds = time.perf_counter() - t0
+            if step > start_step + 1 or cfg.max_steps - start_step == 1:
+                timed_tokens += n_tokens
+                timed_seconds += seconds
+            result.losses[step] = loss
+            result.steps = step
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                metrics.log(
+                    {
+                        "step": step,
+                        "loss": loss,
+                        "lr": lr,
+                        "grad_norm": grad_norm,
+                        "tokens": int(n_tokens),
+                        "loss_tokens": int(n_loss),
+                        "tokens_per_s": n_tokens / seconds,
+                        "step_s": seconds,
+                        "epoch": epoch,
+                    }
+                )
+            metrics.progress(
+                1, {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "tok/s": f"{n_tokens / seconds:.0f}"}
+            )
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"step {step}: the loss is {loss}; lower lr or check the data")
+
+            stopping = D.any_rank(stop["flag"], info.device)
+            if stopping or (cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps):
+                save_checkpoint(
+                    out_dir,
+                    step,
+                    root,
+                    optimizer,
+                    scheduler,
+                    info,
+                    _train_state(cfg, train_data),
+                    cfg.keep_last,
+                )
+            if stopping:
+                metrics.message(f"interrupted: checkpoint saved at step {step}; continue with --resume")
+                result.interrupted = True
+                return result
+            if val_data is not None and cfg.val_every and step % cfg.val_every == 0:
+                metrics.log({"step": step, "val_loss": evaluate_loss(ctx, val_data)})
+            if eval_hook is not None and cfg.eval_every and step % cfg.eval_every == 0:
+                metrics.log({"step": step, **eval_hook(ctx, step)})
+            if stop_after is not None and step - start_step >= stop_after:
+                return result
+
+        if start_step < cfg.max_steps or not list_checkpoints(out_dir):
+            save_checkpoint(
+                out_dir, step, root, optimizer, scheduler, info, _train_state(cfg, train_data), cfg.keep_last
+            )
+        if val_data is not None and not (cfg.val_every and step % cfg.val_every == 0):
+            metrics.log({"step": step, "val_loss": evaluate_loss(ctx, val_data)})
+        result.export_dir = export_model(
+            root,
+            out_dir / "final",
+            model.config,
+            info,
+            cfg.export_formats,
+            lora,
+            tokenizer_dir,
+            ctx.export_dtype,
+        )
+        metrics.message(f"exported the trained model to {result.export_dir}")
+        return result
+    finally:
+        result.tokens_per_s = timed_tokens / timed_seconds if timed_seconds else 0.0
+        _restore_signal_handlers(previous)
+        metrics.close()
+
+
+def _clip(params: list[torch.Tensor], max_norm: float) -> float:
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+@torch.no_grad()
+def evaluate_loss(ctx: TrainContext, data: ConversationDataset) -> float:
+    """Mean token loss over a whole dataset; rows dealt round-robin to the ranks, fillers even them out."""
+    info, cfg = ctx.info, ctx.config
+    schedule = RowSchedule(data.lengths(), cfg.seq_len, cfg.pack, cfg.seed, 1)
+    rows = schedule.epoch_rows(0)
+    mine = rows[info.rank :: info.world_size]
+    per_rank = math.ceil(len(rows) / info.world_size)
+    mine += [[] for _ in range(per_rank - len(mine))]
+    pad_id = ctx.tokenizer.instruct_tokenizer.tokenizer.pad_id
+    ctx.root.eval()
+    total, count = 0.0, 0
+    try:
+        for mb in _micro_batches(mine, cfg.micro_batch_size):
+            b: Batch = collate(mb, data, pad_id, ctx.model_config.vision.patch_size, cfg.pack).to(info.device)
+            with _autocast(cfg, info.device):
+                total += float(ctx.wrapped(b.token_ids, b.labels, b.images, b.positions, b.mask))
+            count += b.n_loss_tokens
+    finally:
+        ctx.root.train()
+    total, count = D.all_sum([total, count], info.device)
+    return total / max(count, 1.0)
+
+
+def _train_state(cfg: TrainConfig, data: ConversationDataset) -> dict[str, Any]:
+    return {"config": cfg.to_dict(), "data_stats": vars(data.stats)}
+
+
+def _check_resumable(cfg: TrainConfig, state: dict[str, Any], path: Path) -> None:
+    saved = state.get("config", {})
+    changed = [k for k in TrainConfig.DATA_FIELDS if k in saved and saved[k] != getattr(cfg, k)]
+    if changed:
+        raise TrainConfigError(
+            f"{path / STATE_FILE}: the run was saved with different {', '.join(changed)}; resuming would not "
+            "continue the same run (use the saved values or a new out_dir)"
+        )
+
+
+def _export_dtype(cfg: TrainConfig, stored: torch.dtype | None) -> torch.dtype | None:
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    return names[cfg.export_dtype] if cfg.export_dtype else stored
+
+
+def _install_signal_handlers(stop: dict[str, bool]) -> dict[int, Any]:
+    """SIGTERM / SIGINT: finish the current step, save a checkpoint, return."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop["flag"]:  # a second signal: stop now
+            raise KeyboardInterrupt
+        stop["flag"] = True
+
+    previous = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: no handlers
+        pass
+    return previous
+
+
+def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+    for sig, old in previous.items():
+        signal.signal(sig, old)
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, indent=2) + "\n"
