@@ -117,3 +117,22 @@ def test_image_sniffing():
     assert sniff_mime(render("x", "PNG")) == "image/png"
     assert to_image_data({"bytes": render("x", "JPEG"), "path": "x.png"}).mime == "image/jpeg"  # bytes decide
     assert to_image_data(None) is None
+
+
+def test_parquet_rows_are_read_lazily_by_row_group(tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    expected = []
+    for f in range(2):
+        rows = [{"question": f"q{f}-{i}", "answer": str(i)} for i in range(10)]
+        expected += rows
+        pq.write_table(
+            pa.Table.from_pylist(rows), folder / f"test-{f:05d}-of-00002.parquet", row_group_size=3
+        )
+    loaded = load_local(folder, "test")
+    assert len(loaded) == 20
+    order = select_indices(20, None, True, 5)
+    assert [loaded[i]["question"] for i in order] == [expected[i]["question"] for i in order]
+    assert len(loaded.source._cache) <= 4  # only a few row groups in memory
+    with pytest.raises(IndexError):
+        loaded[20]

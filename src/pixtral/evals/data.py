@@ -8,10 +8,12 @@ paths relative to the folder.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import random
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,22 +24,67 @@ from pixtral.evals.tasks.base import DatasetSpec
 _EXTS = (".parquet", ".arrow", ".jsonl")
 
 
+class _LazyParquet:
+    """Rows of parquet files, read one row group at a time (a few cached): a 200k-image split never sits in RAM."""
+
+    def __init__(self, files: list[Path], cache_groups: int = 4) -> None:
+        import pyarrow.parquet as pq
+
+        self._files = [pq.ParquetFile(f) for f in files]
+        self._groups: list[tuple[int, int, int]] = []  # (file, row group, first row)
+        start = 0
+        for fi, pf in enumerate(self._files):
+            for rg in range(pf.num_row_groups):
+                self._groups.append((fi, rg, start))
+                start += pf.metadata.row_group(rg).num_rows
+        self._starts = [g[2] for g in self._groups]
+        self.num_rows = start
+        self._cache: OrderedDict[int, list[dict[str, Any]]] = OrderedDict()
+        self._cache_groups = cache_groups
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not 0 <= i < self.num_rows:
+            raise IndexError(i)
+        gi = bisect.bisect_right(self._starts, i) - 1
+        rows = self._cache.get(gi)
+        if rows is None:
+            fi, rg, _ = self._groups[gi]
+            rows = self._files[fi].read_row_group(rg).to_pylist()
+            self._cache[gi] = rows
+            if len(self._cache) > self._cache_groups:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(gi)
+        return dict(rows[i - self._starts[gi]])
+
+
+class _TableRows:
+    def __init__(self, table: Any) -> None:
+        self._table = table
+
+    def __len__(self) -> int:
+        return self._table.num_rows
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self._table.slice(i, 1).to_pylist()[0]
+
+
 @dataclass
 class Rows:
     """Random access to a split's rows (dicts), plus where they came from."""
 
-    table: Any  # pyarrow.Table, a datasets.Dataset, or a list of dicts
+    source: Any  # supports len() and [i] -> dict: a datasets.Dataset, _LazyParquet or _TableRows
     provenance: dict[str, Any] = field(default_factory=dict)
     base_dir: Path | None = None
 
     def __len__(self) -> int:
-        return len(self.table) if not hasattr(self.table, "num_rows") else self.table.num_rows
+        return len(self.source)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        if hasattr(self.table, "slice") and hasattr(self.table, "num_rows") and hasattr(self.table, "schema"):
-            row = self.table.slice(i, 1).to_pylist()[0]
-        else:
-            row = dict(self.table[i])
+        row = dict(self.source[i])
         if self.base_dir is not None:
             row["__base_dir__"] = self.base_dir
         return row
@@ -87,8 +134,13 @@ def load_local(folder: Path, split: str) -> Rows:
         raise DatasetError(f"--data-dir {folder} is not a folder")
     files = _split_files(folder, split)
     try:
-        tables = [_read_file(p) for p in files]
-        table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+        if all(p.suffix == ".parquet" for p in files):
+            source: Any = _LazyParquet(files)
+        else:
+            tables = [_read_file(p) for p in files]
+            source = _TableRows(
+                pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+            )
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise DatasetError(f"cannot read {folder}: {exc}") from exc
     digest = hashlib.sha256()
@@ -102,7 +154,7 @@ def load_local(folder: Path, split: str) -> Rows:
         "files": [str(p.relative_to(folder)) for p in files],
         "revision": "files-" + digest.hexdigest()[:16],
     }
-    return Rows(table, provenance, base_dir=folder)
+    return Rows(source, provenance, base_dir=folder)
 
 
 def load_hub(spec: DatasetSpec, name: str, config: str | None, split: str, revision: str | None) -> Rows:
