@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 
 import pytest
 import torch
@@ -103,7 +104,10 @@ def test_closing_a_stream_cancels_it_and_frees_the_engine(engine):
     stream = engine.stream(MESSAGES, SamplingParams(max_tokens=200))
     next(stream)
     stream.close()
-    assert not engine._lock.locked()
+    deadline = time.time() + 10
+    while engine.scheduler.n_running and time.time() < deadline:
+        time.sleep(0.01)
+    assert engine.scheduler.n_running == 0 and engine.scheduler.kv_bytes_used == 0
     assert len(engine.generate(MESSAGES, SamplingParams(max_tokens=3)).token_ids) == 3
 
 

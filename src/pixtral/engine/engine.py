@@ -2,24 +2,22 @@
 
 The CLI, the server and the in-process evaluation backend all call `Engine`. It owns the model, the
 tokenizer and the image limits; it turns OpenAI-shaped messages into a prompt (prompt/), runs the decoding
-loop (generate.py), and turns token ids back into text with stop strings applied.
+scheduler (continuous batching, KV budget, image and prefix caches), and turns token ids back into text
+with stop strings applied. Many threads may call generate/stream at once: their requests are batched.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pixtral.checkpoint.loader import load_model
 from pixtral.default_model import UNTRAINED_MARKER, default_model_path
-from pixtral.engine.generate import decode_steps
 from pixtral.engine.sampling import SamplingParams
-from pixtral.errors import InputError
+from pixtral.engine.scheduler import Finished, Request, Scheduler, SchedulerConfig
+from pixtral.errors import InputError, PixtralError
 from pixtral.model.pixtral import Pixtral
 from pixtral.prompt.chat import EncodedPrompt, encode_chat
 from pixtral.prompt.detokenize import StreamingDetokenizer
@@ -27,6 +25,7 @@ from pixtral.prompt.images import DEFAULT_LIMITS, FetchRemote, ImageLimits
 from pixtral.prompt.tokenizer import load_tokenizer
 
 Messages = Sequence[Mapping[str, Any]]
+DEFAULT_SCHEDULER = SchedulerConfig()
 
 
 @dataclass
@@ -55,6 +54,7 @@ class Engine:
         untrained: bool = False,
         limits: ImageLimits = DEFAULT_LIMITS,
         fetch_remote: FetchRemote | None = None,
+        scheduler: SchedulerConfig = DEFAULT_SCHEDULER,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -63,7 +63,7 @@ class Engine:
         self.limits = limits
         self.fetch_remote = fetch_remote
         self.eos_id = model.config.eos_id
-        self._lock = threading.Lock()  # one generation at a time; batching is the scheduler's job
+        self.scheduler = Scheduler(model, scheduler)
 
     @classmethod
     def load(
@@ -74,6 +74,7 @@ class Engine:
         device: str = "cpu",
         limits: ImageLimits = DEFAULT_LIMITS,
         fetch_remote: FetchRemote | None = None,
+        scheduler: SchedulerConfig = DEFAULT_SCHEDULER,
     ) -> Engine:
         """A model folder (native or HF format), a hub id, or None for the bundled default model."""
         path = default_model_path() if model is None else model
@@ -91,6 +92,7 @@ class Engine:
             untrained=(ckpt.folder / UNTRAINED_MARKER).exists(),
             limits=limits,
             fetch_remote=fetch_remote,
+            scheduler=scheduler,
         )
 
     @property
@@ -116,28 +118,32 @@ class Engine:
         return Completion("".join(text), ids, n_prompt, finish)
 
     def stream(self, messages: Messages, params: SamplingParams | None = None) -> Iterator[StreamEvent]:
-        """Events as text becomes final. Closing the iterator stops generation and frees its memory."""
+        """Events as text becomes final. Closing the iterator cancels the request and frees its memory."""
         params = params or SamplingParams()
         prompt = self.encode(messages)
         n_prompt = len(prompt.token_ids)
         params = replace(params, max_tokens=min(params.max_tokens, self.max_context - n_prompt))
-        images = [torch.from_numpy(im) for im in prompt.images]
-        with self._lock:
-            yield from self._stream_text(prompt.token_ids, images, params, n_prompt)
+        request = self.scheduler.submit(prompt.token_ids, prompt.images, params, frozenset({self.eos_id}))
+        try:
+            yield from self._stream_text(request, params, n_prompt)
+        finally:
+            request.cancel()
 
-    def _stream_text(
-        self, prompt_ids: list[int], images: list[torch.Tensor], params: SamplingParams, n_prompt: int
-    ) -> Iterator[StreamEvent]:
+    def _stream_text(self, request: Request, params: SamplingParams, n_prompt: int) -> Iterator[StreamEvent]:
         detok = StreamingDetokenizer(self.tokenizer)
         stops = StopStrings(params.stop)
         pending_ids: list[int] = []
-        finish = "length"
-        for step in decode_steps(self.model, prompt_ids, images, params, stop_ids=frozenset({self.eos_id})):
-            if step.token_id == self.eos_id:
-                finish = "stop"
+        while True:
+            item = request.events.get()
+            if isinstance(item, Finished):
+                if item.reason == "error":
+                    if isinstance(item.error, PixtralError):
+                        raise item.error
+                    raise RuntimeError(f"generation failed: {item.error}") from item.error
+                finish = item.reason
                 break
-            pending_ids.append(step.token_id)
-            safe, stopped = stops.feed(detok.push(step.token_id))
+            pending_ids.append(item)
+            safe, stopped = stops.feed(detok.push(item))
             if stopped:
                 finish = "stop"
                 break

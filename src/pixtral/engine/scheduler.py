@@ -1,0 +1,274 @@
+"""Continuous batching on one model: requests join and leave between decode steps.
+
+Each step of the loop (a background thread):
+1. admit waiting requests whose KV cache fits the byte budget (a request that could never fit is rejected
+   with a clear error; one that does not fit now waits);
+2. prefill at most `prefill_chunk` prompt tokens of one request, so a new prompt never stalls the running
+   decodes for longer than one chunk (images are encoded once per content, through the image cache; a cached
+   prompt prefix skips its share of the prefill);
+3. decode one token for every running request in one batched forward.
+Sampling runs per request with its own parameters and seeded generator, so a request's tokens do not depend
+on what it was batched with. Tokens go to each request's queue; the consumer (engine.py) turns them into text.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from pixtral.engine.image_cache import ImageFeatureCache, image_hash
+from pixtral.engine.prefix_cache import PrefixCache, block_keys
+from pixtral.engine.sampling import SamplingParams, sample_next
+from pixtral.errors import InputError
+from pixtral.model.kv_cache import SequenceKVCache
+from pixtral.model.pixtral import Pixtral
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    kv_budget_bytes: int = 2 * 1024**3
+    max_batch: int = 32
+    prefill_chunk: int = 512  # prompt tokens per step
+    image_cache_bytes: int = 256 * 1024**2
+    prefix_cache_bytes: int = 512 * 1024**2
+    prefix_block: int = 32
+
+
+@dataclass
+class Request:
+    prompt_ids: list[int]
+    images: list[np.ndarray]
+    params: SamplingParams
+    stop_ids: frozenset[int]
+    events: queue.Queue = field(default_factory=queue.Queue)  # token ids, then a Finished
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    # scheduler state
+    cache: SequenceKVCache | None = None
+    features: torch.Tensor | None = None  # (n_img_tokens, dim), in prompt order
+    image_hashes: list[str] = field(default_factory=list)
+    prefilled: int = 0
+    generated: int = 0
+    last_token: int = -1
+    generator: torch.Generator | None = None
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: str  # "stop" | "length" | "cancelled" | "error"
+    error: Exception | None = None
+
+
+class Scheduler:
+    def __init__(self, model: Pixtral, config: SchedulerConfig | None = None) -> None:
+        self.model = model
+        self.config = config = config or SchedulerConfig()
+        self.image_cache = ImageFeatureCache(config.image_cache_bytes)
+        self.prefix_cache = PrefixCache(config.prefix_cache_bytes, config.prefix_block)
+        self.kv_bytes_used = 0
+        self.steps = 0
+        self.finished_requests = 0
+        self._waiting: deque[Request] = deque()
+        self._running: list[Request] = []
+        self._work = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    # ---- public, thread-safe ----------------------------------------------------------------------
+
+    def submit(
+        self,
+        prompt_ids: list[int],
+        images: list[np.ndarray],
+        params: SamplingParams,
+        stop_ids: frozenset[int],
+    ) -> Request:
+        request = Request(list(prompt_ids), images, params, stop_ids)
+        need = self._kv_bytes(request)
+        if need > self.config.kv_budget_bytes:
+            raise InputError(
+                f"this request needs {_human(need)} of KV cache ({len(prompt_ids)} prompt tokens + "
+                f"{params.max_tokens} new tokens) but the budget is {_human(self.config.kv_budget_bytes)}: "
+                "lower max_tokens or shorten the prompt"
+            )
+        with self._work:
+            self._waiting.append(request)
+            self._work.notify()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="pixtral-scheduler", daemon=True)
+                self._thread.start()
+        return request
+
+    @property
+    def n_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def n_running(self) -> int:
+        return len(self._running)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "requests_waiting": self.n_waiting,
+            "requests_running": self.n_running,
+            "requests_finished": self.finished_requests,
+            "kv_bytes_used": self.kv_bytes_used,
+            "kv_budget_bytes": self.config.kv_budget_bytes,
+            "image_cache_hits": self.image_cache.hits,
+            "image_cache_misses": self.image_cache.misses,
+            "prefix_cache_hits": self.prefix_cache.hits,
+            "prefix_cache_misses": self.prefix_cache.misses,
+            "prefix_cache_tokens_reused": self.prefix_cache.tokens_reused,
+            "steps": self.steps,
+        }
+
+    # ---- the loop ---------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._work:
+                while not self._waiting and not self._running:
+                    self._work.wait()
+            try:
+                self.step()
+            except Exception as e:  # a bug must not leave clients waiting forever
+                for request in list(self._running):
+                    self._finish(request, Finished("error", e))
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        self.steps += 1
+        self._drop_cancelled()
+        self._admit()
+        prefilling = [r for r in self._running if r.prefilled < len(r.prompt_ids)]
+        if prefilling:
+            try:
+                self._prefill_chunk(prefilling[0])
+            except Exception as e:  # a bad prompt fails its own request only
+                self._finish(prefilling[0], Finished("error", e))
+        decoding = [r for r in self._running if r.prefilled == len(r.prompt_ids) and r.generated > 0]
+        if decoding:
+            self._decode(decoding)
+
+    def _kv_bytes(self, request: Request) -> int:
+        n = len(request.prompt_ids) + request.params.max_tokens
+        return n * SequenceKVCache.bytes_per_token(self.model.config.text, self.model.dtype)
+
+    def _drop_cancelled(self) -> None:
+        for request in [r for r in self._running if r.cancelled.is_set()]:
+            self._finish(request, Finished("cancelled"))
+        with self._work:
+            for request in [r for r in self._waiting if r.cancelled.is_set()]:
+                self._waiting.remove(request)
+                request.events.put(Finished("cancelled"))
+
+    def _admit(self) -> None:
+        while self._waiting and len(self._running) < self.config.max_batch:
+            request = self._waiting[0]
+            need = self._kv_bytes(request)
+            if self.kv_bytes_used + need > self.config.kv_budget_bytes:
+                return  # waits for memory to free up
+            with self._work:
+                self._waiting.popleft()
+            try:
+                self._start(request)
+            except Exception as e:
+                request.events.put(Finished("error", e))
+                continue
+            self.kv_bytes_used += need
+            self._running.append(request)
+
+    def _start(self, request: Request) -> None:
+        """Allocate the KV cache, encode images (cached by content), reuse a cached prompt prefix."""
+        text = self.model.config.text
+        request.cache = SequenceKVCache(
+            text, len(request.prompt_ids) + request.params.max_tokens, self.model.dtype
+        )
+        request.image_hashes = [image_hash(im) for im in request.images]
+        features = []
+        for pixels, key in zip(request.images, request.image_hashes, strict=True):
+            cached = self.image_cache.get(key)
+            if cached is None:
+                cached = self.model.encode_images(
+                    [torch.from_numpy(pixels)]
+                )  # one image per call: exact reuse
+                self.image_cache.put(key, cached)
+            features.append(cached)
+        request.features = torch.cat(features) if features else None
+        keys = block_keys(
+            request.prompt_ids, request.image_hashes, self.model.config.vision, self.prefix_cache.block
+        )
+        # Reuse at most len - 1 tokens: the last prompt token must run to give the first logits.
+        hit = self.prefix_cache.lookup(keys, len(request.prompt_ids) - 1)
+        if hit is not None:
+            request.cache.copy_prefix_from(*hit)
+            request.prefilled = hit[0].shape[1]
+        params = request.params
+        if not params.greedy:
+            seed = params.seed if params.seed is not None else int(torch.seed())
+            request.generator = torch.Generator().manual_seed(seed)
+
+    def _prefill_chunk(self, request: Request) -> None:
+        start = request.prefilled
+        end = min(len(request.prompt_ids), start + self.config.prefill_chunk)
+        ids = torch.tensor([request.prompt_ids[start:end]])
+        image_id = self.model.config.vision.image_token_id
+        features = None
+        if request.features is not None:
+            before = sum(1 for t in request.prompt_ids[:start] if t == image_id)
+            inside = int((ids == image_id).sum())
+            features = request.features[before : before + inside] if inside else None
+        last = end == len(request.prompt_ids)
+        logits = self.model(ids, image_features=features, caches=[request.cache], last_only=last)
+        request.prefilled = end
+        if last:
+            full_blocks = (len(request.prompt_ids) - 1) // self.prefix_cache.block
+            if full_blocks:
+                keys = block_keys(
+                    request.prompt_ids,
+                    request.image_hashes,
+                    self.model.config.vision,
+                    self.prefix_cache.block,
+                )[:full_blocks]
+                self.prefix_cache.store(keys, request.cache.k, request.cache.v)
+            self._emit(request, logits[0, -1])
+
+    def _decode(self, batch: list[Request]) -> None:
+        ids = torch.tensor([[r.last_token] for r in batch])  # (B, 1)
+        logits = self.model(ids, caches=[r.cache for r in batch])[:, -1]  # (B, vocab)
+        for row, request in enumerate(batch):
+            self._emit(request, logits[row])
+
+    def _emit(self, request: Request, logits: torch.Tensor) -> None:
+        token = int(sample_next(logits[None], request.params, request.generator)[0])
+        request.generated += 1
+        request.last_token = token
+        if token in request.stop_ids:
+            self._finish(request, Finished("stop"))
+            return
+        request.events.put(token)
+        if request.generated >= request.params.max_tokens:
+            self._finish(request, Finished("length"))
+
+    def _finish(self, request: Request, outcome: Finished) -> None:
+        if request in self._running:
+            self._running.remove(request)
+            self.kv_bytes_used -= self._kv_bytes(request)
+        request.cache = None  # frees the KV memory
+        request.features = None
+        self.finished_requests += 1
+        request.events.put(outcome)
+
+
+def _human(n_bytes: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n_bytes < 1024 or unit == "GiB":
+            return f"{n_bytes:.1f} {unit}" if unit != "B" else f"{n_bytes} B"
+        n_bytes /= 1024
+    return f"{n_bytes:.1f} GiB"

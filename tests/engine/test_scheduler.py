@@ -1,0 +1,155 @@
+"""Continuous batching: every request gets exactly the tokens it gets alone; caches hit without changing outputs."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from pixtral.engine.generate import decode_steps
+from pixtral.engine.prefix_cache import block_keys
+from pixtral.engine.sampling import SamplingParams
+from pixtral.engine.scheduler import Finished, Scheduler, SchedulerConfig
+from pixtral.errors import InputError
+from tests.factories import TEST_CONFIG, image_block, prompt_with_images
+
+EOS = frozenset({TEST_CONFIG.eos_id})
+
+
+def alone(model, ids, images, params) -> list[int]:
+    """The reference: one request, the plain decoding loop, no batching, no caches."""
+    steps = decode_steps(model, ids, [torch.as_tensor(i) for i in images], params, stop_ids=EOS)
+    return [s.token_id for s in steps if s.token_id not in EOS]
+
+
+def collect(request, timeout: float = 60.0) -> tuple[list[int], Finished]:
+    tokens = []
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        item = request.events.get(timeout=timeout)
+        if isinstance(item, Finished):
+            return tokens, item
+        tokens.append(item)
+    raise TimeoutError
+
+
+def make_requests(n: int, seed0: int = 0):
+    shapes = [[], [(2, 3)], [(1, 4), (3, 1)], [(2, 2)], [], [(4, 2)], [(1, 1)], [(3, 3)]]
+    out = []
+    for i in range(n):
+        ids, images = prompt_with_images(shapes[i % len(shapes)], seed=seed0 + i)
+        out.append((ids[0].tolist(), [im.numpy() for im in images]))
+    return out
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "seeded-sampling"])
+def test_batched_and_continuously_batched_requests_equal_each_request_alone(test_model, sampled):
+    scheduler = Scheduler(test_model, SchedulerConfig(prefill_chunk=16))
+    requests = make_requests(7)
+
+    def params(i):
+        return SamplingParams(max_tokens=10 + i, temperature=0.9 if sampled else 0.0, seed=100 + i)
+
+    handles = [scheduler.submit(ids, ims, params(i), EOS) for i, (ids, ims) in enumerate(requests[:4])]
+    collect_first = collect(handles[0])  # the first finishes while others run, then more join mid-flight
+    handles += [scheduler.submit(ids, ims, params(4 + i), EOS) for i, (ids, ims) in enumerate(requests[4:])]
+    results = [collect_first] + [collect(h) for h in handles[1:]]
+    for i, ((ids, ims), (tokens, finished)) in enumerate(zip(requests, results, strict=True)):
+        assert tokens == alone(test_model, ids, ims, params(i)), f"request {i}"
+        assert finished.reason in ("length", "stop")
+    assert scheduler.kv_bytes_used == 0 and scheduler.n_running == 0
+
+
+def test_rows_really_share_decode_steps(test_model):
+    scheduler = Scheduler(test_model)
+    handles = [
+        scheduler.submit(ids, ims, SamplingParams(max_tokens=20), EOS) for ids, ims in make_requests(4)
+    ]
+    for h in handles:
+        collect(h)
+    # 4 requests x 20 tokens one at a time would take >= 80 steps; batched, ~20 decode steps plus prefills.
+    assert scheduler.steps < 40
+
+
+def test_image_cache_hits_and_does_not_change_outputs(test_model):
+    scheduler = Scheduler(test_model)
+    ids, images = prompt_with_images([(2, 3)], seed=21)
+    ids, images = ids[0].tolist(), [im.numpy() for im in images]
+    params = SamplingParams(max_tokens=8)
+    first, _ = collect(scheduler.submit(ids, images, params, EOS))
+    second, _ = collect(scheduler.submit(ids, images, params, EOS))
+    assert (scheduler.image_cache.misses, scheduler.image_cache.hits) == (1, 1)
+    assert first == second == alone(test_model, ids, images, params)
+
+
+def test_prefix_cache_reuses_a_previous_turn(test_model):
+    scheduler = Scheduler(test_model, SchedulerConfig(prefix_block=8))
+    ids, images = prompt_with_images([(3, 4)], seed=31)
+    ids, images = ids[0].tolist(), [im.numpy() for im in images]
+    params = SamplingParams(max_tokens=6)
+    answer, _ = collect(scheduler.submit(ids, images, params, EOS))
+    follow_up = ids + answer + [TEST_CONFIG.eos_id, 3, 1050, 1060, 1070, 4]  # next user turn
+    got, _ = collect(scheduler.submit(follow_up, images, params, EOS))
+    assert scheduler.prefix_cache.hits == 1 and scheduler.prefix_cache.tokens_reused >= 8 * (
+        (len(ids) - 1) // 8
+    )
+    assert got == alone(test_model, follow_up, images, params)
+
+
+def test_identical_placeholders_with_different_images_never_share_kv(test_model):
+    scheduler = Scheduler(test_model, SchedulerConfig(prefix_block=8))
+    _, images = prompt_with_images([(3, 4)], seed=41)
+    ids = [1, 3, *range(1100, 1110), *image_block(3, 4), 1111, 1112, 4]  # block 0 is text only
+    a = [im.numpy() for im in images]
+    b = [(im + 1.0).numpy() for im in images]
+    keys_a = block_keys(ids, ["hash-a"], TEST_CONFIG.vision, 8)
+    keys_b = block_keys(ids, ["hash-b"], TEST_CONFIG.vision, 8)
+    assert keys_a[0] == keys_b[0]  # the text-only first block is shared
+    assert all(ka != kb for ka, kb in zip(keys_a[1:], keys_b[1:], strict=True))  # every block after is not
+    params = SamplingParams(max_tokens=6)
+    out_a, _ = collect(scheduler.submit(ids, a, params, EOS))
+    out_b, _ = collect(scheduler.submit(ids, b, params, EOS))
+    assert scheduler.prefix_cache.tokens_reused == 8  # only the text-only block was reused
+    assert out_a == alone(test_model, ids, a, params)
+    assert out_b == alone(test_model, ids, b, params)
+
+
+def test_kv_budget_rejects_what_can_never_fit_and_queues_what_cannot_fit_now(test_model):
+    per_token = 2 * TEST_CONFIG.text.n_layers * TEST_CONFIG.text.n_kv_heads * TEST_CONFIG.text.head_dim * 4
+    (ids, ims), (ids2, ims2) = make_requests(2)
+    budget = per_token * 60  # each fits alone (7 + 40, 18 + 30 tokens), not both together
+    scheduler = Scheduler(test_model, SchedulerConfig(kv_budget_bytes=budget))
+    with pytest.raises(InputError, match="iB of KV cache.*budget"):
+        scheduler.submit(ids, ims, SamplingParams(max_tokens=1000), EOS)
+    first = scheduler.submit(ids, ims, SamplingParams(max_tokens=40), EOS)
+    second = scheduler.submit(ids2, ims2, SamplingParams(max_tokens=30), EOS)
+    tokens, _ = collect(first)
+    assert len(tokens) <= 40
+    tokens2, finished2 = collect(second)  # waited for the first to free its memory, then ran
+    assert tokens2 == alone(test_model, ids2, ims2, SamplingParams(max_tokens=30))
+    assert scheduler.kv_bytes_used == 0
+
+
+def test_cancellation_frees_memory(test_model):
+    scheduler = Scheduler(test_model)
+    ((ids, ims),) = make_requests(1)
+    request = scheduler.submit(ids, ims, SamplingParams(max_tokens=10_000), EOS)
+    request.events.get(timeout=30)  # running
+    assert scheduler.kv_bytes_used > 0
+    request.cancel()
+    _, finished = collect(request)
+    assert finished.reason == "cancelled"
+    assert scheduler.kv_bytes_used == 0 and scheduler.n_running == 0
+
+
+def test_a_failing_request_reports_its_error(test_model):
+    scheduler = Scheduler(test_model)
+    ids, _ = prompt_with_images([(2, 2)], seed=1)
+    request = scheduler.submit(
+        ids[0].tolist(), [], SamplingParams(max_tokens=3), EOS
+    )  # [IMG] tokens, no image
+    _, finished = collect(request)
+    assert finished.reason == "error" and "[IMG] tokens" in str(finished.error)
+    ok, _ = collect(scheduler.submit([1, 3, 1100, 4], [], SamplingParams(max_tokens=3), EOS))
+    assert len(ok) == 3  # the scheduler is still serving
