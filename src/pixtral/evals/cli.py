@@ -1,6 +1,6 @@
 """``pixtral eval``: run the paper's benchmarks against any OpenAI-compatible endpoint or the in-process engine.
 
-Wiring: the main CLI calls ``add_eval_parser(subparsers)``; the parser's ``func`` default takes the parsed
+Wiring: the main CLI calls ``add_eval_parser(subparsers)``; the parser's ``handler`` default takes the parsed
 namespace and returns an exit code. ``python -m pixtral.evals`` runs the same parser on its own.
 """
 
@@ -92,6 +92,10 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--judge-concurrency", type=int, default=8, help="judge requests in flight (default 8)")
     g.add_argument("--judge-attempts", type=int, default=3,
                    help="judge replies per turn before it is recorded as unparseable (default 3)")  # fmt: skip
+    g.add_argument("--judge-max-tokens", type=int, default=2048, help="judge reply length (default 2048)")
+    g.add_argument(
+        "--judge-timeout", type=float, default=300.0, help="seconds per judge request (default 300)"
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -120,7 +124,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     cmp.add_argument("--json", action="store_true", help="print JSON instead of tables")
     cmp.add_argument("--bootstrap", type=int, default=1000)
     actions.add_parser("tasks", help="list the tasks, their datasets, splits and metrics")
-    parser.set_defaults(func=handle_eval)
+    parser.set_defaults(handler=handle_eval)
     return parser
 
 
@@ -143,7 +147,7 @@ def _config_from_args(args: argparse.Namespace):
         limit=args.limit, shuffle=args.shuffle, seed=args.seed, prompts=args.prompts, scoring=args.scoring,
         judge_model=args.judge_model, judge_endpoints=args.judge_endpoint or [DEFAULT_JUDGE_URL],
         judge_api_key_env=args.judge_api_key_env, judge_concurrency=args.judge_concurrency,
-        judge_attempts=args.judge_attempts, bootstrap=args.bootstrap, progress=not args.no_progress,
+        judge_attempts=args.judge_attempts, judge_max_tokens=args.judge_max_tokens, judge_timeout=args.judge_timeout, bootstrap=args.bootstrap, progress=not args.no_progress,
     )  # fmt: skip
 
 
@@ -214,6 +218,12 @@ def handle_eval(args: argparse.Namespace) -> int:
     except PixtralError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted: every finished answer is saved; run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,4 +231,4 @@ def main(argv: list[str] | None = None) -> int:
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_eval_parser(subparsers)
     args = parser.parse_args(["eval", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
+    return args.handler(args)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 from pixtral.evals.backends.http import OpenAIHTTPBackend
 from pixtral.evals.config import EvalConfig
-from pixtral.evals.data import load_rows, select_indices
+from pixtral.evals.data import Rows, load_rows, select_indices
 from pixtral.evals.errors import BackendError, DatasetError, EvalConfigError
 from pixtral.evals.judge import JudgeParams, build_judge_messages, judge, judge_key
 from pixtral.evals.metrics import check_mode
@@ -55,6 +56,16 @@ class TaskRun:
     task: Task
     records: list[ItemRecord] = field(default_factory=list)
     dataset: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Session:
+    """What every item pipeline of a run shares."""
+
+    store: Store
+    backend: Any
+    judge_backend: OpenAIHTTPBackend | None
+    progress: ProgressReporter
 
 
 @dataclass
@@ -129,7 +140,6 @@ class Runner:
         cfg = self.cfg
         store = Store(cfg.output_dir / "store.sqlite")
         try:
-            needs_judge = any(t.needs_judge for t in self.tasks)
             # Load data first: a wrong folder should fail before any endpoint is touched.
             loaded = []
             for task in self.tasks:
@@ -143,54 +153,54 @@ class Runner:
                     cfg.revision,
                 )
                 loaded.append((task, rows, select_indices(len(rows), cfg.limit, cfg.shuffle, cfg.seed)))
-            async with self._backend() as backend:
+            async with AsyncExitStack() as stack:
+                backend = await stack.enter_async_context(self._backend())
                 self.model_name = backend.model
                 self.model_endpoints = backend.endpoints
-                judge_backend = self._judge_backend() if needs_judge else None
-                if judge_backend is not None:
-                    await judge_backend.__aenter__()
-                try:
-                    with ProgressReporter(enabled=cfg.progress) as progress:
-                        runs = []
-                        for task, rows, indices in loaded:
-                            runs.append(
-                                await self._run_task(
-                                    task, rows, indices, store, backend, judge_backend, progress
-                                )
-                            )
-                finally:
-                    if judge_backend is not None:
-                        await judge_backend.__aexit__(None, None, None)
-            return runs
+                judge_backend = None
+                if any(t.needs_judge for t in self.tasks):
+                    judge_backend = await stack.enter_async_context(self._judge_backend())
+                progress = stack.enter_context(ProgressReporter(enabled=cfg.progress))
+                session = _Session(store, backend, judge_backend, progress)
+                return [await self._run_task(session, task, rows, indices) for task, rows, indices in loaded]
         finally:
             store.close()
 
-    async def _run_task(self, task, rows, indices, store, backend, judge_backend, progress) -> TaskRun:
-        cfg = self.cfg
-        split = cfg.split or task.dataset.split
+    async def _run_task(self, s: _Session, task: Task, rows: Rows, indices: list[int]) -> TaskRun:
+        """Schedule one pipeline per item, at most ``4 × concurrency`` alive (bounding image bytes in memory)."""
+        split = self.cfg.split or task.dataset.split
         tr = TaskRun(task, dataset=rows.provenance)
-        done_keys = store.answer_keys()
-        window = asyncio.Semaphore(
-            max(4, 4 * cfg.concurrency)
-        )  # bounds the items (and image bytes) in memory
+        done_keys = s.store.answer_keys()
+        window = asyncio.Semaphore(max(4, 4 * self.cfg.concurrency))
         pending: set[asyncio.Task] = set()
-        bar = progress.add(task.name, total=None)
-        first_error: list[BaseException] = []
+        failures: list[BaseException] = []
+        bar = s.progress.add(task.name, total=None)
 
         async def pipeline(item: Item, rec: ItemRecord) -> None:
             try:
-                await self._process(task, item, rec, store, backend, judge_backend, done_keys)
-            except BaseException as exc:  # a bug, not an item failure: stop the run after recording
-                first_error.append(exc)
+                await self._process(s, task, item, rec, done_keys)
+            except BaseException as exc:  # a bug or a fatal configuration error, not an item failure
+                failures.append(exc)
                 raise
             finally:
                 window.release()
-                progress.advance(bar)
+                s.progress.advance(bar)
 
         try:
-            await self._schedule(
-                task, rows, indices, split, tr, store, window, pending, first_error, pipeline, progress, bar
-            )
+            for index in indices:
+                for item in self._build(s.store, task, rows, index, split, tr):
+                    rec = ItemRecord(
+                        item.item_id, task.name, item.request_key(self.model_name or ""), item.public_request(),
+                        item.reference, item.meta, item.group,
+                    )  # fmt: skip
+                    tr.records.append(rec)
+                    s.progress.grow(bar)
+                    await window.acquire()
+                    if failures:
+                        raise failures[0]
+                    t = asyncio.create_task(pipeline(item, rec))
+                    pending.add(t)
+                    t.add_done_callback(pending.discard)
             if pending:
                 await asyncio.gather(*pending)
         except BaseException:  # stop the items still in flight before the store and the clients close
@@ -200,62 +210,39 @@ class Runner:
             raise
         return tr
 
-    async def _schedule(
-        self, task, rows, indices, split, tr, store, window, pending, first_error, pipeline, progress, bar
-    ):
-        cfg = self.cfg
-        for index in indices:
-            row = rows[index]
-            try:
-                items = task.build_items(index, row, self.prompts, cfg.scoring, split)
-            except DatasetError as exc:  # a malformed row is recorded and reported, it does not stop the run
-                rec = ItemRecord(
-                    task.item_id(split, index),
-                    task.name,
-                    f"row:{task.item_id(split, index)}",
-                    {},
-                    None,
-                    {},
-                    "",
-                )
-                store.put_error(rec.key, rec.item_id, "build", str(exc))
-                tr.records.append(rec)
-                self.counters.failed += 1
-                continue
-            for item in items:
-                rec = ItemRecord(
-                    item.item_id, task.name, item.request_key(self.model_name or ""), item.public_request(),
-                    item.reference, item.meta, item.group,
-                )  # fmt: skip
-                tr.records.append(rec)
-                progress.grow(bar)
-                await window.acquire()
-                if first_error:
-                    raise first_error[0]
-                t = asyncio.create_task(pipeline(item, rec))
-                pending.add(t)
-                t.add_done_callback(pending.discard)
+    def _build(self, store: Store, task: Task, rows: Rows, index: int, split: str, tr: TaskRun) -> list[Item]:
+        """The items of one row; a malformed row is recorded as an error and reported, it does not stop the run."""
+        try:
+            return task.build_items(index, rows[index], self.prompts, self.cfg.scoring, split)
+        except DatasetError as exc:
+            item_id = task.item_id(split, index)
+            rec = ItemRecord(item_id, task.name, f"row:{item_id}", {}, None, {}, item_id)
+            store.put_error(rec.key, item_id, "build", str(exc))
+            tr.records.append(rec)
+            self.counters.failed += 1
+            return []
 
-    async def _process(self, task, item, rec, store, backend, judge_backend, done_keys) -> None:
-        answer_text: str
+    async def _process(
+        self, s: _Session, task: Task, item: Item, rec: ItemRecord, done_keys: set[str]
+    ) -> None:
+        """Reuse or request the answer, commit it; then (judged tasks) reuse or request the verdict, commit it."""
         if rec.key in done_keys:
-            stored = store.get_answer(rec.key)
-            answer_text = stored.text
+            answer_text = s.store.get_answer(rec.key).text
             self.counters.reused += 1
         else:
             start = time.monotonic()
             try:
-                completion = await backend.complete(
+                completion = await s.backend.complete(
                     item.messages,
                     max_tokens=item.max_tokens,
                     temperature=item.temperature,
                     item_id=item.item_id,
                 )
             except BackendError as exc:
-                store.put_error(rec.key, item.item_id, "generate", str(exc))
+                s.store.put_error(rec.key, item.item_id, "generate", str(exc))
                 self.counters.failed += 1
                 return
-            store.put_answer(
+            s.store.put_answer(
                 rec.key, task.name, item.item_id, self.model_name or "", completion, time.monotonic() - start
             )
             done_keys.add(rec.key)
@@ -268,16 +255,18 @@ class Runner:
             ex["conversation"], ex["image"], ex["turn_index"], answer_text, self.cfg.scoring
         )
         rec.judge_key = judge_key(messages, self.judge_params, self.cfg.scoring)
-        if store.get_verdict(rec.judge_key) is not None:
+        if s.store.get_verdict(rec.judge_key) is not None:
             self.counters.judge_cached += 1
             return
         try:
-            verdict = await judge(judge_backend, messages, self.judge_params, self.cfg.scoring, item.item_id)
+            verdict = await judge(
+                s.judge_backend, messages, self.judge_params, self.cfg.scoring, item.item_id
+            )
         except BackendError as exc:
-            store.put_error(rec.judge_key, item.item_id, "judge", str(exc))
+            s.store.put_error(rec.judge_key, item.item_id, "judge", str(exc))
             self.counters.failed += 1
             return
-        store.put_verdict(rec.judge_key, item.item_id, self.judge_params.model, verdict)
+        s.store.put_verdict(rec.judge_key, item.item_id, self.judge_params.model, verdict)
         self.counters.judged += 1
 
     def provenance(self) -> dict[str, Any]:
