@@ -13,11 +13,14 @@ other command loads; a LoRA run also writes `out_dir/final/adapter/` (adapter_co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
 import shutil
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,14 @@ from pixtral.train.lora import LoRAConfig, is_lora_name, merge_lora_state_dict, 
 STATE_FILE = "train_state.json"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 _OPTIONS = StateDictOptions(ignore_frozen_params=True)
+
+
+@contextlib.contextmanager
+def _single_process_ok() -> Iterator[None]:
+    """DCP warns when used without a process group; one process is a supported case here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def checkpoint_dir(out_dir: str | Path) -> Path:
@@ -96,7 +107,8 @@ def save_checkpoint(
             shutil.rmtree(tmp)
     D.barrier()
     model_sd, optim_sd = get_state_dict(root, optimizer, options=_OPTIONS)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    with _single_process_ok():
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
     torch.save(_rng_state(), tmp / f"rng_rank{info.rank}.pt")
     D.barrier()
     if info.is_main:
@@ -136,7 +148,8 @@ def load_checkpoint(
     train_state = json.loads(state_file.read_text())
     model_sd, optim_sd = get_state_dict(root, optimizer, options=_OPTIONS)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path))
+    with _single_process_ok():
+        dcp.load(state, checkpoint_id=str(path))
     set_state_dict(
         root, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=_OPTIONS
     )

@@ -1,0 +1,167 @@
+"""The loop: schedule, invariance to micro-batching / activation checkpointing / packing, config errors,
+exact resume after SIGKILL and SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pixtral.config import preset
+from pixtral.model.init import init_random_weights_
+from pixtral.model.pixtral import Pixtral
+from pixtral.prompt.tokenizer import packaged_tokenizer
+from pixtral.train.config import TrainConfigError, make_config
+from pixtral.train.data import load_dataset
+from pixtral.train.loop import LossModule, lr_factor, train
+from pixtral.train.metrics import read_metrics
+from pixtral.train.packing import RowSchedule, build_rows, collate
+from tests.train.train_helpers import EXAMPLES, colour_dataset, small_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    f = [lr_factor(s, warmup=4, total=20, min_ratio=0.1) for s in range(20)]
+    assert f[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a >= b for a, b in zip(f[4:], f[5:], strict=False))
+    assert lr_factor(20, 4, 20, 0.1) == pytest.approx(0.1)
+
+
+def test_data_order_is_a_function_of_seed_and_step_and_ranks_split_the_global_batch():
+    lengths = [5, 9, 3, 7, 2, 8, 4]
+    a = RowSchedule(lengths, 16, pack=True, seed=3, rows_per_step=2)
+    b = RowSchedule(lengths, 16, pack=True, seed=3, rows_per_step=2)
+    for step in range(6):  # crosses several epochs
+        rows, _ = a.step_rows(step)
+        assert rows == b.step_rows(step)[0]
+        assert a.rank_rows(step, 0, 2) + a.rank_rows(step, 1, 2) == rows
+        assert all(sum(lengths[i] for i in row) <= 16 for row in rows)
+    assert build_rows([0, 1, 2], [5, 9, 3], 16, pack=True) == [[0, 1], [2]]
+    assert RowSchedule(lengths, 16, False, 4, 2).epoch_rows(0) != a.epoch_rows(0)
+
+
+def test_packed_rows_give_the_same_loss_as_separate_rows():
+    tok = packaged_tokenizer()
+    ds = load_dataset(EXAMPLES / "data.jsonl", tok, 128)
+    model = init_random_weights_(Pixtral(preset("tiny")), seed=1, std=0.05)
+    root = LossModule(model)
+    packed = collate([[0, 4, 5]], ds, 11, 16, packed=True)
+    separate = collate([[0], [4], [5]], ds, 11, 16, packed=False)
+    assert packed.mask is not None and packed.n_loss_tokens == separate.n_loss_tokens
+    with torch.no_grad():
+        lp = root(packed.token_ids, packed.labels, packed.images, packed.positions, packed.mask)
+        ls = root(separate.token_ids, separate.labels, separate.images)
+        wrong = root(
+            packed.token_ids, packed.labels, packed.images
+        )  # without the mask: samples see each other
+    assert abs(float(lp) - float(ls)) <= 1e-4 * float(ls)
+    assert abs(float(wrong) - float(ls)) > 1e-3
+
+
+def test_micro_batching_and_activation_checkpointing_do_not_change_the_losses(tmp_path):
+    data = colour_dataset(tmp_path)
+    runs = {}
+    for name, extra in {
+        "micro1": {"micro_batch_size": 1},
+        "micro4": {"micro_batch_size": 4},
+        "ckpt": {"micro_batch_size": 2, "activation_checkpointing": True},
+    }.items():
+        cfg = small_config(tmp_path / name, data, max_steps=3, **extra)
+        runs[name] = train(cfg).losses
+    for name in ("micro4", "ckpt"):
+        for step, loss in runs["micro1"].items():
+            assert abs(runs[name][step] - loss) <= 1e-5, (name, step)
+    assert runs["micro1"][3] < runs["micro1"][1]
+
+
+def test_config_errors_say_what_to_fix(tmp_path):
+    data = colour_dataset(tmp_path)
+    with pytest.raises(TrainConfigError, match="unknown field"):
+        make_config(None, {"data": str(data), "learning_rate": 1})
+    with pytest.raises(TrainConfigError, match="not a multiple of micro_batch_size"):
+        small_config(tmp_path, data, batch_size=3, micro_batch_size=2).accumulation_steps(1)
+    with pytest.raises(TrainConfigError, match="no training data"):
+        make_config(None, {})
+    (tmp_path / "c.toml").write_text('data = "data.jsonl"\nlr = "fast"\n')
+    with pytest.raises(TrainConfigError, match="lr='fast' is not a valid float"):
+        make_config(tmp_path / "c.toml")
+    (tmp_path / "c.toml").write_text('data = "data.jsonl"\nmax_steps = 7\n')
+    cfg = make_config(tmp_path / "c.toml", {"lr": "0.01"})
+    assert cfg.data == str(tmp_path / "data.jsonl") and cfg.max_steps == 7 and cfg.lr == 0.01
+    cfg = small_config(tmp_path, data, max_steps=1)
+    train(cfg)
+    with pytest.raises(TrainConfigError, match="pass --resume"):
+        train(cfg)
+
+
+def _launch(cfg_path: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "pixtral.train", "--config", str(cfg_path), *extra],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_for_step(metrics: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if metrics.is_file() and max(read_metrics(metrics), default=0) >= step:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early:\n{proc.stdout.read()}")
+        time.sleep(0.05)
+    raise AssertionError("training did not reach the step in time")
+
+
+def test_killed_and_terminated_runs_resume_with_identical_per_step_losses(tmp_path):
+    data = colour_dataset(tmp_path)
+    steps = 8
+    common = {
+        "max_steps": steps,
+        "save_every": 1,
+        "keep_last": 2,
+        "micro_batch_size": 2,
+        "deterministic": True,
+    }
+    reference = train(small_config(tmp_path / "ref", data, **common)).losses
+
+    cfg = small_config(tmp_path / "resumed", data, **common)
+    cfg_path = tmp_path / "resumed.json"
+    cfg_path.write_text(json.dumps(cfg.to_dict()))
+    metrics = Path(cfg.out_dir) / "metrics.jsonl"
+    rng = random.Random()
+    kill_at = rng.randint(2, 4)
+    proc = _launch(cfg_path)  # 1) SIGKILL at a random step: no chance to save anything
+    _wait_for_step(metrics, kill_at, proc)
+    time.sleep(rng.random() * 0.3)
+    proc.kill()
+    proc.wait()
+    proc = _launch(cfg_path, "--resume")  # 2) SIGTERM: finishes its step, saves, exits 0
+    _wait_for_step(metrics, kill_at + 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "interrupted: checkpoint saved at step" in out
+    logged_before = max(read_metrics(metrics))
+    assert logged_before < steps
+    final = train(cfg, resume=True)  # 3) in-process, to the end
+    assert final.export_dir is not None and min(final.losses) == logged_before + 1
+
+    losses = {step: r["loss"] for step, r in read_metrics(metrics).items()}
+    assert sorted(losses) == list(range(1, steps + 1))
+    assert losses == reference, f"killed at {kill_at}"
+    assert not list((Path(cfg.out_dir) / "checkpoints").glob(".tmp_*"))
+    assert len(list((Path(cfg.out_dir) / "checkpoints").glob("step_*"))) == 2  # keep_last
