@@ -74,6 +74,12 @@ def test_mm_mt_bench_ratings_and_unparseable_verdicts(full_run):
             assert e["metrics"]["judge_rating"] == judge_rating_for(e["answer"])
     agg = results["tasks"]["mm_mt_bench"]
     assert agg["counts"]["unparseable_verdicts"] == 1
+    n_judge_calls = len(srv.judge_requests())
+    assert agg["counts"]["judge_tokens"] == {
+        "prompt_tokens": 10 * n_judge_calls,
+        "completion_tokens": 5 * n_judge_calls,
+    }
+    assert agg["counts"]["tokens"]["prompt_tokens"] == 10 * 6
     rated = [e["metrics"]["judge_rating"] for e in mt.values() if e["metrics"]["judge_rating"] is not None]
     assert agg["score"] == pytest.approx(sum(rated) / len(rated), abs=1e-3)
     assert set(agg["breakdowns"]["category"]) == {"charts", "tables"}
@@ -230,7 +236,8 @@ def test_endpoints_are_load_balanced_and_a_dead_one_is_survived(fixtures, tmp_pa
 
 
 def test_prompt_sets_naive_and_custom_file(fixtures, server, tmp_path):
-    run_eval(config(fixtures, server.url, tmp_path / "naive", ["chartqa"], prompts="naive"))
+    naive = run_eval(config(fixtures, server.url, tmp_path / "naive", ["chartqa"], prompts="naive"))
+    assert naive["tasks"]["chartqa"]["primary_metric"] == "direct"
     texts = [r["body"]["messages"][0]["content"][1]["text"] for r in server.model_requests()]
     assert all(t.endswith("\n" + SHORT_ANSWER) for t in texts)
     prompt_file = tmp_path / "prompts.json"

@@ -101,6 +101,7 @@ class Verdict:
     rating: float  # -1.0 when no attempt produced a parseable rating
     status: str  # "ok" | "unparseable"
     replies: list[str | None] = field(default_factory=list)
+    usage: dict[str, int] = field(default_factory=dict)  # prompt/completion tokens over all attempts
 
 
 def judge_key(messages: list[Message], params: JudgeParams, mode: str) -> str:
@@ -132,12 +133,15 @@ async def judge(
     verdict and is not cached).
     """
     replies: list[str | None] = []
+    usage = {"prompt_tokens": 0, "completion_tokens": 0}
     for _ in range(max(1, params.attempts)):
         completion = await backend.complete(
             messages, max_tokens=params.max_tokens, temperature=params.temperature, item_id=item_id
         )
         replies.append(completion.text)
+        usage["prompt_tokens"] += completion.prompt_tokens or 0
+        usage["completion_tokens"] += completion.completion_tokens or 0
         rating = parse_rating(completion.text, mode)
         if rating is not None:
-            return Verdict(rating, "ok", replies)
-    return Verdict(-1.0, "unparseable", replies)
+            return Verdict(rating, "ok", replies, usage)
+    return Verdict(-1.0, "unparseable", replies, usage)

@@ -56,6 +56,8 @@ class TaskRun:
     task: Task
     records: list[ItemRecord] = field(default_factory=list)
     dataset: dict[str, Any] = field(default_factory=dict)
+    scoring: str = "fixed"
+    prompt_set: str = "explicit"
 
 
 @dataclass
@@ -169,7 +171,7 @@ class Runner:
     async def _run_task(self, s: _Session, task: Task, rows: Rows, indices: list[int]) -> TaskRun:
         """Schedule one pipeline per item, at most ``4 × concurrency`` alive (bounding image bytes in memory)."""
         split = self.cfg.split or task.dataset.split
-        tr = TaskRun(task, dataset=rows.provenance)
+        tr = TaskRun(task, dataset=rows.provenance, scoring=self.cfg.scoring, prompt_set=self.prompts.name)
         done_keys = s.store.answer_keys()
         window = asyncio.Semaphore(max(4, 4 * self.cfg.concurrency))
         pending: set[asyncio.Task] = set()

@@ -18,6 +18,13 @@ def _scale(metric: str) -> float:
     return 1.0 if metric == JUDGE_METRIC else 100.0  # accuracies in percent, like the paper; ratings 1–10
 
 
+def headline_metric(tr: TaskRun) -> str:
+    """The task's headline; naive prompts ask for no ``Final Answer:``, so their CoT headline is ``direct``."""
+    if tr.prompt_set == "naive" and "direct" in tr.task.metric_names(tr.scoring):
+        return "direct"
+    return tr.task.primary_metric(tr.scoring)
+
+
 def score_items(tr: TaskRun, store: Store, mode: str) -> list[dict[str, Any]]:
     """One dict per item: the request (no image bytes), answer, parsed answers, metrics, status, error."""
     task = tr.task
@@ -55,6 +62,7 @@ def score_items(tr: TaskRun, store: Store, mode: str) -> list[dict[str, Any]]:
                     "rating": verdict.rating,
                     "status": verdict.status,
                     "replies": verdict.replies,
+                    "usage": verdict.usage,
                 }
                 entry["metrics"][JUDGE_METRIC] = verdict.rating if verdict.status == "ok" else None
                 if verdict.status != "ok":
@@ -91,14 +99,22 @@ def aggregate(tr: TaskRun, items: list[dict[str, Any]], mode: str, n_boot: int) 
         "errors": sum(e["status"] == "error" for e in items),
         "truncated": sum(e.get("finish_reason") == "length" for e in answered),
     }
+    counts["tokens"] = {
+        k: sum((e.get("usage") or {}).get(k) or 0 for e in answered)
+        for k in ("prompt_tokens", "completion_tokens")
+    }
     if task.needs_judge:
         counts["unparseable_verdicts"] = sum(e["status"] == "unparseable_verdict" for e in items)
+        counts["judge_tokens"] = {
+            k: sum(((e.get("judge") or {}).get("usage") or {}).get(k, 0) for e in items)
+            for k in ("prompt_tokens", "completion_tokens")
+        }
     else:
         counts["parse_failures"] = {
             level: sum(e["parsed"].get(level) is None for e in answered)
             for level in (answered[0]["parsed"] if answered else {})
         }
-    primary = task.primary_metric(mode)
+    primary = headline_metric(tr)
     breakdowns: dict[str, Any] = {}
     for key in task.breakdowns:
         by_value: dict[str, list[dict[str, Any]]] = defaultdict(list)

@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS answers (
     created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS verdicts (
     key TEXT PRIMARY KEY, item_id TEXT NOT NULL, judge_model TEXT NOT NULL, rating REAL NOT NULL,
-    status TEXT NOT NULL, replies TEXT NOT NULL, created REAL NOT NULL);
+    status TEXT NOT NULL, replies TEXT NOT NULL, usage TEXT NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS errors (
     key TEXT PRIMARY KEY, item_id TEXT NOT NULL, stage TEXT NOT NULL, error TEXT NOT NULL, created REAL NOT NULL);
 """
@@ -92,15 +92,26 @@ class Store:
 
     # ------------------------------------------------------------------ verdicts
     def get_verdict(self, key: str) -> Verdict | None:
-        row = self._db.execute("SELECT rating, status, replies FROM verdicts WHERE key=?", (key,)).fetchone()
-        return Verdict(row[0], row[1], json.loads(row[2])) if row else None
+        row = self._db.execute(
+            "SELECT rating, status, replies, usage FROM verdicts WHERE key=?", (key,)
+        ).fetchone()
+        return Verdict(row[0], row[1], json.loads(row[2]), json.loads(row[3])) if row else None
 
     def put_verdict(self, key: str, item_id: str, judge_model: str, v: Verdict) -> None:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
-                "INSERT OR REPLACE INTO verdicts VALUES (?,?,?,?,?,?,?)",
-                (key, item_id, judge_model, v.rating, v.status, json.dumps(v.replies), time.time()),
+                "INSERT OR REPLACE INTO verdicts VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    key,
+                    item_id,
+                    judge_model,
+                    v.rating,
+                    v.status,
+                    json.dumps(v.replies),
+                    json.dumps(v.usage),
+                    time.time(),
+                ),
             )
             self._db.execute("DELETE FROM errors WHERE key=?", (key,))
 
