@@ -50,13 +50,13 @@ class DecoderAttention(nn.Module):
             out = torch.empty_like(q)
             for row, cache in enumerate(caches):
                 keys, values = cache.update(self.layer, k[row], v[row])  # (S, KV, hd), S = cached + T
-                out[row] = F.scaled_dot_product_attention(
-                    q[row].transpose(0, 1),
-                    keys.transpose(0, 1),
-                    values.transpose(0, 1),
+                out[row] = F.scaled_dot_product_attention(  # 4-D (1, heads, len, hd): the fused kernel
+                    q[row].transpose(0, 1)[None],
+                    keys.transpose(0, 1)[None],
+                    values.transpose(0, 1)[None],
                     attn_mask=causal_mask(t, keys.shape[0], x.device),
                     enable_gqa=True,
-                ).transpose(0, 1)
+                )[0].transpose(0, 1)
         return self.wo(out.reshape(b, t, -1))  # (B, T, H, hd) -> (B, T, dim)
 
 

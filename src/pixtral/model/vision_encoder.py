@@ -77,10 +77,9 @@ def block_diagonal_attention(
 ) -> torch.Tensor:
     """Bidirectional attention within each image only. q, k, v: (N, H, hd) packed -> (N, H, hd)."""
     seqlens = layout.seqlens
-    if len(seqlens) == 1:
-        return F.scaled_dot_product_attention(
-            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
-        ).transpose(0, 1)
+    if len(seqlens) == 1:  # 4-D inputs: SDPA's fused CPU kernel, not the math fallback
+        heads_first = [t.transpose(0, 1)[None] for t in (q, k, v)]  # (1, H, N, hd)
+        return F.scaled_dot_product_attention(*heads_first)[0].transpose(0, 1)
     starts = [0]
     for n in seqlens[:-1]:
         starts.append(starts[-1] + n)
