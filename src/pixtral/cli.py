@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 from pixtral.errors import PixtralError
+from pixtral.evals.cli import add_eval_parser
+from pixtral.serve.cli import add_serve_parser
+from pixtral.train.cli import add_train_parser
 
 EXAMPLES = """examples:
   pixtral generate --image examples/sample.png --prompt "Describe the image."
@@ -16,6 +19,9 @@ EXAMPLES = """examples:
   pixtral init --out ./tiny --preset tiny
   pixtral convert ./tiny ./tiny-hf --to hf
   pixtral info ./tiny-hf
+  pixtral serve --model ./my-model --port 8000
+  pixtral eval --task chartqa --endpoint http://127.0.0.1:8000/v1 --output-dir runs/chartqa
+  pixtral train --config examples/train/config.toml
 
 --model accepts a local folder in Mistral native format (params.json + consolidated.safetensors) or Hugging Face
 format (config.json + model*.safetensors), or a hub id; omitted, the bundled default model is used.
@@ -25,11 +31,12 @@ format (config.json + model*.safetensors), or a hub id; omitted, the bundled def
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not hasattr(args, "handler"):
+    handler = getattr(args, "handler", None) or getattr(args, "func", None)
+    if handler is None:
         parser.print_help()
         return 2
     try:
-        return args.handler(args) or 0
+        return handler(args) or 0
     except PixtralError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -54,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_init(sub)
     _add_convert(sub)
     _add_info(sub)
+    add_serve_parser(sub)
+    add_eval_parser(sub)
+    add_train_parser(sub)
     return parser
 
 
