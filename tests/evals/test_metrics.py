@@ -172,7 +172,7 @@ def test_b4_vqav2_reference_dicts_are_read(fixtures):
 
 # ------------------------------------------------------------------ §2.1 aggregation, bug B3
 def test_b3_macro_average():
-    triples = [("charts", 0, 8.0), ("charts", 1, 2.0), ("tables", 0, 6.0)]
+    triples = [("charts", 1, 8.0), ("charts", 2, 2.0), ("tables", 1, 6.0)]
     assert mt_bench_aggregates(triples, COMPAT)["macro_average"] == pytest.approx(5.0)  # verified
     assert mt_bench_aggregates(triples, FIXED)["macro_average"] == pytest.approx(5.5)
     agg = mt_bench_aggregates(triples, FIXED)

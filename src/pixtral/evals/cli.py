@@ -151,6 +151,10 @@ def _config_from_args(args: argparse.Namespace):
     )  # fmt: skip
 
 
+def _num(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
 def _print_summary(results: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -165,8 +169,8 @@ def _print_summary(results: dict) -> None:
         table.add_row(
             name,
             t["primary_metric"],
-            f"{m['mean']}",
-            f"[{lo}, {hi}]",
+            _num(m["mean"]),
+            f"[{_num(lo)}, {_num(hi)}]",
             str(m["n"]),
             str(t["counts"]["errors"]),
         )

@@ -65,7 +65,7 @@ def paired_difference(
 
 
 def mt_bench_aggregates(ratings: Sequence[tuple[str, int, float]], mode: str) -> dict[str, float]:
-    """MM-MT-Bench summaries from (category, 0-based turn, rating) triples, unparseable verdicts already removed.
+    """MM-MT-Bench summaries from (category, 1-based turn, rating) triples, unparseable verdicts already removed.
 
     ``category_macro_average`` averages category means only. mistral-evals' ``macro_average_score`` averages
     the category means *and* the turn means together (bug B3); ``macro_average`` is that in compat mode and
@@ -91,5 +91,5 @@ def mt_bench_aggregates(ratings: Sequence[tuple[str, int, float]], mode: str) ->
     for c, m in cat_means.items():
         out[f"category/{c}"] = m
     for t, m in turn_means.items():
-        out[f"turn/{t + 1}"] = m
+        out[f"turn/{t}"] = m
     return out

@@ -96,7 +96,7 @@ class MMMTBench(Task):
                     messages,
                     template.max_tokens,
                     content_text(conv[i + 1]["content"]),
-                    meta={"category": str(row["category"]), "turn": turn},
+                    meta={"category": str(row["category"]), "turn": turn + 1},  # 1-based, as in reports
                     group=where,
                     extra={"conversation": conv, "image": image, "turn_index": i},
                 )
