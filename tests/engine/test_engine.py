@@ -136,3 +136,28 @@ def test_sampling_respects_top_k_and_top_p():
     # softmax mass: 0.64, 0.23, 0.09, ...: top_p 0.7 keeps the first two tokens
     draws = {int(sample_next(logits, SamplingParams(temperature=1.0, top_p=0.7), gen)) for _ in range(200)}
     assert draws == {0, 1}
+
+
+def test_image_token_cap_resizes_down_and_leaves_small_images_alone():
+    from pixtral.prompt.tokenizer import load_tokenizer as tok
+
+    engine = make_engine()
+    capped = Engine(engine.model, tok(None), max_image_tokens=300)
+    big = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": png_url((1024, 640))}},
+                {"type": "image_url", "image_url": {"url": png_url((500, 500))}},
+                {"type": "text", "text": "Compare."},
+            ],
+        }
+    ]
+    image_id = engine.model.config.vision.image_token_id
+    n_full = engine.encode(big).token_ids.count(image_id)
+    n_capped = capped.encode(big).token_ids.count(image_id)
+    assert n_full == 64 * 40 + 32 * 32 and 200 < n_capped <= 300
+    small = MESSAGES  # 40x20: 6 image tokens, under the cap: pixels identical to the uncapped engine's
+    a, b = engine.encode(small), capped.encode(small)
+    assert a.token_ids == b.token_ids and all((x == y).all() for x, y in zip(a.images, b.images, strict=True))
+    assert len(capped.generate(big, SamplingParams(max_tokens=2)).token_ids) == 2

@@ -55,8 +55,10 @@ class Engine:
         limits: ImageLimits = DEFAULT_LIMITS,
         fetch_remote: FetchRemote | None = None,
         scheduler: SchedulerConfig = DEFAULT_SCHEDULER,
+        max_image_tokens: int | None = None,
     ) -> None:
         self.model = model
+        self.max_image_tokens = max_image_tokens
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.untrained = untrained
@@ -75,6 +77,7 @@ class Engine:
         limits: ImageLimits = DEFAULT_LIMITS,
         fetch_remote: FetchRemote | None = None,
         scheduler: SchedulerConfig = DEFAULT_SCHEDULER,
+        max_image_tokens: int | None = None,
     ) -> Engine:
         """A model folder (native or HF format), a hub id, or None for the bundled default model."""
         path = default_model_path() if model is None else model
@@ -93,6 +96,7 @@ class Engine:
             limits=limits,
             fetch_remote=fetch_remote,
             scheduler=scheduler,
+            max_image_tokens=max_image_tokens,
         )
 
     @property
@@ -100,7 +104,13 @@ class Engine:
         return self.model.config.text.max_seq_len
 
     def encode(self, messages: Messages) -> EncodedPrompt:
-        prompt = encode_chat(messages, self.tokenizer, limits=self.limits, fetch_remote=self.fetch_remote)
+        prompt = encode_chat(
+            messages,
+            self.tokenizer,
+            limits=self.limits,
+            fetch_remote=self.fetch_remote,
+            max_image_tokens=self.max_image_tokens,
+        )
         if len(prompt.token_ids) >= self.max_context:
             raise InputError(
                 f"the prompt has {len(prompt.token_ids)} tokens; this model's context is {self.max_context} "

@@ -29,6 +29,7 @@ from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from pydantic import ValidationError
 
 from pixtral.errors import InputError
+from pixtral.prompt.image_budget import fit_image_budget
 from pixtral.prompt.images import DEFAULT_LIMITS, FetchRemote, ImageLimits, load_image
 
 ROLES = ("system", "user", "assistant")
@@ -49,12 +50,18 @@ def encode_chat(
     *,
     limits: ImageLimits = DEFAULT_LIMITS,
     fetch_remote: FetchRemote | None = None,
+    max_image_tokens: int | None = None,
 ) -> EncodedPrompt:
     """Encode a conversation exactly as mistral-common does. Raises InputError naming the message (and
-    part) at fault."""
-    request = ChatCompletionRequest(
-        messages=to_mistral_messages(messages, tokenizer, limits=limits, fetch_remote=fetch_remote)
-    )
+    part) at fault. With `max_image_tokens`, images whose [IMG] tokens would exceed it in total are scaled
+    down first (image_budget.py)."""
+    mistral_messages = to_mistral_messages(messages, tokenizer, limits=limits, fetch_remote=fetch_remote)
+    if max_image_tokens is not None:
+        chunks = [c for m in mistral_messages if isinstance(m.content, list) for c in m.content]
+        images = [c for c in chunks if isinstance(c, ImageChunk)]
+        if images:
+            fit_image_budget(images, tokenizer.instruct_tokenizer.image_encoder, max_image_tokens)
+    request = ChatCompletionRequest(messages=mistral_messages)
     try:
         tokenized = tokenizer.encode_chat_completion(request)
     except (MistralCommonException, ValueError, AssertionError) as e:
