@@ -161,3 +161,21 @@ def test_image_token_cap_resizes_down_and_leaves_small_images_alone():
     a, b = engine.encode(small), capped.encode(small)
     assert a.token_ids == b.token_ids and all((x == y).all() for x, y in zip(a.images, b.images, strict=True))
     assert len(capped.generate(big, SamplingParams(max_tokens=2)).token_ids) == 2
+
+
+@torch.no_grad()
+def test_bfloat16_engine_generates_and_tracks_float32(engine, tmp_path):
+    from pixtral.checkpoint.loader import save_model
+
+    save_model(engine.model, tmp_path / "m", "native")
+    bf16 = Engine.load(tmp_path / "m", dtype="bfloat16")
+    assert bf16.model.dtype == torch.bfloat16
+    out = bf16.generate(MESSAGES, SamplingParams(max_tokens=5))
+    assert len(out.token_ids) == 5
+    prompt = engine.encode(MESSAGES)
+    ids, pixels = torch.tensor([prompt.token_ids]), [torch.from_numpy(i) for i in prompt.images]
+    ref = torch.log_softmax(engine.model(ids, pixels), -1)
+    low = torch.log_softmax(bf16.model(ids, pixels), -1)
+    assert low.dtype == torch.float32  # logits are returned in float32 whatever the weights
+    cos = torch.nn.functional.cosine_similarity(ref.flatten(), low.flatten(), dim=0)
+    assert cos > 0.99, cos
