@@ -1,0 +1,428 @@
+"""Weight-only int8 / int4 quantization of the decoder's linear layers, gpt-fast style.
+
+The model is quantized as a transform: each target `nn.Linear` is replaced by a module holding the quantized
+weight and calling PyTorch's packed CPU kernels (no hand-written matmul):
+
+- int8: symmetric, one scale per output channel; `torch.ops.aten._weight_int8pack_mm`.
+- int4: asymmetric, one (scale, zero) pair per group of `group_size` input columns (32, 64 or 128);
+  `torch.ops.aten._convert_weight_to_int4pack_for_cpu` + `_weight_int4pack_mm_for_cpu`.
+
+Targets: the decoder's attention (wq, wk, wv, wo) and FFN (w1, w2, w3) and, by default, the output head
+(a third of the bytes read per token in the 'small' preset). The vision encoder, the adapter, the embedding
+and the norms are left as they are. Both kernels compute with bfloat16 activations (their float32 paths are
+5-10x slower here); the quantized module casts its input to bfloat16 and its output back, so a float32 model
+stays a float32 model around the quantized layers.
+
+Two ways in, the same result:
+- `quantize_model_(model, "int8")` on a loaded model;
+- `load_quantized(path, "int8")` quantizes while loading, tensor by tensor, so the full-precision weights
+  never exist all at once (peak RSS ~ the quantized model + one tensor; the 12B shape loads in < 15 GiB).
+
+Quality is measured by `compare_models` (logit cosine, teacher-forced top-1 and greedy agreement vs the
+unquantized model); bounds are in docs/quantization.md and tests/quantize/.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pixtral.checkpoint.loader import DTYPES, Checkpoint, open_checkpoint
+from pixtral.model.norm import RMSNorm
+from pixtral.model.pixtral import Pixtral
+
+MODES = ("int8", "int4")
+GROUP_SIZES = (32, 64, 128, 256)
+KERNEL_DTYPE = torch.bfloat16  # activations inside the packed kernels and the stored scales
+_CHUNK_ROWS = 4096  # rows quantized at a time: bounds the float32 temporaries (12B output head: 80 MB)
+
+_DECODER_LINEAR = re.compile(r"^layers\.\d+\.(attention\.(wq|wk|wv|wo)|feed_forward\.(w1|w2|w3))$")
+
+
+def is_target(module_name: str, include_output: bool = True) -> bool:
+    """Whether the linear layer with this (native) module name is quantized."""
+    return bool(_DECODER_LINEAR.match(module_name)) or (include_output and module_name == "output")
+
+
+def _check_mode(mode: str, group_size: int) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown quantization {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "int4" and group_size not in GROUP_SIZES:
+        raise ValueError(f"int4 group size must be one of {GROUP_SIZES}, got {group_size}")
+
+
+# ---- quantize / dequantize one weight matrix ------------------------------------------------------
+
+
+@torch.no_grad()
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) float -> int8 (N, K) and bfloat16 scales (N,), symmetric per output row: w ~ q * scale.
+
+    The scale is rounded to bfloat16 first and q computed from the rounded scale, so the stored pair is
+    self-consistent (|w - q * scale| <= scale / 2 per element)."""
+    n, _ = w.shape
+    q = torch.empty(w.shape, dtype=torch.int8)
+    scales = torch.empty(n, dtype=KERNEL_DTYPE)
+    for r in range(0, n, _CHUNK_ROWS):
+        chunk = w[r : r + _CHUNK_ROWS].float()
+        s = (chunk.abs().amax(dim=1) / 127.0).clamp(min=1e-10).to(KERNEL_DTYPE)
+        s32 = s.float()
+        # (rows, K) / (rows, 1): round half to even, clamp to the int8 range
+        q[r : r + _CHUNK_ROWS] = torch.round(chunk / s32[:, None]).clamp_(-128, 127).to(torch.int8)
+        scales[r : r + _CHUNK_ROWS] = s
+    return q, scales
+
+
+def dequantize_int8(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return q.float() * scales.float()[:, None]
+
+
+@torch.no_grad()
+def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) float -> int32 values in [0, 15] (N, K) and bfloat16 scales_and_zeros (K / g, N, 2).
+
+    Per group of g input columns: scale = (max - min) / 15, zero = min + 8 * scale, so that
+    w ~ (q - 8) * scale + zero (the convention of `_weight_int4pack_mm_for_cpu`, as in gpt-fast)."""
+    n, k = w.shape
+    if k % group_size:
+        raise ValueError(f"in_features {k} is not a multiple of the int4 group size {group_size}")
+    q = torch.empty((n, k), dtype=torch.int32)
+    sz = torch.empty((k // group_size, n, 2), dtype=KERNEL_DTYPE)
+    for r in range(0, n, _CHUNK_ROWS):
+        chunk = w[r : r + _CHUNK_ROWS].float()
+        rows = chunk.shape[0]
+        g = chunk.reshape(rows, k // group_size, group_size)  # (rows, K) -> (rows, groups, g)
+        lo, hi = g.amin(dim=2), g.amax(dim=2)
+        scale = ((hi - lo).clamp(min=1e-6) / 15.0).to(KERNEL_DTYPE)
+        zero = (lo + 8.0 * scale.float()).to(KERNEL_DTYPE)
+        s32, z32 = scale.float()[..., None], zero.float()[..., None]
+        low = z32 - 8.0 * s32  # the value q = 0 stands for, computed from the rounded qparams
+        q[r : r + rows] = torch.round((g - low) / s32).clamp_(0, 15).to(torch.int32).reshape(rows, k)
+        sz[:, r : r + rows, 0] = scale.T
+        sz[:, r : r + rows, 1] = zero.T
+    return q, sz
+
+
+def dequantize_int4(q: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+    n, k = q.shape
+    s = scales_and_zeros[..., 0].float().T[..., None]  # (K/g, N) -> (N, K/g, 1)
+    z = scales_and_zeros[..., 1].float().T[..., None]
+    return ((q.float().reshape(n, k // group_size, group_size) - 8.0) * s + z).reshape(n, k)
+
+
+def _pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """int32 (N, K) in [0, 15] -> the CPU kernel's packed uint8 (N, K / 2), in blocks of rows."""
+    n = q.shape[0]
+    if n % 64 == 0:  # the CPU packing is local to blocks of rows: pack in chunks to bound memory
+        step = 64 * max(1, _CHUNK_ROWS // 64)
+        return torch.cat(
+            [
+                torch.ops.aten._convert_weight_to_int4pack_for_cpu(q[r : r + step].contiguous(), 1)
+                for r in range(0, n, step)
+            ]
+        )
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
+
+
+# ---- quantized linear modules ---------------------------------------------------------------------
+
+
+class _QuantizedLinear(nn.Module):
+    """Common part: shapes, bias, the activation cast around the kernel, and a `weight` descriptor.
+
+    `weight` is a tensor on the meta device with the original shape and dtype, so code that only reads
+    `module.weight.dtype` / `.shape` (e.g. `Pixtral.dtype`) keeps working; `dequantize()` gives values."""
+
+    def __init__(
+        self, in_features: int, out_features: int, dtype: torch.dtype, bias: torch.Tensor | None
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.orig_dtype = in_features, out_features, dtype
+        self.bias = None if bias is None else nn.Parameter(bias.detach().to(dtype), requires_grad=False)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return torch.empty((self.out_features, self.in_features), dtype=self.orig_dtype, device="meta")
+
+    def _kernel(self, x: torch.Tensor) -> torch.Tensor:  # (M, K) bfloat16 -> (M, N) bfloat16
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).to(KERNEL_DTYPE)  # (..., K) -> (M, K)
+        y = self._kernel(x2).reshape(*lead, self.out_features).to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+    def weight_bytes(self) -> int:
+        """Bytes read per forward call (quantized weight + its scales), for bandwidth figures."""
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        )
+
+
+class Int8Linear(_QuantizedLinear):
+    def __init__(
+        self, q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype, bias: torch.Tensor | None = None
+    ) -> None:
+        super().__init__(q.shape[1], q.shape[0], dtype, bias)
+        self.register_buffer("weight_int8", q.contiguous())  # (N, K) int8
+        self.register_buffer("scales", scales.to(KERNEL_DTYPE).contiguous())  # (N,)
+
+    @classmethod
+    def from_weight(
+        cls, w: torch.Tensor, bias: torch.Tensor | None = None, dtype: torch.dtype | None = None
+    ) -> Int8Linear:
+        q, s = quantize_int8(w)
+        return cls(q, s, dtype or w.dtype, bias)
+
+    def _kernel(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int8pack_mm(x, self.weight_int8, self.scales)
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize_int8(self.weight_int8, self.scales)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", int8 per-channel"
+
+
+class Int4Linear(_QuantizedLinear):
+    def __init__(
+        self,
+        q: torch.Tensor,
+        scales_and_zeros: torch.Tensor,
+        group_size: int,
+        dtype: torch.dtype,
+        bias: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__(q.shape[1], q.shape[0], dtype, bias)
+        self.group_size = group_size
+        self.register_buffer("weight_int4pack", _pack_int4(q))  # (N, K / 2) uint8
+        self.register_buffer(
+            "scales_and_zeros", scales_and_zeros.to(KERNEL_DTYPE).contiguous()
+        )  # (K/g, N, 2)
+        self._q_for_dequant: torch.Tensor | None = None
+
+    @classmethod
+    def from_weight(
+        cls,
+        w: torch.Tensor,
+        group_size: int = 128,
+        bias: torch.Tensor | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Int4Linear:
+        q, sz = quantize_int4(w, group_size)
+        return cls(q, sz, group_size, dtype or w.dtype, bias)
+
+    def _kernel(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x, self.weight_int4pack, self.group_size, self.scales_and_zeros
+        )
+
+    def dequantize(self) -> torch.Tensor:
+        """The weight the kernel multiplies by, recovered by running the kernel on the identity."""
+        eye = torch.eye(self.in_features, dtype=KERNEL_DTYPE)
+        return self._kernel(eye).float().T.contiguous()  # (K, N) -> (N, K)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", int4 group {self.group_size}"
+
+
+def can_quantize(mode: str, out_features: int, in_features: int, group_size: int = 128) -> bool:
+    """int4 needs in_features % group_size == 0 and out_features % 16 == 0 (the CPU packing); int8 anything."""
+    if mode == "int4":
+        return in_features % group_size == 0 and out_features % 16 == 0
+    return True
+
+
+def quantized_linear(
+    weight: torch.Tensor,
+    mode: str,
+    group_size: int = 128,
+    bias: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
+) -> _QuantizedLinear:
+    """A quantized replacement for a linear layer with this (N, K) weight. `dtype`: the activation dtype
+    of the surrounding model (default: the weight's)."""
+    _check_mode(mode, group_size)
+    if mode == "int8":
+        return Int8Linear.from_weight(weight, bias, dtype)
+    return Int4Linear.from_weight(weight, group_size, bias, dtype)
+
+
+# ---- whole-model transforms -----------------------------------------------------------------------
+
+
+@dataclass
+class QuantizationSummary:
+    mode: str
+    group_size: int
+    quantized: list[str]  # module names replaced
+    skipped: list[str]  # targets whose shape the kernel cannot take (left in full precision)
+    weight_bytes: int  # bytes of the quantized weights and their scales
+
+    def __str__(self) -> str:
+        extra = f" (group {self.group_size})" if self.mode == "int4" else ""
+        s = f"{self.mode}{extra}: {len(self.quantized)} linear layers, {self.weight_bytes / 1e9:.3f} GB"
+        return s + (f"; kept in full precision (shape): {', '.join(self.skipped)}" if self.skipped else "")
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+@torch.no_grad()
+def quantize_model_(
+    model: Pixtral, mode: str = "int8", group_size: int = 128, include_output: bool = True
+) -> QuantizationSummary:
+    """Replace the decoder's linear layers (and the output head) by quantized ones, in place."""
+    _check_mode(mode, group_size)
+    done, skipped, nbytes = [], [], 0
+    for name, module in list(model.named_modules()):
+        if not (isinstance(module, nn.Linear) and is_target(name, include_output)):
+            continue
+        if not can_quantize(mode, module.out_features, module.in_features, group_size):
+            skipped.append(name)
+            continue
+        q = quantized_linear(module.weight.detach(), mode, group_size, module.bias, module.weight.dtype)
+        _set_submodule(model, name, q)
+        done.append(name)
+        nbytes += q.weight_bytes()
+    return QuantizationSummary(mode, group_size, done, skipped, nbytes)
+
+
+def load_quantized(
+    path: str | Path,
+    mode: str = "int8",
+    dtype: str | torch.dtype = "bfloat16",
+    group_size: int = 128,
+    include_output: bool = True,
+) -> tuple[Pixtral, Checkpoint, QuantizationSummary]:
+    """Open a checkpoint and build the model tensor by tensor: target linears are quantized as soon as
+    their weight is read (only the quantized form is kept); everything else is cast to `dtype`.
+
+    Peak memory: the quantized model plus one tensor in flight (and its float32 chunk temporaries).
+    The default dtype is bfloat16 for the unquantized parts: the 12B embedding alone is 2.7 GB in float32."""
+    _check_mode(mode, group_size)
+    ckpt = open_checkpoint(path)
+    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    with torch.device("meta"):
+        model = Pixtral(ckpt.config)
+    done, skipped, nbytes = [], [], 0
+    for name, src in ckpt.sources.items():
+        module_name, _, leaf = name.rpartition(".")
+        module = model.get_submodule(module_name) if module_name else model
+        tensor = src.read()
+        if isinstance(module, nn.Linear) and leaf == "weight" and is_target(module_name, include_output):
+            if module.bias is not None:
+                raise NotImplementedError(f"{module_name}: quantize-while-loading of a biased linear")
+            if can_quantize(mode, *tensor.shape, group_size):
+                q = quantized_linear(tensor, mode, group_size, None, torch_dtype)
+                _set_submodule(model, module_name, q)
+                done.append(module_name)
+                nbytes += q.weight_bytes()
+                del tensor
+                continue
+            skipped.append(module_name)
+        module._parameters[leaf] = nn.Parameter(tensor.to(torch_dtype), requires_grad=False)
+        del tensor
+    left = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
+    if left:
+        raise RuntimeError(f"not loaded from the checkpoint: {', '.join(left[:5])}")
+    return model.eval(), ckpt, QuantizationSummary(mode, group_size, done, skipped, nbytes)
+
+
+def decoder_bytes_per_token(model: Pixtral) -> int:
+    """Bytes of decoder weights read to decode one token: every decoder linear (quantized or not), the
+    output head, the norms and one embedding row. The basis of the effective-bandwidth figures."""
+    total = 0
+    for name, module in model.named_modules():
+        if name.startswith(("vision_encoder", "vision_language_adapter")):
+            continue
+        if isinstance(module, _QuantizedLinear):
+            total += module.weight_bytes()
+        elif isinstance(module, (nn.Linear, RMSNorm)):
+            total += sum(p.numel() * p.element_size() for p in module.parameters(recurse=False))
+    emb = model.tok_embeddings.weight
+    return total + emb.shape[1] * emb.element_size()
+
+
+# ---- quality measurement --------------------------------------------------------------------------
+
+
+@dataclass
+class QualityReport:
+    logit_cosine_mean: float  # cosine similarity of the full logit vectors, averaged over positions
+    logit_cosine_min: float
+    top1_agreement: float  # teacher-forced: share of positions whose argmax matches the reference's
+    greedy_agreement: float  # share of free-running greedy tokens identical to the reference's
+    greedy_prefix: float  # share of the greedy continuation generated before the first divergence
+    max_abs_logit_diff: float
+    positions: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(v, 5) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+
+
+@torch.inference_mode()
+def _greedy(model: nn.Module, prompt: torch.Tensor, n: int) -> list[int]:
+    """Greedy continuation without a KV cache (short sequences only: quality checks, not speed)."""
+    ids = prompt.clone()  # (1, T)
+    out = []
+    for _ in range(n):
+        nxt = model(ids, last_only=True)[0, -1].argmax()
+        out.append(int(nxt))
+        ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+    return out
+
+
+@torch.inference_mode()
+def compare_models(
+    reference: nn.Module, candidate: nn.Module, prompts: Sequence[torch.Tensor], new_tokens: int = 16
+) -> QualityReport:
+    """Quality of `candidate` against `reference` on text prompts ((1, T) id tensors).
+
+    For each prompt the reference's greedy continuation is generated; both models are then run on prompt +
+    continuation (teacher forcing) and their logits compared at every position; the candidate also
+    generates its own greedy continuation, compared token by token."""
+    cos, top1, greedy, prefix, n_pos, max_diff = [], [], [], [], 0, 0.0
+    for prompt in prompts:
+        ref_tokens = _greedy(reference, prompt, new_tokens)
+        seq = torch.cat([prompt, torch.tensor([ref_tokens])], dim=1)
+        a = reference(seq)[0].float()  # (T, vocab)
+        b = candidate(seq)[0].float()
+        cos += F.cosine_similarity(a, b, dim=-1).tolist()
+        top1 += (a.argmax(-1) == b.argmax(-1)).tolist()
+        max_diff = max(max_diff, float((a - b).abs().max()))
+        n_pos += a.shape[0]
+        cand_tokens = _greedy(candidate, prompt, new_tokens)
+        same = [x == y for x, y in zip(ref_tokens, cand_tokens, strict=True)]
+        greedy += same
+        prefix.append((same + [False]).index(False) / new_tokens)
+    return QualityReport(
+        logit_cosine_mean=sum(cos) / len(cos),
+        logit_cosine_min=min(cos),
+        top1_agreement=sum(top1) / len(top1),
+        greedy_agreement=sum(greedy) / len(greedy),
+        greedy_prefix=sum(prefix) / len(prefix),
+        max_abs_logit_diff=max_diff,
+        positions=n_pos,
+    )
+
+
+def random_prompts(
+    vocab_size: int, n: int = 4, length: int = 12, seed: int = 0, low: int = 1000
+) -> list[torch.Tensor]:
+    """Random text-token prompts (ids >= `low`, above the control tokens), each (1, length)."""
+    gen = torch.Generator().manual_seed(seed)
+    low = min(low, vocab_size - 1)
+    return [torch.randint(low, vocab_size, (1, length), generator=gen) for _ in range(n)]
