@@ -125,3 +125,11 @@ def test_bad_input_is_one_line_with_exit_code_2(tiny_dir, capsys):
 def test_help_teaches():
     with pytest.raises(SystemExit):
         main(["--help"])
+
+
+def test_bench_runs_on_the_tiny_preset(tmp_path, capsys):
+    assert main(["bench", "--preset", "tiny", "--tokens", "4", "--no-peer", "--json", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "decode tokens/s, batch 1" in out and "aggregate decode tokens/s, 8 concurrent" in out
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert all(r["ours"] > 0 for r in rows)

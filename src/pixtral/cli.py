@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from pixtral.benchmark import add_bench_parser
 from pixtral.errors import PixtralError
 from pixtral.evals.cli import add_eval_parser
 from pixtral.serve.cli import add_serve_parser
@@ -22,6 +23,7 @@ EXAMPLES = """examples:
   pixtral serve --model ./my-model --port 8000
   pixtral eval --task chartqa --endpoint http://127.0.0.1:8000/v1 --output-dir runs/chartqa
   pixtral train --config examples/train/config.toml
+  pixtral bench --preset small
 
 --model accepts a local folder in Mistral native format (params.json + consolidated.safetensors) or Hugging Face
 format (config.json + model*.safetensors), or a hub id; omitted, the bundled default model is used.
@@ -64,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     add_eval_parser(sub)
     add_train_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 

@@ -1,0 +1,315 @@
+"""Engine speed beside transformers on the same weights, in the same run, with the machine's limits.
+
+    pixtral bench                                   # 'small' preset (~1.1 B params), float32
+    pixtral bench --preset tiny                     # seconds; for checking the script
+    pixtral bench --dtype bfloat16 --json out.json  # (bench/bench_engine.py runs the same)
+
+Prints (ours | transformers | ratio | limit):
+- vision encoder images/s at 256², 512² and a mixed batch of 8 images (PixtralVisionModel as the peer);
+- time to first token with one 512² image, split into preprocessing / vision encoder / prefill, and the
+  prefill's achieved FLOP/s beside the measured matmul FLOP/s;
+- decode tokens/s at batch 1 (transformers `generate` as the peer) and the effective bandwidth (decoder
+  weight bytes read per token × tokens/s) beside the measured memory read bandwidth;
+- aggregate decode tokens/s with 8 and 32 concurrent requests (continuous batching);
+- peak RSS.
+llama.cpp (llama-cpp-python) is not part of this script: see docs/quantization.md for the GGUF path.
+The machine is shared and noisy: compare ratios from one run, not absolute times across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pixtral.checkpoint.loader import convert, load_model
+from pixtral.checkpoint.random_init import create_random_checkpoint
+from pixtral.config import preset
+from pixtral.engine import Engine, SamplingParams
+from pixtral.engine.scheduler import Finished, SchedulerConfig
+from pixtral.prompt.tokenizer import load_tokenizer
+
+
+def best_of(fn, repeat: int = 3) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def machine_limits() -> dict[str, float]:
+    x = torch.ones(256 * 1024**2 // 4 * 4)  # 1 GiB of float32
+    read = x.numel() * 4 / best_of(lambda: x.sum())
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    flops = 2 * 2048**3 / best_of(lambda: a @ b)
+    return {"read_bandwidth_gbs": read / 1e9, "matmul_gflops": flops / 1e9}
+
+
+def image_pixels(side_w: int, side_h: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((3, side_h, side_w)).astype(np.float32)
+
+
+def hf_vision_inputs(images: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    hmax = max(i.shape[1] for i in images)
+    wmax = max(i.shape[2] for i in images)
+    pv = torch.zeros(len(images), 3, hmax, wmax)
+    for k, im in enumerate(images):
+        pv[k, :, : im.shape[1], : im.shape[2]] = torch.from_numpy(im)
+    return {"pixel_values": pv, "image_sizes": torch.tensor([list(i.shape[1:]) for i in images])}
+
+
+def bench_vision(model, hf, dtype) -> list[dict]:
+    sets = {
+        "256²": [image_pixels(256, 256, 0)],
+        "512²": [image_pixels(512, 512, 1)],
+        "mixed ×8": [
+            image_pixels(w, h, s)
+            for s, (w, h) in enumerate(
+                [
+                    (512, 512),
+                    (256, 256),
+                    (1024, 128),
+                    (128, 768),
+                    (384, 256),
+                    (512, 320),
+                    (64, 64),
+                    (256, 512),
+                ]
+            )
+        ],
+    }
+    rows = []
+    for name, images in sets.items():
+        tensors = [torch.from_numpy(i).to(dtype) for i in images]
+        with torch.inference_mode():
+            ours = best_of(lambda t=tensors: model.vision_encoder(t), 2)
+            peer = None
+            if hf is not None:
+                inputs = hf_vision_inputs(images)
+                inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+                peer = best_of(lambda i=inputs: hf.model.vision_tower(**i), 2)
+                a = model.vision_encoder(tensors).float()
+                b = hf.model.vision_tower(**inputs).last_hidden_state[0].float()
+                assert (a - b).abs().max() < (1e-3 if dtype == torch.float32 else 1e-1), (
+                    "vision outputs differ"
+                )
+        rows.append(
+            {
+                "what": f"vision encoder, {name} (images/s)",
+                "ours": len(images) / ours,
+                "peer": None if peer is None else len(images) / peer,
+            }
+        )
+    return rows
+
+
+def bench_ttft(engine: Engine, hf, limits) -> list[dict]:
+    img = Image.fromarray((np.random.default_rng(0).random((512, 512, 3)) * 255).astype(np.uint8))
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": img},
+                {"type": "text", "text": "Describe this image in detail."},
+            ],
+        }
+    ]
+    model = engine.model
+    t0 = time.perf_counter()
+    prompt = engine.encode(messages)
+    t_pre = time.perf_counter() - t0
+    ids = torch.tensor([prompt.token_ids])
+    pix = [torch.from_numpy(i).to(model.dtype) for i in prompt.images]
+    with torch.inference_mode():
+        t_vis = best_of(lambda: model.encode_images(pix), 2)
+        feats = model.encode_images(pix)
+        t_fill = best_of(lambda: model(ids, image_features=feats, last_only=True), 2)
+        peer = None
+        if hf is not None:
+            inputs = hf_vision_inputs(prompt.images)
+            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+            peer = best_of(lambda: hf(input_ids=ids, **inputs, logits_to_keep=1), 2)
+    t = model.config.text
+    n = ids.shape[1]
+    flops = (
+        2 * n * (model.config.num_parameters()["decoder"] - 2 * t.vocab_size * t.dim)
+        + 2 * t.dim * t.vocab_size
+    )
+    return [
+        {
+            "what": f"time to first token, {n}-token prompt with one 512² image (ms)",
+            "ours": 1e3 * (t_pre + t_vis + t_fill),
+            "peer": None if peer is None else 1e3 * (t_pre + peer),
+            "note": f"preprocessing {1e3 * t_pre:.0f} ms, vision {1e3 * t_vis:.0f} ms, prefill {1e3 * t_fill:.0f} ms",
+        },
+        {
+            "what": "prefill achieved GFLOP/s (decoder only)",
+            "ours": flops / t_fill / 1e9,
+            "limit": limits["matmul_gflops"],
+        },
+    ]
+
+
+def decode_rate(engine: Engine, n_requests: int, n_tokens: int) -> tuple[float, float]:
+    """Aggregate decode tokens/s over n concurrent requests, and the first request's time to first token."""
+    tok = engine.tokenizer
+    prompts = [
+        [1, 3, *tok.instruct_tokenizer.tokenizer.encode(f"Tell story number {i}.", False, False), 4]
+        for i in range(n_requests)
+    ]
+    params = SamplingParams(max_tokens=n_tokens, temperature=0.0)
+    stamps: list[list[float]] = [[] for _ in prompts]
+    start = time.perf_counter()
+    requests = [engine.scheduler.submit(p, [], params, frozenset()) for p in prompts]
+
+    def drain(i):
+        while not isinstance(requests[i].events.get(), Finished):
+            stamps[i].append(time.perf_counter())
+
+    threads = [threading.Thread(target=drain, args=(i,)) for i in range(n_requests)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    first = max(s[0] for s in stamps)  # every request has started decoding
+    end = max(s[-1] for s in stamps)
+    decoded = sum(sum(1 for t in s if t > first) for s in stamps)
+    return decoded / (end - first), stamps[0][0] - start
+
+
+def bench_decode(engine: Engine, hf, limits, n_tokens: int) -> list[dict]:
+    rate1, _ = decode_rate(engine, 1, n_tokens)
+    peer = None
+    if hf is not None:
+        ids = torch.tensor([[1, 3, 22177, 1044, 4]])
+        gen = dict(do_sample=False, pad_token_id=0, eos_token_id=None, attention_mask=torch.ones_like(ids))
+        with torch.inference_mode():
+            t1 = best_of(lambda: hf.generate(input_ids=ids, max_new_tokens=1, min_new_tokens=1, **gen), 2)
+            tn = best_of(
+                lambda: hf.generate(
+                    input_ids=ids, max_new_tokens=n_tokens + 1, min_new_tokens=n_tokens + 1, **gen
+                ),
+                1,
+            )
+        peer = n_tokens / (tn - t1)
+    cfg = engine.model.config
+    esize = torch.empty((), dtype=engine.model.dtype).element_size()
+    weight_bytes = (
+        cfg.num_parameters()["decoder"] - cfg.text.vocab_size * cfg.text.dim
+    ) * esize  # embeddings: 1 row
+    rows = [
+        {"what": "decode tokens/s, batch 1", "ours": rate1, "peer": peer},
+        {
+            "what": "decode effective bandwidth GB/s (weights read per token × tok/s)",
+            "ours": weight_bytes * rate1 / 1e9,
+            "limit": limits["read_bandwidth_gbs"],
+        },
+    ]
+    for n in (8, 32):
+        agg, _ = decode_rate(engine, n, n_tokens)
+        rows.append(
+            {
+                "what": f"aggregate decode tokens/s, {n} concurrent requests",
+                "ours": agg,
+                "note": f"{agg / rate1:.1f}× batch 1",
+            }
+        )
+    return rows
+
+
+def add_bench_parser(subparsers) -> argparse.ArgumentParser:
+    ap = subparsers.add_parser(
+        "bench",
+        help="measure speed beside transformers and the machine's limits",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_arguments(ap)
+    ap.set_defaults(handler=run)
+    return ap
+
+
+def _add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--preset", choices=["tiny", "small"], default="small")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--tokens", type=int, default=32, help="decoded tokens per measurement")
+    ap.add_argument("--no-peer", action="store_true", help="skip transformers")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_arguments(ap)
+    run(ap.parse_args())
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(torch.get_num_threads())
+    dtype = getattr(torch, args.dtype)
+    limits = machine_limits()
+    with tempfile.TemporaryDirectory() as tmp:
+        native = Path(tmp) / "native"
+        create_random_checkpoint(native, preset(args.preset), dtype=dtype)
+        model, ckpt = load_model(native, dtype=dtype)
+        engine = Engine(
+            model,
+            load_tokenizer(None),
+            model_name=args.preset,
+            scheduler=SchedulerConfig(kv_budget_bytes=8 * 1024**3, max_batch=32),
+        )
+        hf = None
+        if not args.no_peer:
+            import transformers
+
+            convert(native, Path(tmp) / "hf", "hf")
+            hf = transformers.LlavaForConditionalGeneration.from_pretrained(
+                Path(tmp) / "hf", dtype=dtype
+            ).eval()
+        rows = (
+            bench_vision(model, hf, dtype)
+            + bench_ttft(engine, hf, limits)
+            + bench_decode(engine, hf, limits, args.tokens)
+        )
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    print(
+        f"\n{args.preset} preset ({model.config.num_parameters()['total'] / 1e9:.2f} B params), {args.dtype}, "
+        f"{torch.get_num_threads()} threads; measured read bandwidth {limits['read_bandwidth_gbs']:.1f} GB/s, "
+        f"fp32 matmul {limits['matmul_gflops']:.0f} GFLOP/s; peak RSS {peak_gb:.1f} GB (both models)\n"
+    )
+    print("| measurement | pixtral | transformers | speed-up | limit | note |\n|---|---|---|---|---|---|")
+    for r in rows:
+        peer, limit = r.get("peer"), r.get("limit")
+        # ratio > 1 means pixtral is faster (for times, peer / ours; for rates, ours / peer)
+        ratio = "" if not peer else f"{(peer / r['ours'] if '(ms)' in r['what'] else r['ours'] / peer):.2f}×"
+        print(
+            f"| {r['what']} | {r['ours']:.2f} | {'' if peer is None else f'{peer:.2f}'} | {ratio} | "
+            f"{'' if limit is None else f'{limit:.1f}'} | {r.get('note', '')} |"
+        )
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "preset": args.preset,
+                    "dtype": args.dtype,
+                    "limits": limits,
+                    "peak_rss_gb": peak_gb,
+                    "rows": rows,
+                },
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
