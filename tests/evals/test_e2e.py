@@ -337,3 +337,39 @@ def test_wait_for_endpoint_polls_until_the_server_is_up(fixtures, tmp_path):
     finally:
         timer.join()
         late.stop()
+
+
+def test_the_fake_server_speaks_the_official_client_protocol(server):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)
+    assert client.models.list().data[0].id == "fake-pixtral"
+    out = client.chat.completions.create(
+        model="fake-pixtral", temperature=0.0, max_tokens=10,
+        messages=[{"role": "user", "content": [{"type": "text", "text": "What is shown? [q:chartqa-0]"}]}],
+    )  # fmt: skip
+    assert out.choices[0].message.content.endswith("Final Answer: 42")
+    sent = server.model_requests()[-1]["body"]
+    assert set(sent) == {"model", "messages", "temperature", "max_tokens"}  # the same body our backend sends
+
+
+def test_a_second_run_in_the_same_folder_is_refused_while_one_is_running(fixtures, server, tmp_path):
+    from pixtral.evals.errors import StoreError
+    from pixtral.evals.store import run_lock
+
+    out = tmp_path / "locked"
+    with run_lock(out):
+        with pytest.raises(StoreError, match="another `pixtral eval` is running"):
+            run_eval(config(fixtures, server.url, out, ["docvqa"]))
+    assert (
+        run_eval(config(fixtures, server.url, out, ["docvqa"]))["tasks"]["docvqa"]["counts"]["answered"] == 4
+    )
+
+
+def test_endpoint_urls_are_normalised():
+    from pixtral.evals.backends.http import chat_completions_url
+    from pixtral.evals.errors import EvalConfigError
+
+    for url in ("http://h:8000", "http://h:8000/", "http://h:8000/v1", "http://h:8000/v1/chat/completions"):
+        assert chat_completions_url(url) == "http://h:8000/v1/chat/completions"
+    with pytest.raises(EvalConfigError):
+        chat_completions_url("h:8000")

@@ -24,7 +24,7 @@ from pixtral.evals.judge import JudgeParams, build_judge_messages, judge, judge_
 from pixtral.evals.metrics import check_mode
 from pixtral.evals.progress import ProgressReporter
 from pixtral.evals.prompts import PromptSet, load_prompt_set
-from pixtral.evals.store import Store
+from pixtral.evals.store import Store, run_lock
 from pixtral.evals.tasks import get_task
 from pixtral.evals.tasks.base import Task
 from pixtral.evals.types import Item, stable_hash
@@ -305,17 +305,17 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
     started = time.time()
     runner = Runner(cfg)
-    cfg.output_dir.mkdir(parents=True, exist_ok=True)
-    task_runs = asyncio.run(runner.run())
-    store = Store(cfg.output_dir / "store.sqlite")
-    try:
-        scored = [score_task(tr, store, cfg.scoring, cfg.bootstrap) for tr in task_runs]
-    finally:
-        store.close()
-    run_info = {
-        "started": started,
-        "finished": time.time(),
-        "requests": runner.counters.__dict__,
-        "output_dir": str(Path(cfg.output_dir).resolve()),
-    }
-    return write_reports(cfg, runner.provenance(), scored, run_info)
+    with run_lock(Path(cfg.output_dir)):
+        task_runs = asyncio.run(runner.run())
+        store = Store(cfg.output_dir / "store.sqlite")
+        try:
+            scored = [score_task(tr, store, cfg.scoring, cfg.bootstrap) for tr in task_runs]
+        finally:
+            store.close()
+        run_info = {
+            "started": started,
+            "finished": time.time(),
+            "requests": runner.counters.__dict__,
+            "output_dir": str(Path(cfg.output_dir).resolve()),
+        }
+        return write_reports(cfg, runner.provenance(), scored, run_info)

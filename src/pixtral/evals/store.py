@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,28 @@ class StoredAnswer:
     prompt_tokens: int | None
     completion_tokens: int | None
     latency_s: float | None
+
+
+@contextmanager
+def run_lock(folder: Path) -> Iterator[None]:
+    """One ``pixtral eval`` per run folder at a time (the OS drops the lock when the process dies, even on kill -9)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock
+        yield
+        return
+    with open(folder / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise StoreError(
+                f"another `pixtral eval` is running in {folder}; wait for it or use another --output-dir"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class Store:
