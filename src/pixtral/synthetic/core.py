@@ -108,10 +108,8 @@ def pick_size(
         else:
             aspect = math.exp(rng.uniform(math.log(1.3), math.log(max_aspect)))
         short_side = max(1, round(long_side / aspect))
-        w, h = (long_side, short_side) if shape >= 2 / 3 or (shape < 1 / 3 and rng.random() < 0.5) else (
-            short_side,
-            long_side,
-        )
+        wide = shape >= 2 / 3 or (shape < 1 / 3 and rng.random() < 0.5)
+        w, h = (long_side, short_side) if wide else (short_side, long_side)
         w, h = min(max(w, min_w), hi), min(max(h, min_h), hi)
         if not owned or size_owner(w, h) == split:
             return w, h

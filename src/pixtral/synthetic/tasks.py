@@ -22,8 +22,8 @@ from pixtral.synthetic.draw import (
     GRID,
     INK,
     MIN_FONT,
-    SHAPES,
     RGB,
+    SHAPES,
     TextBox,
     draw_shape,
     draw_text,
@@ -256,7 +256,8 @@ def table_cell(rng: random.Random, split: str, max_side: int) -> Drawn:
     )
     cell_box = (xs[tc + 1], ys[tr + 1], xs[tc + 2], ys[tr + 2])
     meta = {"text_size": size, "target": boxes[(tr + 1, tc + 1)].as_dict(), "cell_box": list(cell_box),
-            "headers": headers, "rows": row_names, "cells": cells, "background": list(bg)}  # fmt: skip
+            "headers": headers, "rows": row_names, "cells": cells, "background": list(bg),
+            "texts": [b.as_dict() for b in boxes.values()]}  # fmt: skip
     return Drawn(_single(image, question), answer, [image], meta)
 
 
@@ -264,15 +265,21 @@ def table_cell(rng: random.Random, split: str, max_side: int) -> Drawn:
 
 
 def _axes(
-    rng: random.Random, w: int, h: int, x_labels_fn: Callable[[int], list[str]], max_points: int
+    rng: random.Random,
+    w: int,
+    h: int,
+    x_labels_fn: Callable[[int], list[str]],
+    max_points: int,
+    label_gap: int = 3,
 ) -> dict[str, Any]:
-    """Choose fonts, ticks and the plot box of a chart whose x positions carry labels."""
+    """Choose fonts, ticks and the plot box of a chart whose x positions carry labels ``label_gap`` px below
+    the x axis."""
     fs = max(MIN_FONT, min(20, round(min(w, h) / rng.uniform(12, 22))))
     want_ticks = rng.randint(3, 8)
     step = rng.choice(STEPS)
     while True:  # tick labels one above the other must not touch: shrink the font, then drop ticks
         label_h = text_size("0123456789Ag", fs)[1]
-        top, bottom = max(fs // 2 + 3, 7), label_h + 6
+        top, bottom = max(fs // 2 + 3, 7), label_h + label_gap + 3
         spacing = label_h + 2
         ticks = min(want_ticks, (h - bottom - top) // spacing)
         if ticks >= 2 or fs == MIN_FONT:
@@ -291,7 +298,7 @@ def _axes(
             break
         n -= 1
     return {"fs": fs, "ticks": ticks, "step": step, "vmax": ticks * step, "tick_labels": tick_labels,
-            "plot": (x0, y0, x1, y1), "labels": labels, "slot": slot}  # fmt: skip
+            "plot": (x0, y0, x1, y1), "labels": labels, "slot": slot, "label_gap": label_gap}  # fmt: skip
 
 
 def _draw_axes(draw: ImageDraw.ImageDraw, ax: dict[str, Any], ink: RGB) -> list[TextBox]:
@@ -315,7 +322,7 @@ def _y_of(ax: dict[str, Any], value: float) -> int:
 
 def _x_label(draw: ImageDraw.ImageDraw, ax: dict[str, Any], cx: float, text: str, ink: RGB) -> TextBox:
     tw, _ = text_size(text, ax["fs"])
-    return draw_text(draw, (round(cx - tw / 2), ax["plot"][3] + 3), text, ax["fs"], ink)
+    return draw_text(draw, (round(cx - tw / 2), ax["plot"][3] + ax["label_gap"]), text, ax["fs"], ink)
 
 
 def _bar_chart(rng: random.Random, split: str, max_side: int) -> tuple[Image.Image, dict[str, Any]]:
@@ -411,7 +418,7 @@ def line_value(rng: random.Random, split: str, max_side: int) -> Drawn:
             return [MONTHS[(first_month + i) % 12] for i in range(n)]
         return [chr(ord("A") + i) for i in range(n)]
 
-    ax = _axes(rng, w, h, labels_fn, 12)
+    ax = _axes(rng, w, h, labels_fn, 12, label_gap=8)  # markers on the x axis reach 5 px below it
     n = len(ax["labels"])
     values = [rng.randint(0, ax["ticks"]) * ax["step"] for _ in range(n)]
     radius = max(2, min(int(ax["slot"] // 3), ax["fs"] // 3, 5))
@@ -441,7 +448,12 @@ def line_value(rng: random.Random, split: str, max_side: int) -> Drawn:
 
 
 def _shape_scene(
-    rng: random.Random, split: str, max_side: int, plan: list[tuple[str, str]], required: int, owned: bool = True
+    rng: random.Random,
+    split: str,
+    max_side: int,
+    plan: list[tuple[str, str]],
+    required: int,
+    owned: bool = True,
 ) -> tuple[Image.Image, list[dict[str, Any]]]:
     """Draw ``plan`` (kind, colour) shapes without overlap (3 px apart); the first ``required`` must all fit
     (else a new size is drawn), later ones are dropped when there is no room."""
@@ -529,7 +541,9 @@ def compare_count(rng: random.Random, split: str, max_side: int) -> Drawn:
     for i, n in enumerate((a, b)):
         colour = rng.choice(list(COLOURS))
         plan = [("circle", colour if rng.random() < 0.5 else rng.choice(list(COLOURS))) for _ in range(n)]
-        plan += [(rng.choice(("square", "triangle")), rng.choice(list(COLOURS))) for _ in range(rng.randint(0, 4))]
+        plan += [
+            (rng.choice(("square", "triangle")), rng.choice(list(COLOURS))) for _ in range(rng.randint(0, 4))
+        ]
         image, shapes = _shape_scene(rng, split, max_side, plan, required=n, owned=i == 0)
         images.append(image)
         scenes.append(shapes)
@@ -554,7 +568,9 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("line_value", "fine", line_value, "read a line chart's value at a labelled x"),
         TaskSpec("followup_chart", "fine", followup_chart, "two turns: highest bar, then its value"),
         TaskSpec("shape_count", "coarse", shape_count, "count the shapes of a colour"),
-        TaskSpec("shape_colour", "coarse", shape_colour, "name the colour of the only circle/square/triangle"),
+        TaskSpec(
+            "shape_colour", "coarse", shape_colour, "name the colour of the only circle/square/triangle"
+        ),
         TaskSpec("compare_count", "coarse", compare_count, "two images: which has more circles"),
         TaskSpec("followup_shapes", "coarse", followup_shapes, "two turns: a shape's colour, then its count"),
     )
