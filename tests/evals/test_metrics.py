@@ -211,3 +211,14 @@ def test_paired_difference():
 )  # fmt: skip
 def test_fixed_anywhere_number_boundaries(text, found):
     assert anywhere_in_answer(text, ["6"], FIXED) == float(found)
+
+
+def test_compat_edge_cases_follow_the_reference_code():
+    assert normalize_string('"') == ""  # a lone quote is "both ends"
+    parsed = parse_flex2("Final Answer: ( B)")
+    assert parsed == " B"  # markdown characters deleted, the line not re-stripped
+    assert relaxed_correctness(parsed, ["B"], COMPAT) == 0.0  # first character is the space
+    assert relaxed_correctness(parsed, ["B"], FIXED) == 1.0
+    assert relaxed_correctness("5%%", ["0.05"], COMPAT) == 1.0  # every trailing % stripped
+    assert parse_flex2("Final Answer: **") is None  # empty after deletion: a parse failure
+    assert flex3_correctness("Final Answer: **\nit is 5", ["5"], COMPAT) == 1.0  # ... so the fallback runs

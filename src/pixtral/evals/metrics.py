@@ -32,7 +32,7 @@ def check_mode(mode: str) -> str:
 
 def normalize_string(s: str) -> str:
     """Remove one pair of surrounding quotes (``"..."`` or ``'...'``); nothing else."""
-    if len(s) >= 2 and s[0] == s[-1] and s[0] in "\"'":
+    if s and s[0] == s[-1] and s[0] in "\"'":  # as mistral-evals: a lone quote becomes ""
         return s[1:-1]
     return s
 
@@ -64,16 +64,15 @@ def _preprocess(text: str, mode: str) -> str:
 
 def _to_float(text: str) -> tuple[float | None, bool]:
     text = text.strip()
-    percent = text.endswith("%")
-    if percent:
-        text = text[:-1]
     try:
-        return float(text), percent
+        return float(text.rstrip("%")), text.endswith("%")
     except ValueError:
-        return None, percent
+        return None, False
 
 
 def _relaxed_one(prediction: str, target: str, mode: str) -> bool:
+    if mode == FIXED:
+        prediction, target = prediction.strip(), target.strip()
     pred = _preprocess(prediction, mode)
     tgt = _preprocess(target, mode)
     p, p_pct = _to_float(pred)
@@ -85,13 +84,13 @@ def _relaxed_one(prediction: str, target: str, mode: str) -> bool:
         if t_pct:
             candidates.append((p, t / 100.0))
         return any(abs(a - b) / max(abs(b), 1e-10) <= 0.05 for a, b in candidates)
-    tgt_s = tgt.strip()
-    if len(tgt_s) == 1 and tgt_s.isalpha():
-        pred_s = pred.strip()
+    if len(tgt) == 1 and tgt.isalpha():
         if mode == COMPAT:  # first character only: "Blue" matches "B" (spec §3.3 verified false positive)
-            return bool(pred_s) and pred_s[0].lower() == tgt_s.lower()
-        m = _LETTER_ANSWER.match(pred_s)
-        return bool(m) and m.group(1).lower() == tgt_s.lower()
+            if pred:
+                return pred[0].lower() == tgt.lower()
+        else:
+            m = _LETTER_ANSWER.match(pred.strip())
+            return bool(m) and m.group(1).lower() == tgt.lower()
     if mode == FIXED:
         return " ".join(pred.lower().split()) == " ".join(tgt.lower().split())
     return pred.lower() == tgt.lower()
@@ -99,7 +98,7 @@ def _relaxed_one(prediction: str, target: str, mode: str) -> bool:
 
 def relaxed_correctness(prediction: str | None, targets: Sequence[str], mode: str = FIXED) -> float:
     """1.0 if the parsed prediction matches any target: numbers within 5% (percent-aware), letters, text."""
-    if prediction is None or not prediction.strip():
+    if not prediction:
         return 0.0
     return float(any(_relaxed_one(prediction, str(t), mode) for t in targets))
 

@@ -55,7 +55,7 @@ def parse_flex2(response: str) -> str | None:
     line = _first_nonempty_line(text[idx + len("answer:") :])
     if line is None:
         return None
-    line = _DELETE_CHARS.sub("", line).strip()
+    line = _DELETE_CHARS.sub("", line)  # not re-stripped, as in mistral-evals ("( B)" -> " B")
     return line or None
 
 
