@@ -30,8 +30,7 @@ class DecoderAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        rope: torch.Tensor,
         caches: list[SequenceKVCache] | None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -39,7 +38,7 @@ class DecoderAttention(nn.Module):
         q = self.wq(x).view(b, t, self.n_heads, self.head_dim)  # (B, T, dim) -> (B, T, H, hd)
         k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim)  # (B, T, dim) -> (B, T, KV, hd)
         v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
         if caches is None:  # the whole sequence at once (prefill from empty, training)
             if mask is None:
                 mask = causal_mask(t, t, x.device)
@@ -82,10 +81,9 @@ class DecoderBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        rope: torch.Tensor,
         caches: list[SequenceKVCache] | None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, caches, mask)
+        h = x + self.attention(self.attention_norm(x), rope, caches, mask)
         return h + self.feed_forward(self.ffn_norm(h))

@@ -18,7 +18,7 @@ from pixtral.model.adapter import VisionLanguageAdapter
 from pixtral.model.decoder import DecoderBlock
 from pixtral.model.kv_cache import SequenceKVCache
 from pixtral.model.norm import RMSNorm
-from pixtral.model.rope import rope_1d_angles, rope_cos_sin
+from pixtral.model.rope import rope_1d_angles, rope_table
 from pixtral.model.vision_encoder import VisionEncoder
 
 
@@ -89,9 +89,9 @@ class Pixtral(nn.Module):
             starts = torch.tensor([c.length for c in caches] if caches else [0] * b, device=h.device)
             positions = starts[:, None] + torch.arange(t, device=h.device)  # (B, T)
         angles = rope_1d_angles(positions.reshape(-1), self.config.text.head_dim, self.config.text.rope_theta)
-        cos, sin = rope_cos_sin(angles.view(*positions.shape, -1))  # (B, T, 1, hd/2)
+        rope = rope_table(angles.view(*positions.shape, -1))  # (B, T, 1, hd/2)
         for layer in self.layers:
-            h = layer(h, cos, sin, caches, mask)
+            h = layer(h, rope, caches, mask)
         if caches:
             for cache in caches:
                 cache.advance(t)

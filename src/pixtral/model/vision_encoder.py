@@ -19,7 +19,7 @@ from torch import nn
 from pixtral.config import VisionConfig
 from pixtral.model.feed_forward import FeedForward
 from pixtral.model.norm import RMSNorm
-from pixtral.model.rope import apply_rope, rope_2d_angles, rope_cos_sin
+from pixtral.model.rope import apply_rope, rope_2d_angles, rope_table
 
 
 @dataclass(frozen=True)
@@ -60,14 +60,12 @@ class VisionAttention(nn.Module):
         self.wv = nn.Linear(dim, dim, bias=False)
         self.wo = nn.Linear(dim, dim, bias=False)
 
-    def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: PatchLayout
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, layout: PatchLayout) -> torch.Tensor:
         n = x.shape[0]
         q = self.wq(x).view(n, self.n_heads, self.head_dim)  # (N, dim) -> (N, H, hd)
         k = self.wk(x).view(n, self.n_heads, self.head_dim)
         v = self.wv(x).view(n, self.n_heads, self.head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
         out = block_diagonal_attention(q, k, v, layout)  # (N, H, hd)
         return self.wo(out.reshape(n, -1))
 
@@ -105,10 +103,8 @@ class VisionBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.hidden_size, config.norm_eps)
         self.feed_forward = FeedForward(config.hidden_size, config.intermediate_size)
 
-    def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: PatchLayout
-    ) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, layout)
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, layout: PatchLayout) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), rope, layout)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -158,7 +154,7 @@ class VisionEncoder(nn.Module):
         ]
         x = self.ln_pre(torch.cat(patches))  # (N, hidden)
         rows, cols = layout.positions(x.device)
-        cos, sin = rope_cos_sin(rope_2d_angles(rows, cols, self.config.head_dim, self.config.rope_theta))
+        rope = rope_table(rope_2d_angles(rows, cols, self.config.head_dim, self.config.rope_theta))
         for layer in self.transformer.layers:
-            x = layer(x, cos, sin, layout)
+            x = layer(x, rope, layout)
         return x
