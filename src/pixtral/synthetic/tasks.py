@@ -117,6 +117,8 @@ def _document(rng: random.Random, split: str, max_side: int, kind: str) -> Drawn
     cap = max(MIN_FONT + 1, min(72, avail_h - 2))
     size = _log_uniform_int(rng, 7, cap)
     size = fit_font(target_text, avail_w, size) or MIN_FONT
+    while size > MIN_FONT and text_size(target_text, size)[1] > avail_h:
+        size -= 1
     # the lines of the page, in reading order: the target field, other fields and filler sentences
     lines: list[tuple[str, int, RGB, bool]] = [(target_text, size, ink, True)]
     small_cap = max(7, min(28, cap))
@@ -141,18 +143,19 @@ def _document(rng: random.Random, split: str, max_side: int, kind: str) -> Drawn
                 continue
             line_size = fitted
         tw, th = text_size(text, line_size)
-        reserve = 0 if target_box is not None or is_target else target_h + 2
-        if y + th + reserve > h - margin:
-            if is_target:
-                y = max(0, min(y, h - margin - th))
-            else:
+        gap = rng.randint(2, max(2, th // 2))
+        # a line before the target must leave room for the target below it (so the target always fits)
+        needed = th if target_box is not None or is_target else th + gap + target_h
+        if y + needed > h - margin:
+            if not is_target:
                 continue
+            y = max(0, h - margin - th)  # unreachable unless the page is shorter than the target line
         x = margin + rng.randint(0, max(0, avail_w - tw))
         box = draw_text(draw, (x, y), text, line_size, fill)
         boxes.append(box)
         if is_target:
             target_box = box
-        y += th + rng.randint(2, max(2, th // 2))
+        y += th + gap
     assert target_box is not None
     fmt = "number" if kind == "number" else "word"
     if kind == "number":
