@@ -1,14 +1,9 @@
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from fake_server import FakeOpenAIServer  # noqa: E402
-from fixtures import Fixtures, build_fixtures  # noqa: E402
+from tests.evals.fake_server import FakeOpenAIServer
+from tests.evals.fixtures import Fixtures, build_fixtures
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from fixtures import render
 
 from pixtral.evals import EvalConfig, run_eval
 from pixtral.evals.data import load_local, load_rows, select_indices
@@ -15,6 +14,7 @@ from pixtral.evals.errors import DatasetError
 from pixtral.evals.images import sniff_mime, to_image_data
 from pixtral.evals.prompts import load_prompt_set
 from pixtral.evals.tasks import get_task
+from tests.evals.fixtures import render
 
 
 def test_hub_path_loads_one_split_and_keeps_original_image_bytes(fixtures, monkeypatch, tmp_path):

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from fake_server import FakeOpenAIServer, judge_rating_for
 from pydantic import TypeAdapter
 
 from pixtral.evals import EvalConfig, compare_runs, run_eval
 from pixtral.evals.prompts import PROMPT_EXPLICIT, PROMPT_VQA, SHORT_ANSWER
+from tests.evals.fake_server import FakeOpenAIServer, judge_rating_for
 
 ALL = ["mm_mt_bench", "mmmu", "mathvista", "chartqa", "docvqa", "vqav2"]
 SRC = str(Path(__file__).resolve().parents[2] / "src")

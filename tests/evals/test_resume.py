@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from fake_server import FakeOpenAIServer
-from fixtures import build_fixtures
+from tests.evals.fake_server import FakeOpenAIServer
+from tests.evals.fixtures import build_fixtures
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 TASKS = "mm_mt_bench,chartqa,vqav2"
