@@ -11,6 +11,7 @@ from pixtral.benchmark import add_bench_parser
 from pixtral.errors import PixtralError
 from pixtral.evals.cli import add_eval_parser
 from pixtral.serve.cli import add_serve_parser
+from pixtral.synthetic.cli import add_synthetic_parser
 from pixtral.train.cli import add_train_parser
 
 EXAMPLES = """examples:
@@ -24,6 +25,7 @@ EXAMPLES = """examples:
   pixtral eval --task chartqa --endpoint http://127.0.0.1:8000/v1 --output-dir runs/chartqa
   pixtral train --config examples/train/config.toml
   pixtral bench --preset small
+  pixtral synth --out data/synth --split train --n 1000 --max-side 256
 
 --model accepts a local folder in Mistral native format (params.json + consolidated.safetensors) or Hugging Face
 format (config.json + model*.safetensors), or a hub id; omitted, the bundled default model is used.
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_train_parser(sub)
     add_bench_parser(sub)
+    add_synthetic_parser(sub)
     return parser
 
 
