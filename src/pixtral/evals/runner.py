@@ -24,7 +24,7 @@ from pixtral.evals.judge import JudgeParams, build_judge_messages, judge, judge_
 from pixtral.evals.metrics import check_mode
 from pixtral.evals.progress import ProgressReporter
 from pixtral.evals.prompts import PromptSet, load_prompt_set
-from pixtral.evals.store import Store, run_lock
+from pixtral.evals.store import GroupCommitter, Store, run_lock
 from pixtral.evals.tasks import get_task
 from pixtral.evals.tasks.base import Task
 from pixtral.evals.types import Item, stable_hash
@@ -65,6 +65,7 @@ class _Session:
     """What every item pipeline of a run shares."""
 
     store: Store
+    committer: GroupCommitter
     backend: Any
     judge_backend: OpenAIHTTPBackend | None
     progress: ProgressReporter
@@ -163,7 +164,9 @@ class Runner:
                 if any(t.needs_judge for t in self.tasks):
                     judge_backend = await stack.enter_async_context(self._judge_backend())
                 progress = stack.enter_context(ProgressReporter(enabled=cfg.progress))
-                session = _Session(store, backend, judge_backend, progress)
+                committer = GroupCommitter(store)
+                stack.push_async_callback(committer.aclose)
+                session = _Session(store, committer, backend, judge_backend, progress)
                 return [await self._run_task(session, task, rows, indices) for task, rows, indices in loaded]
         finally:
             store.close()
@@ -241,11 +244,14 @@ class Runner:
                     item_id=item.item_id,
                 )
             except BackendError as exc:
-                s.store.put_error(rec.key, item.item_id, "generate", str(exc))
+                await s.committer.commit(s.store.error_ops(rec.key, item.item_id, "generate", str(exc)))
                 self.counters.failed += 1
                 return
-            s.store.put_answer(
-                rec.key, task.name, item.item_id, self.model_name or "", completion, time.monotonic() - start
+            latency = time.monotonic() - start
+            await s.committer.commit(
+                s.store.answer_ops(
+                    rec.key, task.name, item.item_id, self.model_name or "", completion, latency
+                )
             )
             done_keys.add(rec.key)
             answer_text = completion.text or ""
@@ -265,10 +271,12 @@ class Runner:
                 s.judge_backend, messages, self.judge_params, self.cfg.scoring, item.item_id
             )
         except BackendError as exc:
-            s.store.put_error(rec.judge_key, item.item_id, "judge", str(exc))
+            await s.committer.commit(s.store.error_ops(rec.judge_key, item.item_id, "judge", str(exc)))
             self.counters.failed += 1
             return
-        s.store.put_verdict(rec.judge_key, item.item_id, self.judge_params.model, verdict)
+        await s.committer.commit(
+            s.store.verdict_ops(rec.judge_key, item.item_id, self.judge_params.model, verdict)
+        )
         self.counters.judged += 1
 
     def provenance(self) -> dict[str, Any]:

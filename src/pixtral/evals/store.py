@@ -7,10 +7,12 @@ reused only for the identical request to the same model, a verdict only for the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +69,9 @@ def run_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+Op = tuple[str, tuple[Any, ...]]
+
+
 class Store:
     """SQLite store; use one instance per process (the event loop thread does every write)."""
 
@@ -102,17 +107,28 @@ class Store:
         ).fetchone()
         return StoredAnswer(*row) if row else None
 
+    @staticmethod
+    def answer_ops(
+        key: str, task: str, item_id: str, model: str, c: Completion, latency_s: float
+    ) -> list[Op]:
+        return [
+            ("INSERT OR REPLACE INTO answers VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+             (key, task, item_id, model, c.text or "", c.finish_reason, c.prompt_tokens, c.completion_tokens,
+              c.endpoint, latency_s, time.time())),
+            ("DELETE FROM errors WHERE key=?", (key,)),
+        ]  # fmt: skip
+
     def put_answer(
         self, key: str, task: str, item_id: str, model: str, c: Completion, latency_s: float
     ) -> None:
-        with self._db:  # one committed transaction
+        self.apply(self.answer_ops(key, task, item_id, model, c, latency_s))
+
+    def apply(self, ops: list[Op]) -> None:
+        """Run the writes in one transaction; it is on disk (fsync) when this returns."""
+        with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
-                "INSERT OR REPLACE INTO answers VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (key, task, item_id, model, c.text or "", c.finish_reason, c.prompt_tokens, c.completion_tokens,
-                 c.endpoint, latency_s, time.time()),
-            )  # fmt: skip
-            self._db.execute("DELETE FROM errors WHERE key=?", (key,))
+            for sql, params in ops:
+                self._db.execute(sql, params)
 
     # ------------------------------------------------------------------ verdicts
     def get_verdict(self, key: str) -> Verdict | None:
@@ -121,31 +137,27 @@ class Store:
         ).fetchone()
         return Verdict(row[0], row[1], json.loads(row[2]), json.loads(row[3])) if row else None
 
+    @staticmethod
+    def verdict_ops(key: str, item_id: str, judge_model: str, v: Verdict) -> list[Op]:
+        return [
+            ("INSERT OR REPLACE INTO verdicts VALUES (?,?,?,?,?,?,?,?)",
+             (key, item_id, judge_model, v.rating, v.status, json.dumps(v.replies), json.dumps(v.usage),
+              time.time())),
+            ("DELETE FROM errors WHERE key=?", (key,)),
+        ]  # fmt: skip
+
     def put_verdict(self, key: str, item_id: str, judge_model: str, v: Verdict) -> None:
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
-                "INSERT OR REPLACE INTO verdicts VALUES (?,?,?,?,?,?,?,?)",
-                (
-                    key,
-                    item_id,
-                    judge_model,
-                    v.rating,
-                    v.status,
-                    json.dumps(v.replies),
-                    json.dumps(v.usage),
-                    time.time(),
-                ),
-            )
-            self._db.execute("DELETE FROM errors WHERE key=?", (key,))
+        self.apply(self.verdict_ops(key, item_id, judge_model, v))
 
     # ------------------------------------------------------------------ errors (retried on the next run)
+    @staticmethod
+    def error_ops(key: str, item_id: str, stage: str, error: str) -> list[Op]:
+        return [
+            ("INSERT OR REPLACE INTO errors VALUES (?,?,?,?,?)", (key, item_id, stage, error, time.time()))
+        ]
+
     def put_error(self, key: str, item_id: str, stage: str, error: str) -> None:
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
-                "INSERT OR REPLACE INTO errors VALUES (?,?,?,?,?)", (key, item_id, stage, error, time.time())
-            )
+        self.apply(self.error_ops(key, item_id, stage, error))
 
     def get_error(self, key: str) -> tuple[str, str] | None:
         row = self._db.execute("SELECT stage, error FROM errors WHERE key=?", (key,)).fetchone()
@@ -156,3 +168,56 @@ class Store:
             t: self._db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
             for t in ("answers", "verdicts", "errors")
         }
+
+
+class GroupCommitter:
+    """Commits the writes of concurrently finishing items together, in a writer thread: one transaction, one fsync.
+
+    ``await commit(ops)`` returns only once those writes are on disk, so an item still counts only after its
+    commit. While one fsync runs (off the event loop, which keeps sending requests), the items finishing meanwhile
+    queue up and share the next one. The writer has its own connection: WAL readers never see its uncommitted rows.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._path = store.path
+        self._pending: list[tuple[list[Op], asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-store-writer")
+        self._writer: Store | None = None
+
+    def _apply(self, ops: list[Op]) -> None:
+        if self._writer is None:  # created in the writer thread, used only there
+            self._writer = Store(self._path)
+        self._writer.apply(ops)
+
+    async def commit(self, ops: list[Op]) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((ops, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await asyncio.shield(future)  # a cancelled item must not cancel the others' commit
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await loop.run_in_executor(
+                    self._executor, self._apply, [op for ops, _ in batch for op in ops]
+                )
+            except BaseException as exc:  # noqa: BLE001 - handed to every waiter
+                for _, f in batch:
+                    if not f.done():
+                        f.set_exception(exc)
+            else:
+                for _, f in batch:
+                    if not f.done():
+                        f.set_result(None)
+
+    async def aclose(self) -> None:
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        if self._writer is not None:
+            await loop.run_in_executor(self._executor, self._writer.close)
+        self._executor.shutdown(wait=True)
