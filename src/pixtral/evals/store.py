@@ -73,7 +73,7 @@ Op = tuple[str, tuple[Any, ...]]
 
 
 class Store:
-    """SQLite store; use one instance per process (the event loop thread does every write)."""
+    """SQLite store of one run folder: reads on the event loop's connection, batched writes via GroupCommitter."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
