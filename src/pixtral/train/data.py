@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 from mistral_common.exceptions import MistralCommonException
 from mistral_common.protocol.instruct.messages import AssistantMessage, FinetuningAssistantMessage
+from mistral_common.protocol.instruct.normalize import get_normalizer
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
-from mistral_common.protocol.instruct.validator import ValidationMode
+from mistral_common.protocol.instruct.validator import ValidationMode, get_validator
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
 from pixtral.errors import InputError, PixtralError
@@ -183,16 +184,21 @@ def _hf_records(name: str, split: str, from_disk: bool = False) -> list[Record]:
 # ---- encoding ----------------------------------------------------------------------------------------
 
 
-@functools.cache
-def finetuning_tokenizer(file_path: str) -> MistralTokenizer:
-    """The same tokenizer file with mistral-common's finetuning validation (ends with an assistant turn)."""
-    return MistralTokenizer.from_file(file_path, mode=ValidationMode.finetuning)
-
-
 def _as_finetuning(tokenizer: MistralTokenizer) -> MistralTokenizer:
+    """The same tokenizer with mistral-common's finetuning validation (ends with an assistant turn)."""
     if tokenizer.mode == ValidationMode.finetuning:
         return tokenizer
-    return finetuning_tokenizer(str(tokenizer.instruct_tokenizer.tokenizer.file_path))
+    cached = _FINETUNING.get(id(tokenizer))
+    if cached is None or cached[0] is not tokenizer:
+        inner = tokenizer.instruct_tokenizer.tokenizer
+        normalizer = get_normalizer(tokenizer.version, getattr(inner, "model_settings_builder", None))
+        validator = get_validator(tokenizer.version, ValidationMode.finetuning)
+        cached = (tokenizer, MistralTokenizer(tokenizer.instruct_tokenizer, validator, normalizer))
+        _FINETUNING[id(tokenizer)] = cached
+    return cached[1]
+
+
+_FINETUNING: dict[int, tuple[MistralTokenizer, MistralTokenizer]] = {}
 
 
 def _resolve_images(record: Record) -> list[dict[str, Any]]:

@@ -1,0 +1,65 @@
+"""torchrun, 2 CPU ranks over gloo: DDP and FSDP2 give the 1-process per-step losses (same global batch),
+and a checkpoint written by 2 FSDP ranks resumes on 1 process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pixtral.train.loop import train
+from pixtral.train.metrics import read_metrics
+from tests.train.train_helpers import colour_dataset, small_config
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = 3
+
+
+def _torchrun(cfg_path: Path, strategy: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["-m", "pixtral.train", "--config", str(cfg_path), "--distributed", strategy]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_rank_ddp_and_fsdp_match_one_process_and_fsdp_checkpoint_resumes_on_one(tmp_path):
+    data = colour_dataset(tmp_path, n=4)
+    common = {
+        "max_steps": STEPS,
+        "batch_size": 4,
+        "micro_batch_size": 1,
+        "save_every": 2,
+        "weight_decay": 0.1,
+    }
+    single = train(small_config(tmp_path / "one", data, **common)).losses
+
+    losses = {}
+    for strategy in ("ddp", "fsdp"):
+        cfg = small_config(tmp_path / strategy, data, distributed=strategy, **common)
+        path = tmp_path / f"{strategy}.json"
+        path.write_text(json.dumps(cfg.to_dict()))
+        _torchrun(path, strategy)
+        losses[strategy] = {
+            s: r["loss"] for s, r in read_metrics(Path(cfg.out_dir) / "metrics.jsonl").items()
+        }
+    report = {name: max(abs(run[s] - single[s]) for s in single) for name, run in losses.items()}
+    print("max |loss(2 ranks) - loss(1 process)| per step:", report)
+    for name, run in losses.items():
+        assert sorted(run) == sorted(single)
+        assert report[name] <= 1e-5, name
+
+    # The FSDP run's step-2 checkpoint (2 ranks, sharded) continues on 1 process.
+    fsdp_ckpt = tmp_path / "fsdp" / "run" / "checkpoints" / "step_00000002"
+    assert sorted(p.name for p in fsdp_ckpt.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    resumed_cfg = small_config(tmp_path / "resumed", data, **common)
+    shutil.copytree(fsdp_ckpt, Path(resumed_cfg.out_dir) / "checkpoints" / fsdp_ckpt.name)
+    resumed = train(resumed_cfg, resume=True).losses
+    assert sorted(resumed) == [3]
+    assert abs(resumed[3] - single[3]) <= 1e-5
