@@ -54,3 +54,11 @@ def test_help_teaches(capsys):
         "compare",
     ):
         assert needle in out
+
+
+def test_dataset_override_needs_a_single_task(capsys):
+    p = _parser()
+    args = p.parse_args(["eval", "--task", "chartqa,docvqa", "--dataset", "me/mine", "--endpoint", "http://h:1/v1",
+                         "--output-dir", "o"])  # fmt: skip
+    assert args.handler(args) == 2
+    assert "single --task" in capsys.readouterr().err

@@ -101,6 +101,10 @@ class Runner:
         self.cfg = cfg
         self.tasks = [get_task(t) for t in cfg.tasks]
         self.prompts: PromptSet = load_prompt_set(cfg.prompts, cfg.scoring)
+        if (cfg.dataset or cfg.dataset_config) and len(self.tasks) > 1:
+            raise EvalConfigError(
+                "--dataset / --dataset-config name one dataset: use them with a single --task"
+            )
         if not cfg.in_process and not cfg.endpoints:
             raise EvalConfigError("pass --endpoint URL (an OpenAI-compatible server) or --in-process")
         self.judge_params = JudgeParams(
@@ -155,7 +159,9 @@ class Runner:
                     cfg.split,
                     cfg.revision,
                 )
-                loaded.append((task, rows, select_indices(len(rows), cfg.limit, cfg.shuffle, cfg.seed)))
+                # --shuffle picks a seeded subset; it is processed in row order (row groups are read once)
+                indices = sorted(select_indices(len(rows), cfg.limit, cfg.shuffle, cfg.seed))
+                loaded.append((task, rows, indices))
             async with AsyncExitStack() as stack:
                 backend = await stack.enter_async_context(self._backend())
                 self.model_name = backend.model
