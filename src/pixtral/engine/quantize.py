@@ -25,7 +25,7 @@ unquantized model); bounds are in docs/quantization.md and tests/quantize/.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pixtral.checkpoint.formats import TensorSource
 from pixtral.checkpoint.loader import DTYPES, Checkpoint, open_checkpoint
+from pixtral.errors import CheckpointError
 from pixtral.model.norm import RMSNorm
 from pixtral.model.pixtral import Pixtral
 
@@ -60,17 +62,32 @@ def _check_mode(mode: str, group_size: int) -> None:
 # ---- quantize / dequantize one weight matrix ------------------------------------------------------
 
 
+RowReader = Callable[[int, int], torch.Tensor]  # (first row, end row) -> those rows of a weight
+
+
+def _rows(w: torch.Tensor | RowReader, shape: tuple[int, int] | None) -> tuple[RowReader, int, int]:
+    """A weight given as a tensor, or as a function reading its rows (from a file) with its shape."""
+    if isinstance(w, torch.Tensor):
+        return (lambda a, b: w[a:b]), w.shape[0], w.shape[1]
+    if shape is None:
+        raise ValueError("a row reader needs the weight's shape")
+    return w, shape[0], shape[1]
+
+
 @torch.no_grad()
-def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_int8(
+    w: torch.Tensor | RowReader, shape: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, K) float -> int8 (N, K) and bfloat16 scales (N,), symmetric per output row: w ~ q * scale.
 
     The scale is rounded to bfloat16 first and q computed from the rounded scale, so the stored pair is
-    self-consistent (|w - q * scale| <= scale / 2 per element)."""
-    n, _ = w.shape
-    q = torch.empty(w.shape, dtype=torch.int8)
+    self-consistent (|w - q * scale| <= scale / 2 per element). `w` may be a row reader (see `_rows`):
+    the rows are then read and quantized _CHUNK_ROWS at a time, never all in memory."""
+    read, n, k = _rows(w, shape)
+    q = torch.empty((n, k), dtype=torch.int8)
     scales = torch.empty(n, dtype=KERNEL_DTYPE)
     for r in range(0, n, _CHUNK_ROWS):
-        chunk = w[r : r + _CHUNK_ROWS].float()
+        chunk = read(r, min(r + _CHUNK_ROWS, n)).float()
         s = (chunk.abs().amax(dim=1) / 127.0).clamp(min=1e-10).to(KERNEL_DTYPE)
         s32 = s.float()
         # (rows, K) / (rows, 1): round half to even, clamp to the int8 range
@@ -84,18 +101,20 @@ def dequantize_int8(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_int4(
+    w: torch.Tensor | RowReader, group_size: int, shape: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, K) float -> int32 values in [0, 15] (N, K) and bfloat16 scales_and_zeros (K / g, N, 2).
 
     Per group of g input columns: scale = (max - min) / 15, zero = min + 8 * scale, so that
     w ~ (q - 8) * scale + zero (the convention of `_weight_int4pack_mm_for_cpu`, as in gpt-fast)."""
-    n, k = w.shape
+    read, n, k = _rows(w, shape)
     if k % group_size:
         raise ValueError(f"in_features {k} is not a multiple of the int4 group size {group_size}")
     q = torch.empty((n, k), dtype=torch.int32)
     sz = torch.empty((k // group_size, n, 2), dtype=KERNEL_DTYPE)
     for r in range(0, n, _CHUNK_ROWS):
-        chunk = w[r : r + _CHUNK_ROWS].float()
+        chunk = read(r, min(r + _CHUNK_ROWS, n)).float()
         rows = chunk.shape[0]
         g = chunk.reshape(rows, k // group_size, group_size)  # (rows, K) -> (rows, groups, g)
         lo, hi = g.amin(dim=2), g.amax(dim=2)
@@ -179,10 +198,14 @@ class Int8Linear(_QuantizedLinear):
 
     @classmethod
     def from_weight(
-        cls, w: torch.Tensor, bias: torch.Tensor | None = None, dtype: torch.dtype | None = None
+        cls,
+        w: torch.Tensor | RowReader,
+        bias: torch.Tensor | None = None,
+        dtype: torch.dtype | None = None,
+        shape: tuple[int, int] | None = None,
     ) -> Int8Linear:
-        q, s = quantize_int8(w)
-        return cls(q, s, dtype or w.dtype, bias)
+        q, s = quantize_int8(w, shape)
+        return cls(q, s, dtype or _dtype_of(w), bias)
 
     def _kernel(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int8pack_mm(x, self.weight_int8, self.scales)
@@ -214,13 +237,14 @@ class Int4Linear(_QuantizedLinear):
     @classmethod
     def from_weight(
         cls,
-        w: torch.Tensor,
+        w: torch.Tensor | RowReader,
         group_size: int = 128,
         bias: torch.Tensor | None = None,
         dtype: torch.dtype | None = None,
+        shape: tuple[int, int] | None = None,
     ) -> Int4Linear:
-        q, sz = quantize_int4(w, group_size)
-        return cls(q, sz, group_size, dtype or w.dtype, bias)
+        q, sz = quantize_int4(w, group_size, shape)
+        return cls(q, sz, group_size, dtype or _dtype_of(w), bias)
 
     def _kernel(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(
@@ -243,19 +267,26 @@ def can_quantize(mode: str, out_features: int, in_features: int, group_size: int
     return True
 
 
+def _dtype_of(w: torch.Tensor | RowReader) -> torch.dtype:
+    if isinstance(w, torch.Tensor):
+        return w.dtype
+    raise ValueError("give the activation dtype when the weight is a row reader")
+
+
 def quantized_linear(
-    weight: torch.Tensor,
+    weight: torch.Tensor | RowReader,
     mode: str,
     group_size: int = 128,
     bias: torch.Tensor | None = None,
     dtype: torch.dtype | None = None,
+    shape: tuple[int, int] | None = None,
 ) -> _QuantizedLinear:
-    """A quantized replacement for a linear layer with this (N, K) weight. `dtype`: the activation dtype
-    of the surrounding model (default: the weight's)."""
+    """A quantized replacement for a linear layer with this (N, K) weight (a tensor, or a row reader with
+    its shape). `dtype`: the activation dtype of the surrounding model (default: the weight's)."""
     _check_mode(mode, group_size)
     if mode == "int8":
-        return Int8Linear.from_weight(weight, bias, dtype)
-    return Int4Linear.from_weight(weight, group_size, bias, dtype)
+        return Int8Linear.from_weight(weight, bias, dtype, shape)
+    return Int4Linear.from_weight(weight, group_size, bias, dtype, shape)
 
 
 # ---- whole-model transforms -----------------------------------------------------------------------
@@ -300,6 +331,30 @@ def quantize_model_(
     return QuantizationSummary(mode, group_size, done, skipped, nbytes)
 
 
+def _row_reader(src: TensorSource) -> RowReader | None:
+    """Read rows [a, b) of a stored 2-D tensor with plain reads (like SafetensorsFile.read, for a slice);
+    None when the tensor needs a layout change on read (HF q/k), which needs the whole tensor."""
+    if src.to_native is not None or len(src.shape) != 2:
+        return None
+    info = src.file.tensors[src.stored_name]
+    n, k = info.shape
+    row_bytes = (info.end - info.start) // n
+
+    def read(a: int, b: int) -> torch.Tensor:
+        out = torch.empty((b - a, k), dtype=info.torch_dtype)
+        view, done = memoryview(out.view(-1).view(torch.uint8).numpy()), 0
+        with open(src.file.path, "rb", buffering=0) as f:
+            f.seek(info.start + a * row_bytes)
+            while done < len(view):
+                got = f.readinto(view[done:])
+                if not got:
+                    raise CheckpointError(f"{src.file.path}: tensor '{src.stored_name}': file ended early")
+                done += got
+        return out
+
+    return read
+
+
 def load_quantized(
     path: str | Path,
     mode: str = "int8",
@@ -310,7 +365,8 @@ def load_quantized(
     """Open a checkpoint and build the model tensor by tensor: target linears are quantized as soon as
     their weight is read (only the quantized form is kept); everything else is cast to `dtype`.
 
-    Peak memory: the quantized model plus one tensor in flight (and its float32 chunk temporaries).
+    Peak memory: the quantized model plus one unquantized tensor in flight; target weights are read and
+    quantized _CHUNK_ROWS rows at a time (native format; HF q/k weights are read whole, then permuted).
     The default dtype is bfloat16 for the unquantized parts: the 12B embedding alone is 2.7 GB in float32."""
     _check_mode(mode, group_size)
     ckpt = open_checkpoint(path)
@@ -321,18 +377,21 @@ def load_quantized(
     for name, src in ckpt.sources.items():
         module_name, _, leaf = name.rpartition(".")
         module = model.get_submodule(module_name) if module_name else model
-        tensor = src.read()
         if isinstance(module, nn.Linear) and leaf == "weight" and is_target(module_name, include_output):
             if module.bias is not None:
                 raise NotImplementedError(f"{module_name}: quantize-while-loading of a biased linear")
-            if can_quantize(mode, *tensor.shape, group_size):
-                q = quantized_linear(tensor, mode, group_size, None, torch_dtype)
+            if can_quantize(mode, *src.shape, group_size):
+                # rows straight from the file when no layout change is needed (the 1.3 GB output head of
+                # the 12B model is then never in memory in bf16), else the whole tensor, permuted
+                weight = _row_reader(src) or src.read()
+                q = quantized_linear(weight, mode, group_size, None, torch_dtype, tuple(src.shape))
                 _set_submodule(model, module_name, q)
                 done.append(module_name)
                 nbytes += q.weight_bytes()
-                del tensor
+                del weight
                 continue
             skipped.append(module_name)
+        tensor = src.read()
         module._parameters[leaf] = nn.Parameter(tensor.to(torch_dtype), requires_grad=False)
         del tensor
     left = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]

@@ -1,0 +1,207 @@
+"""Decode speed of weight-only quantization on this machine: GB/s of weights read per token, beside the
+machine's measured read bandwidth (the ceiling of batch-1 decode).
+
+    python bench/bench_quant.py                 # the 'small' preset's decoder linears, then the whole model
+    python bench/bench_quant.py --no-model      # only the linear stack (less memory, ~1 min)
+    python bench/bench_quant.py --json out.json
+
+1. Linear stack: one token through every decoder linear of the 'small' preset (12 x wq wk wv wo w1 w3 w2)
+   and the output head, as GEMVs of the right shapes: float32 (F.linear), bfloat16 (F.linear), int8
+   (`_weight_int8pack_mm`), int4 groups 32/64/128 (`_weight_int4pack_mm_for_cpu`). Median of --reps tokens.
+2. Whole model (--model, default on): the 'small' preset written as a random bf16 checkpoint, loaded as
+   float32, bfloat16, int8 and int4 (quantize while loading), decoding --tokens tokens after an 8-token
+   prompt with the KV cache; tok/s and effective GB/s = decoder bytes read per token x tok/s.
+The machine is shared and noisy: each figure is a median; the read bandwidth is measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+def median_time(fn, reps: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def read_bandwidth(gib: float = 1.0, reps: int = 7) -> float:
+    x = torch.ones(int(gib * 2**30) // 4)
+    t = median_time(lambda: x.sum(), reps)
+    return x.numel() * 4 / t / 1e9
+
+
+def stack_shapes(config) -> list[tuple[int, int]]:
+    """(out, in) of every decoder linear, in the order one token visits them, then the output head."""
+    t = config.text
+    q, kv = t.n_heads * t.head_dim, t.n_kv_heads * t.head_dim
+    layer = [
+        (q, t.dim),
+        (kv, t.dim),
+        (kv, t.dim),
+        (t.dim, q),
+        (t.hidden_dim, t.dim),
+        (t.hidden_dim, t.dim),
+        (t.dim, t.hidden_dim),
+    ]
+    return layer * t.n_layers + [(t.vocab_size, t.dim)]
+
+
+def bench_stack(config, variants: list[str], reps: int) -> list[dict]:
+    from pixtral.engine.quantize import Int4Linear, Int8Linear, can_quantize
+
+    shapes = stack_shapes(config)
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for variant in variants:
+        layers = []
+        for n, k in shapes:  # a fresh float32 weight per layer, converted and dropped: memory = one variant
+            w = torch.randn(n, k, generator=gen) * 0.02
+            if variant == "float32":
+                layers.append(w)
+            elif variant == "bfloat16":
+                layers.append(w.to(torch.bfloat16))
+            elif variant == "int8":
+                layers.append(Int8Linear.from_weight(w))
+            elif can_quantize("int4", n, k, int(variant.split("g")[1])):
+                layers.append(Int4Linear.from_weight(w, int(variant.split("g")[1])))
+            else:  # as quantize_model_ does: a shape the int4 kernel cannot take stays in full precision
+                layers.append(w.to(torch.bfloat16))
+            del w
+        nbytes = sum(
+            m.numel() * m.element_size() if isinstance(m, torch.Tensor) else m.weight_bytes() for m in layers
+        )
+        dtype = torch.float32 if variant == "float32" else torch.bfloat16
+        xs = {k: torch.randn(1, k, dtype=dtype) for k in {k for _, k in shapes}}
+
+        def token(layers=layers, xs=xs) -> None:
+            for m, (_, k) in zip(layers, shapes, strict=True):
+                if isinstance(m, torch.Tensor):
+                    F.linear(xs[k], m)
+                else:
+                    m(xs[k])
+
+        with torch.inference_mode():
+            t = median_time(token, reps)
+        rows.append(
+            {
+                "variant": variant,
+                "weight_gb": nbytes / 1e9,
+                "ms_per_token": t * 1e3,
+                "gb_per_s": nbytes / t / 1e9,
+            }
+        )
+        print(json.dumps({"step": "stack", **rows[-1]}), flush=True)
+        del layers, token
+        gc.collect()
+    return rows
+
+
+def bench_model(config, tokens: int, modes: list[str]) -> list[dict]:
+    from pixtral.checkpoint.loader import load_model
+    from pixtral.checkpoint.streaming_init import write_random_checkpoint_streaming
+    from pixtral.engine.quantize import decoder_bytes_per_token, load_quantized
+    from pixtral.model.kv_cache import SequenceKVCache
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-quant-"))
+    rows = []
+    try:
+        path = write_random_checkpoint_streaming(tmp / "m", config, torch.bfloat16, seed=0)
+        for mode in modes:
+            if mode in ("float32", "bfloat16"):
+                model, _ = load_model(path, mode)
+            else:
+                kind, _, g = mode.partition("-g")
+                model, _, _ = load_quantized(path, kind, dtype="float32", group_size=int(g or 128))
+            per_token = decoder_bytes_per_token(model)
+            cache = SequenceKVCache(config.text, 8 + tokens + 1, model.dtype)
+            ids = torch.randint(
+                1000, config.text.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0)
+            )
+            times = []
+            with torch.inference_mode():
+                logits = model(ids, caches=[cache], last_only=True)[:, -1]
+                for _ in range(tokens):
+                    tok = logits.argmax(-1)
+                    t0 = time.perf_counter()
+                    logits = model(tok[:, None], caches=[cache])[:, -1]
+                    times.append(time.perf_counter() - t0)
+            times.sort()
+            t = times[len(times) // 2]
+            rows.append(
+                {
+                    "mode": mode,
+                    "bytes_per_token_gb": per_token / 1e9,
+                    "tok_per_s": 1 / t,
+                    "gb_per_s": per_token / t / 1e9,
+                }
+            )
+            print(json.dumps({"step": "model", **rows[-1]}), flush=True)
+            del model, cache
+            gc.collect()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
+def main() -> None:
+    from pixtral.config import preset
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="small", choices=["tiny", "small"])
+    ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-model", action="store_true", help="skip the whole-model decode")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    config = preset(args.preset)
+    bw = read_bandwidth()
+    print(json.dumps({"step": "machine", "read_gb_per_s": round(bw, 2), "threads": args.threads}), flush=True)
+    stack = bench_stack(
+        config, ["float32", "bfloat16", "int8", "int4-g32", "int4-g64", "int4-g128"], args.reps
+    )
+    model = (
+        []
+        if args.no_model
+        else bench_model(config, args.tokens, ["float32", "bfloat16", "int8", "int4-g128"])
+    )
+    bw_after = read_bandwidth()
+    print(f"\nread bandwidth: {bw:.1f} GB/s before, {bw_after:.1f} GB/s after ({args.threads} threads)\n")
+    print(f"linear stack of the '{args.preset}' preset (one token, {len(stack_shapes(config))} GEMVs):")
+    print("| weights | GB read/token | ms/token | GB/s | % of read bandwidth |\n|---|---|---|---|---|")
+    for r in stack:
+        print(
+            f"| {r['variant']} | {r['weight_gb']:.3f} | {r['ms_per_token']:.1f} | {r['gb_per_s']:.1f} | {100 * r['gb_per_s'] / bw:.0f}% |"
+        )
+    if model:
+        print(f"\nwhole '{args.preset}' model, batch-1 decode with the KV cache:")
+        print("| weights | GB read/token | tok/s | GB/s | % of read bandwidth |\n|---|---|---|---|---|")
+        for r in model:
+            print(
+                f"| {r['mode']} | {r['bytes_per_token_gb']:.3f} | {r['tok_per_s']:.2f} | {r['gb_per_s']:.1f} | {100 * r['gb_per_s'] / bw:.0f}% |"
+            )
+    if args.json:
+        args.json.write_text(
+            json.dumps({"read_gb_per_s": [bw, bw_after], "stack": stack, "model": model}, indent=2) + "\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
