@@ -38,7 +38,11 @@ def test_two_rank_ddp_and_fsdp_match_one_process_and_fsdp_checkpoint_resumes_on_
         "save_every": 2,
         "weight_decay": 0.1,
     }
-    single = train(small_config(tmp_path / "one", data, **common)).losses
+    single_cfg = small_config(tmp_path / "one", data, **common)
+    single = train(single_cfg).losses
+    single_norms = {
+        s: r["grad_norm"] for s, r in read_metrics(Path(single_cfg.out_dir) / "metrics.jsonl").items()
+    }
 
     losses = {}
     for strategy in ("ddp", "fsdp"):
@@ -46,9 +50,11 @@ def test_two_rank_ddp_and_fsdp_match_one_process_and_fsdp_checkpoint_resumes_on_
         path = tmp_path / f"{strategy}.json"
         path.write_text(json.dumps(cfg.to_dict()))
         _torchrun(path, strategy)
-        losses[strategy] = {
-            s: r["loss"] for s, r in read_metrics(Path(cfg.out_dir) / "metrics.jsonl").items()
-        }
+        records = read_metrics(Path(cfg.out_dir) / "metrics.jsonl")
+        losses[strategy] = {s: r["loss"] for s, r in records.items()}
+        # Adam hides a wrong gradient scale from the losses; the gradient norm does not.
+        for s, r in records.items():
+            assert abs(r["grad_norm"] - single_norms[s]) <= 1e-5 * single_norms[s], (strategy, s)
     report = {name: max(abs(run[s] - single[s]) for s in single) for name, run in losses.items()}
     print("max |loss(2 ranks) - loss(1 process)| per step:", report)
     for name, run in losses.items():
