@@ -165,3 +165,25 @@ def test_killed_and_terminated_runs_resume_with_identical_per_step_losses(tmp_pa
     assert losses == reference, f"killed at {kill_at}"
     assert not list((Path(cfg.out_dir) / "checkpoints").glob(".tmp_*"))
     assert len(list((Path(cfg.out_dir) / "checkpoints").glob("step_*"))) == 2  # keep_last
+
+
+def test_eval_hook_runs_at_its_interval_and_its_numbers_are_logged(tmp_path, monkeypatch):
+    import pixtral.evals.runner as runner
+    from pixtral.train.hooks import evals_task_hook
+
+    seen = []
+
+    def fake_run_eval(cfg):
+        seen.append(cfg)
+        assert (Path(cfg.engine_model) / "consolidated.safetensors").is_file()
+        return {"tasks": {"chartqa": {"score": 0.25, "n": 4}}}
+
+    monkeypatch.setattr(runner, "run_eval", fake_run_eval)
+    data = colour_dataset(tmp_path, n=2)
+    cfg = small_config(
+        tmp_path, data, max_steps=2, batch_size=2, eval_every=2, eval_task="chartqa", eval_limit=4
+    )
+    train(cfg, eval_hook=evals_task_hook)
+    assert len(seen) == 1 and seen[0].tasks == ["chartqa"] and seen[0].limit == 4 and seen[0].in_process
+    lines = [json.loads(x) for x in (Path(cfg.out_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert {"step": 2, "eval/tasks/chartqa/score": 0.25} in lines

@@ -49,10 +49,11 @@ def handle_train(args: argparse.Namespace) -> int:
         return 2
     if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         return _launch_torchrun(args.nproc)
+    from pixtral.train.hooks import evals_task_hook
     from pixtral.train.loop import train
 
     try:
-        result = train(cfg, resume=args.resume)
+        result = train(cfg, resume=args.resume, eval_hook=evals_task_hook if cfg.eval_task else None)
     except PixtralError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
