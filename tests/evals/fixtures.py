@@ -36,9 +36,9 @@ def cell(data: bytes | None) -> dict[str, Any] | None:
 class Fixtures:
     root: Path
     oracle: dict[str, str] = field(default_factory=dict)
-    expect: dict[str, dict[str, float]] = field(
-        default_factory=dict
-    )  # item_id -> metric -> value (fixed mode)
+    # item_id -> metric -> the value its answer was designed to get, in fixed and in mistral-compat mode
+    expect: dict[str, dict[str, float]] = field(default_factory=dict)
+    expect_compat: dict[str, dict[str, float]] = field(default_factory=dict)
     images: dict[str, bytes] = field(default_factory=dict)  # item_id (row level) -> first image bytes
     questions: dict[str, list[str]] = field(
         default_factory=dict
@@ -96,19 +96,20 @@ def _chartqa(fx: Fixtures, copies: int) -> None:
 
 def _vqav2(fx: Fixtures, copies: int) -> None:
     # (model answer, ten human answers, fixed-mode vqa_match)
-    cases = [
-        ("Yes", ["yes"] * 10, 1.0),  # B5: compat gives 0
-        ("2.", ["2"] * 10, 1.0),  # B5
-        ("two", ["2"] * 3 + ["3"] * 7, 0.9),  # 10-choose-9 averaging
-        ("cat", ["dog"] * 10, 0.0),
+    cases = [  # (answer, ten human answers, fixed, mistral-compat)
+        ("Yes", ["yes"] * 10, 1.0, 0.0),  # B5: case-sensitive in compat
+        ("2.", ["2"] * 10, 1.0, 0.0),  # B5: punctuation-sensitive
+        ("two", ["2"] * 3 + ["3"] * 7, 0.9, 0.0),  # 10-choose-9 averaging; no number words in compat
+        ("2", ["2"] * 3 + ["3"] * 7, 0.9, 1.0),  # compat: min(1, 3/3)
     ]
     rows = []
     for _ in range(copies):
-        for ans, humans, score in cases:
+        for ans, humans, score, compat in cases:
             idx = len(rows)
             qid = f"vqav2-{idx}"
             fx.oracle[qid] = ans
             fx.expect[f"vqav2:validation:{idx}"] = {"vqa_match": score}
+            fx.expect_compat[f"vqav2:validation:{idx}"] = {"vqa_match": compat}
             rows.append({
                 "question_type": "what", "multiple_choice_answer": humans[0],
                 "answers": [{"answer": h, "answer_confidence": "yes", "answer_id": k + 1} for k, h in enumerate(humans)],
@@ -125,15 +126,16 @@ def _vqav2(fx: Fixtures, copies: int) -> None:
 
 
 def _docvqa(fx: Fixtures, copies: int) -> None:
-    cases = [("42", ["42"], 1.0), ("The answer is 42", ["42"], 0.0), ("ITC Limited.", ["itc limited"], 1.0),
-             ("abcdef", ["abcxyz123"], 0.0)]  # fmt: skip
+    cases = [("42", ["42"], 1.0, 1.0), ("The answer is 42", ["42"], 0.0, 0.125),
+             ("ITC Limited.", ["itc limited"], 1.0, 1.0), ("abcdef", ["abcxyz123"], 0.0, 1 / 3)]  # fmt: skip
     rows = []
     for _ in range(copies):
-        for ans, refs, score in cases:
+        for ans, refs, score, compat in cases:
             idx = len(rows)
             qid = f"docvqa-{idx}"
             fx.oracle[qid] = ans
             fx.expect[f"docvqa:validation:{idx}"] = {"anls": score}
+            fx.expect_compat[f"docvqa:validation:{idx}"] = {"anls": compat}
             rows.append({"questionId": str(idx), "question": f"What is written? [q:{qid}]", "question_types": ["form"],
                          "image": cell(render(f"doc {idx}", "JPEG")), "docId": idx, "ucsf_document_id": "x",
                          "ucsf_document_page_no": "1", "answers": refs, "data_split": "val"})  # fmt: skip
@@ -164,6 +166,11 @@ def _mathvista(fx: Fixtures) -> None:
         qid = f"mathvista-{idx}"
         fx.oracle[qid] = model
         fx.expect[f"mathvista:testmini:{idx}"] = {"exact": exact, "flex2": flex2, "flex3": flex3}
+        if choices == [
+            "red",
+            "blue",
+        ]:  # "Blue" for option B: right by its first letter in mistral-compat only
+            fx.expect_compat[f"mathvista:testmini:{idx}"] = {"exact": 1, "flex2": 1, "flex3": 1}
         query = f"Hint: Please answer the question.\nQuestion: What value? [q:{qid}]"
         if choices:
             query += "\nChoices:\n" + "\n".join(f"({chr(65 + i)}) {c}" for i, c in enumerate(choices))

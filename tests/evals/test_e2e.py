@@ -187,6 +187,18 @@ def test_rerun_resumes_without_any_request(full_run, fixtures):
     assert again["run"]["requests"]["reused"] == sum(len(items(out, t)) for t in ALL)
 
 
+def test_compat_mode_reproduces_the_reference_numbers_end_to_end(fixtures, server, tmp_path):
+    out = tmp_path / "compat-scores"
+    run_eval(config(fixtures, server.url, out, ["vqav2", "docvqa", "mathvista"], scoring="mistral-compat"))
+    checked = 0
+    for item_id, expected in fixtures.expect_compat.items():
+        entry = items(out, item_id.split(":")[0])[item_id]
+        for metric, value in expected.items():
+            assert entry["metrics"][metric] == pytest.approx(value), (item_id, metric, entry["answer"])
+            checked += 1
+    assert checked == 11 and len(server.model_requests()) == 12
+
+
 def test_compat_mode_sends_the_reference_harness_judge_prompt(fixtures, server, tmp_path):
     results = run_eval(config(fixtures, server.url, tmp_path / "compat", ["mm_mt_bench", "chartqa"],
                               scoring="mistral-compat"))  # fmt: skip
