@@ -57,6 +57,12 @@ def test_disconnect_mid_stream_cancels_the_generation(live_url):
         time.sleep(0.05)
     assert metric(after, "pixtral_running_generations") == 0
     assert metric(after, "pixtral_queued_requests") == 0
+    deadline = time.monotonic() + 5  # the engine's scheduler drops the cancelled request at its next step
+    while metric(after, "pixtral_engine_requests_running") and time.monotonic() < deadline:
+        time.sleep(0.05)
+        after = httpx.get(live_url + "/metrics").text
+    assert metric(after, "pixtral_engine_requests_running") == 0
+    assert metric(after, "pixtral_engine_requests_waiting") == 0
     assert metric(after, "pixtral_cancelled_generations_total") == cancelled_before + 1
     tokens = metric(after, "pixtral_generation_tokens_total")
     time.sleep(0.5)

@@ -70,7 +70,7 @@ class ServerState:
     def set_engine(self, engine: Any) -> None:
         self.engine = engine
         self.worker = EngineWorker(engine, self.settings, self.metrics)
-        stats = getattr(engine, "stats", None)
+        stats = getattr(engine, "stats", None) or getattr(getattr(engine, "scheduler", None), "stats", None)
         self.metrics.engine_stats = stats if callable(stats) else None
 
     @property

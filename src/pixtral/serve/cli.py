@@ -72,7 +72,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "--max-concurrency",
         type=int,
         default=_default("max_concurrency"),
-        help="generations at once (1 unless the engine is thread-safe)",
+        help="requests generating at once; the engine batches them (1 if the engine is not thread-safe)",
     )
     g.add_argument(
         "--max-queue",

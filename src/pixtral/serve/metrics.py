@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterable
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# Engine statistics whose names end like this only ever grow: exported as counters (name + "_total").
+_COUNTER_SUFFIXES = ("hits", "misses", "finished", "steps", "reused")
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
 
 
@@ -187,5 +189,8 @@ class ServerMetrics:
             for key, value in sorted(stats.items()):
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     name = "pixtral_engine_" + "".join(c if c.isalnum() else "_" for c in str(key))
-                    lines += [f"# TYPE {name} gauge", f"{name} {_num(value)}"]
+                    if str(key).endswith(_COUNTER_SUFFIXES):
+                        lines += [f"# TYPE {name}_total counter", f"{name}_total {_num(value)}"]
+                    else:
+                        lines += [f"# TYPE {name} gauge", f"{name} {_num(value)}"]
         return "\n".join(lines) + "\n"

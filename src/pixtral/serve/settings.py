@@ -35,7 +35,7 @@ class ServeSettings:
     max_prompt_tokens: int | None = None  # default: the model's context length
 
     # Scheduling: requests beyond max_concurrency wait in a queue of max_queue; beyond that: 429.
-    max_concurrency: int = 1
+    max_concurrency: int = 8  # generations submitted to the engine at once (it batches them)
     max_queue: int = 64
     request_timeout_s: float = 600.0  # from arrival to the last token, queue time included
 

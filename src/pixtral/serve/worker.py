@@ -1,8 +1,8 @@
 """Serialised access to the engine: admission (429 when full), a worker thread, cancellation, timeouts.
 
-The engine is not thread-safe, so one thread runs every engine call. A request first takes a slot
-(`admit`), which fails at once when `max_concurrency + max_queue` requests are already admitted; then its
-job waits for the thread. Events flow back to the event loop through an asyncio queue. Cancelling a job
+`max_concurrency` threads run engine calls (one, when the engine is not thread-safe; the batching engine
+batches whatever these threads submit). A request first takes a slot (`admit`), which fails at once when
+`max_concurrency + max_queue` requests are already admitted; then its job waits for a thread. Events flow back to the event loop through an asyncio queue. Cancelling a job
 (client gone, timeout) makes the thread close the engine's stream iterator, which stops the generation.
 """
 
@@ -12,7 +12,6 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,8 +81,10 @@ class Ticket:
             self._worker._release()
 
 
-# Below this temperature sampling is greedy (dividing logits by ~0 would overflow to inf / NaN).
+# Below these, sampling is greedy: dividing logits by ~0 overflows, and a top_p that rounds to 0 in
+# float32 would keep no token at all (NaN probabilities).
 GREEDY_BELOW_TEMPERATURE = 1e-5
+GREEDY_BELOW_TOP_P = 1e-6
 
 
 def _sampling_params_class() -> Any:
@@ -94,13 +95,19 @@ def _sampling_params_class() -> Any:
     return SamplingParams
 
 
+def engine_is_thread_safe(engine: Any) -> bool:
+    """An engine says so with `thread_safe`; the batching engine (it has a scheduler) is."""
+    flag = getattr(engine, "thread_safe", None)
+    return bool(flag) if flag is not None else hasattr(engine, "scheduler")
+
+
 class EngineWorker:
     def __init__(self, engine: Any, settings: Any, metrics: ServerMetrics):
         self.engine = engine
         self.settings = settings
         self.metrics = metrics
         workers = settings.max_concurrency
-        if workers > 1 and not getattr(engine, "thread_safe", False):
+        if workers > 1 and not engine_is_thread_safe(engine):
             log.warning("the engine is not thread-safe: running one generation at a time, not %d", workers)
             workers = 1
         self.capacity = workers + settings.max_queue
@@ -204,20 +211,15 @@ class EngineWorker:
         self.metrics.prompt_len.observe(prompt_tokens)
         job.emit(Event("prompt", prompt_tokens=prompt_tokens))
 
-        params_cls = _sampling_params_class()
+        # One engine stream per choice, read in turn: the engine batches them, so n choices take about
+        # as long as one. Closing a stream cancels its generation.
+        streams = [engine.stream(spec.messages, self._params(spec, max_tokens, i)) for i in range(spec.n)]
         generated = 0
-        for index in range(spec.n):
-            params = params_cls(
-                max_tokens=max_tokens,
-                temperature=0.0 if spec.temperature < GREEDY_BELOW_TEMPERATURE else spec.temperature,
-                top_p=spec.top_p,
-                top_k=max(spec.top_k, 0),
-                seed=None if spec.seed is None else (spec.seed + index) % (2**63),
-                stop=list(spec.stop),
-            )
-            stream: Iterator = engine.stream(spec.messages, params)
-            try:
-                for event in stream:
+        try:
+            active = list(range(spec.n))
+            while active:
+                for index in list(active):
+                    event = next(streams[index], None)
                     if job.cancel.is_set():
                         self.metrics.cancelled.inc()
                         return
@@ -225,6 +227,10 @@ class EngineWorker:
                         self.metrics.timeouts.inc()
                         job.emit(Event("error", error=_timeout(self.settings.request_timeout_s)))
                         return
+                    if event is None:  # ended without a finish reason (should not happen)
+                        active.remove(index)
+                        job.emit(Event("finish", index=index, finish_reason="stop"))
+                        continue
                     n_tokens = len(event.token_ids)
                     if n_tokens and job.first_token_at is None:
                         job.first_token_at = time.monotonic()
@@ -234,14 +240,27 @@ class EngineWorker:
                     if event.text or n_tokens:
                         job.emit(Event("delta", index=index, text=event.text, tokens=n_tokens))
                     if event.finish_reason is not None:
+                        active.remove(index)
                         self.metrics.finished.inc(1, event.finish_reason)
                         job.emit(Event("finish", index=index, finish_reason=event.finish_reason))
-                        break
-            finally:
+        finally:
+            for stream in streams:
                 close = getattr(stream, "close", None)
                 if close is not None:
                     close()  # cancels the generation if it is still running
         self.metrics.output_len.observe(generated)
+
+    @staticmethod
+    def _params(spec: GenerationSpec, max_tokens: int, index: int) -> Any:
+        greedy = spec.temperature < GREEDY_BELOW_TEMPERATURE or spec.top_p < GREEDY_BELOW_TOP_P
+        return _sampling_params_class()(
+            max_tokens=max_tokens,
+            temperature=0.0 if greedy else spec.temperature,
+            top_p=1.0 if greedy else spec.top_p,
+            top_k=max(spec.top_k, 0),
+            seed=None if spec.seed is None else (spec.seed + index) % (2**63),
+            stop=list(spec.stop),
+        )
 
     def _check_lengths(self, prompt_tokens: int, context: int, requested: int | None) -> int:
         limit = min(self.settings.max_prompt_tokens or context, context)
