@@ -21,6 +21,7 @@ def test_docvqa_and_mmmu_through_the_engine(fixtures, tmp_path):
     cfg.prompts = str(prompts)
     results = run_eval(cfg)
     assert results["provenance"]["backend"] == "in-process"
+    assert results["provenance"]["model_untrained"] is True  # the bundled default model has random weights
     assert results["run"]["requests"]["generated"] == 4
     for task in ("docvqa", "mmmu"):
         t = results["tasks"][task]

@@ -166,6 +166,7 @@ class Runner:
                 backend = await stack.enter_async_context(self._backend())
                 self.model_name = backend.model
                 self.model_endpoints = backend.endpoints
+                self.model_untrained = getattr(backend, "untrained", None)
                 judge_backend = None
                 if any(t.needs_judge for t in self.tasks):
                     judge_backend = await stack.enter_async_context(self._judge_backend())
@@ -292,6 +293,7 @@ class Runner:
             "harness_version": harness_version(),
             "model": self.model_name,
             "backend": "in-process" if cfg.in_process else "openai-http",
+            "model_untrained": getattr(self, "model_untrained", None),  # in-process only: random weights
             "endpoints": getattr(self, "model_endpoints", cfg.endpoints),
             "prompt_set": self.prompts.name,
             "prompt_templates_sha256": stable_hash(

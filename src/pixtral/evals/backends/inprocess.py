@@ -23,6 +23,7 @@ class InProcessBackend:
         self.model: str | None = None
         self.requests_sent = 0
         self.endpoints = ["in-process"]
+        self.untrained = False
 
     async def __aenter__(self) -> InProcessBackend:
         try:
@@ -31,6 +32,9 @@ class InProcessBackend:
             raise BackendError(f"the in-process backend needs pixtral.engine ({exc})") from exc
         self._engine = await asyncio.to_thread(Engine.load, **self._load_kwargs)
         self.model = str(getattr(self._engine, "model_name", self._load_kwargs["model"] or "pixtral"))
+        self.untrained = bool(
+            getattr(self._engine, "untrained", False)
+        )  # random weights: recorded in provenance
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
