@@ -60,3 +60,22 @@ def test_http_against_pixtral_serve_equals_in_process(fixtures, real_server, tmp
     run_eval(EvalConfig(output_dir=tmp_path / "inproc", in_process=True, engine_dtype="float32", **common))
     for task in tasks:
         assert _answers(tmp_path / "http", task) == _answers(tmp_path / "inproc", task)
+
+
+def test_all_six_tasks_against_pixtral_serve_model_and_judge(fixtures, real_server, tmp_path):
+    short = (
+        tmp_path / "short.json"
+    )  # the bundled model is small and untrained: keep every answer short on CPU
+    templates = {t: {"template": "{question}\nAnswer:", "max_tokens": 6}
+                 for t in ("mm_mt_bench", "mmmu", "mmmu_open", "mathvista", "chartqa", "docvqa", "vqav2")}  # fmt: skip
+    short.write_text(json.dumps({"name": "short", "tasks": templates}))
+    tasks = ["mm_mt_bench", "mmmu", "mathvista", "chartqa", "docvqa", "vqav2"]
+    results = run_eval(EvalConfig(tasks=tasks, output_dir=tmp_path / "all", endpoints=[real_server], data_dir=fixtures.root,
+                                  limit=1, prompts=str(short), judge_endpoints=[real_server], judge_model="default",
+                                  judge_max_tokens=8, judge_attempts=1, bootstrap=20, progress=False))  # fmt: skip
+    for task in tasks:
+        counts = results["tasks"][task]["counts"]
+        assert counts["errors"] == 0 and counts["answered"] == 1, (task, results["tasks"][task]["errors"])
+    mt = results["tasks"]["mm_mt_bench"]["counts"]
+    # an untrained judge rarely writes "[[x]]": every verdict is either a rating or a recorded unparseable reply
+    assert mt["unparseable_verdicts"] + results["tasks"]["mm_mt_bench"]["metrics"]["judge_rating"]["n"] == 1
