@@ -385,3 +385,16 @@ def test_endpoint_urls_are_normalised():
         assert chat_completions_url(url) == "http://h:8000/v1/chat/completions"
     with pytest.raises(EvalConfigError):
         chat_completions_url("h:8000")
+
+
+def test_a_request_over_its_timeout_is_retried_then_recorded(fixtures, tmp_path):
+    slow = FakeOpenAIServer(fixtures.oracle, delay=1.0)
+    url = slow.start()
+    try:
+        results = run_eval(config(fixtures, url, tmp_path / "slow", ["docvqa"], model="fake-pixtral", limit=1,
+                                  timeout=0.3, retries=1))  # fmt: skip
+    finally:
+        slow.stop()
+    err = results["tasks"]["docvqa"]["errors"][0]["error"]
+    assert "gave up after 2 attempts" in err and "Timeout" in err
+    assert len(slow.model_requests()) == 2

@@ -174,9 +174,14 @@ class OpenAIHTTPBackend:
                 retry_after = None
                 try:
                     self.requests_sent += 1
-                    resp = await self._client.post(ep.url, json=body, headers=self._headers(item_id))
-                except httpx.TransportError as exc:  # connection refused/reset, timeouts
-                    last_error = f"{type(exc).__name__}: {exc}"
+                    resp = await asyncio.wait_for(  # the whole request, not only each read, within --timeout
+                        self._client.post(ep.url, json=body, headers=self._headers(item_id)), self._timeout
+                    )
+                except (
+                    httpx.TransportError,
+                    asyncio.TimeoutError,
+                ) as exc:  # refused/reset connections, timeouts
+                    last_error = f"{type(exc).__name__}: {exc or f'no answer within {self._timeout:g} s'}"
                 else:
                     if resp.status_code == 200:
                         ep.served += 1
