@@ -48,7 +48,7 @@ def handle_train(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
-        return _launch_torchrun(args.nproc)
+        return _launch_torchrun(args.nproc, torchrun_argv(args))
     from pixtral.train.hooks import evals_task_hook
     from pixtral.train.loop import train
 
@@ -62,34 +62,27 @@ def handle_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _launch_torchrun(nproc: int) -> int:
-    argv = sys.argv[1:]
-    # drop "train" (when called as `pixtral train`) and --nproc N / --nproc=N
-    if argv and argv[0] == "train":
-        argv = argv[1:]
-    cleaned, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a == "--nproc":
-            skip = True
-            continue
-        if a.startswith("--nproc="):
-            continue
-        cleaned.append(a)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        str(nproc),
-        "-m",
-        "pixtral.train",
-    ]
+def torchrun_argv(args: argparse.Namespace) -> list[str]:
+    """The `python -m pixtral.train` arguments that reproduce this invocation (without --nproc)."""
+    argv = ["--config", args.config] if args.config else []
+    if args.resume:
+        argv.append("--resume")
+    for name, value in overrides_from_args(args).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else flag.replace("--", "--no-", 1))
+        elif isinstance(value, list):
+            argv += [flag, ",".join(value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def _launch_torchrun(nproc: int, argv: list[str]) -> int:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.call(cmd + cleaned, env=env)
+    return subprocess.call([*cmd, "-m", "pixtral.train", *argv], env=env)
 
 
 def main(argv: list[str] | None = None) -> int:

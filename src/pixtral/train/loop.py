@@ -37,7 +37,7 @@ from pixtral.train.checkpointing import (
     save_checkpoint,
 )
 from pixtral.train.config import TrainConfig, TrainConfigError
-from pixtral.train.data import ConversationDataset, load_dataset
+from pixtral.train.data import ConversationDataset, read_records
 from pixtral.train.lora import LoRAConfig, apply_lora
 from pixtral.train.metrics import MetricsLogger
 from pixtral.train.packing import IGNORE, Batch, RowSchedule, collate
@@ -226,6 +226,8 @@ def _train(
             "or choose another out_dir"
         )
 
+    train_records = read_records(cfg.data)  # before the model: bad data fails fast
+    val_records = read_records(cfg.val_data) if cfg.val_data else None
     model, tokenizer, tokenizer_dir, stored_dtype = build_model(cfg)
     n_words = tokenizer.instruct_tokenizer.tokenizer.n_words
     if n_words > model.config.text.vocab_size:
@@ -252,12 +254,10 @@ def _train(
         optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
     )
 
-    train_data = load_dataset(cfg.data, tokenizer, cfg.seq_len, cfg.overflow, name="data")
-    val_data = (
-        load_dataset(cfg.val_data, tokenizer, cfg.seq_len, cfg.overflow, name="val_data")
-        if cfg.val_data
-        else None
-    )
+    train_data = ConversationDataset(train_records, tokenizer, cfg.seq_len, cfg.overflow, name="data")
+    val_data = None
+    if val_records is not None:
+        val_data = ConversationDataset(val_records, tokenizer, cfg.seq_len, cfg.overflow, name="val_data")
     schedule = RowSchedule(train_data.lengths(), cfg.seq_len, cfg.pack, cfg.seed, cfg.batch_size)
     pad_id = tokenizer.instruct_tokenizer.tokenizer.pad_id
     patch = model.config.vision.patch_size
