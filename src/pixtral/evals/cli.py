@@ -38,7 +38,7 @@ and never requested again. Outputs: results.json, TASK.items.jsonl, report.md, r
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to evaluate")
     g.add_argument("--task", action="append", default=None, metavar="NAME",
-                   help="mm_mt_bench, mmmu, mathvista, chartqa, docvqa, vqav2 (repeat or comma-separate)")  # fmt: skip
+                   help="mm_mt_bench, mmmu, mathvista, chartqa, docvqa, vqav2, synthetic (repeat or comma-separate)")  # fmt: skip
     g.add_argument(
         "--output-dir", type=Path, default=None, help="run folder: store, results and reports (required)"
     )
@@ -134,7 +134,7 @@ def _config_from_args(args: argparse.Namespace):
     from pixtral.evals.judge import DEFAULT_JUDGE_URL
 
     if not args.task:
-        raise EvalConfigError("pass --task NAME (mm_mt_bench, mmmu, mathvista, chartqa, docvqa, vqav2)")
+        raise EvalConfigError("pass --task NAME (mm_mt_bench, mmmu, mathvista, chartqa, docvqa, vqav2, synthetic)")
     if args.output_dir is None:
         raise EvalConfigError("pass --output-dir DIR (the run folder; re-use it to resume)")
     tasks = [t.strip() for spec in args.task for t in spec.split(",") if t.strip()]
