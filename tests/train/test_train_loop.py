@@ -187,3 +187,22 @@ def test_eval_hook_runs_at_its_interval_and_its_numbers_are_logged(tmp_path, mon
     assert len(seen) == 1 and seen[0].tasks == ["chartqa"] and seen[0].limit == 4 and seen[0].in_process
     lines = [json.loads(x) for x in (Path(cfg.out_dir) / "metrics.jsonl").read_text().splitlines()]
     assert {"step": 2, "eval/tasks/chartqa/score": 0.25} in lines
+
+
+def test_frozen_parts_do_not_change_and_bf16_autocast_trains(tmp_path):
+    from pixtral.checkpoint.loader import load_model
+    from pixtral.train.loop import build_model
+
+    data = colour_dataset(tmp_path, n=2)
+    cfg = small_config(
+        tmp_path / "frozen", data, max_steps=2, batch_size=2, freeze=["vision_encoder", "adapter"]
+    )
+    fp32 = train(cfg)
+    trained, _ = load_model(fp32.export_dir)
+    base, _, _, _ = build_model(cfg)
+    after, before = trained.state_dict(), base.state_dict()
+    for name, tensor in before.items():
+        same = torch.equal(after[name], tensor)
+        assert same == name.startswith(("vision_encoder.", "vision_language_adapter.")), name
+    bf16 = train(small_config(tmp_path / "bf16", data, max_steps=1, batch_size=2, precision="bf16"))
+    assert abs(bf16.losses[1] - fp32.losses[1]) < 0.05
