@@ -1,5 +1,6 @@
 """Training throughput of `pixtral.train` on this machine: tokens/s per preset and mode, beside the model
-FLOP rate it implies (6 N tokens / s, N = parameters the tokens pass through) and this machine's measured
+FLOP rate it implies (6 N per token for full training, 4 N for LoRA;
+N = decoder parameters a token passes through) and this machine's measured
 fp32 matmul rate (the physical limit for this code path).
 
     python bench/bench_train.py                       # tiny full + small LoRA, seq_len 256
@@ -95,6 +96,7 @@ def run(name: str, mode: str, steps: int, seq_len: int, batch: int, threads: int
     tokens_per_s = result.tokens_per_s
     # every token passes through the decoder (embedding lookups excluded) and the output layer
     n = counts["decoder"] - cfg_model.text.vocab_size * cfg_model.text.dim
+    flops_per_token = (6 if mode == "full" else 4) * n  # LoRA computes no weight gradients for the base
     return {
         "preset": name,
         "mode": mode,
@@ -102,7 +104,7 @@ def run(name: str, mode: str, steps: int, seq_len: int, batch: int, threads: int
         "rows_per_step": batch,
         "steps_timed": steps,
         "tokens_per_s": round(tokens_per_s, 1),
-        "model_gflops": round(6 * n * tokens_per_s / 1e9, 1),
+        "model_gflops": round(flops_per_token * tokens_per_s / 1e9, 1),
     }
 
 
