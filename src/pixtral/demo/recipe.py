@@ -1,0 +1,81 @@
+"""The demo model's recipe: its architecture, the random initial checkpoint `pixtral train` starts from,
+and the data it is trained and measured on.
+
+    python -m pixtral.demo.recipe init --out runs/demo/init          # random weights + small tekken.json
+    pixtral train --config runs/demo/train.toml                       # see docs/demo-model.md
+
+The architecture is Pixtral's at a small size: a 3-layer NeMo-style decoder (dim 128, GQA 4/2 heads of 32),
+a 2-layer Pixtral-ViT (hidden 64, 4 heads, RoPE-2D, native resolution), the GELU adapter, and a vocabulary
+of the 1000 control tokens + the first 2000 tekken BPE ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pixtral.config import PixtralConfig, TextConfig, VisionConfig
+
+N_WORDS = 2000  # BPE ranks kept by the small tokenizer; vocab_size = 1000 + N_WORDS
+MAX_SIDE = 192  # largest image side of the training data (12 x 12 patches)
+DATA_SEED = 0
+
+
+def demo_config(n_words: int = N_WORDS) -> PixtralConfig:
+    """The demo model's shapes (about 1.5 M parameters: small enough to train on a busy 2-core CPU)."""
+    return PixtralConfig(
+        text=TextConfig(
+            dim=128,
+            n_layers=3,
+            head_dim=32,
+            hidden_dim=384,
+            n_heads=4,
+            n_kv_heads=2,
+            vocab_size=1000 + n_words,
+            rope_theta=10000.0,
+            max_seq_len=8192,
+        ),
+        vision=VisionConfig(
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=1024,
+            patch_size=16,
+        ),
+    ).validated("demo config")
+
+
+def write_init(out: str | Path, n_words: int = N_WORDS, seed: int = 0, std: float = 0.02) -> Path:
+    """A native checkpoint of random weights in the demo shape, with the small tokenizer beside it."""
+    from pixtral.checkpoint.loader import save_model
+    from pixtral.model.init import init_random_weights_
+    from pixtral.model.pixtral import Pixtral
+    from pixtral.synthetic.small_tokenizer import write_small_tokenizer
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: exists and is not empty")
+    model = init_random_weights_(Pixtral(demo_config(n_words)), seed=seed, std=std)
+    save_model(model, out, "native")
+    write_small_tokenizer(out, n_words)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pixtral.demo.recipe", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("init", help="write the random initial checkpoint (params.json, weights, tekken.json)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--n-words", type=int, default=N_WORDS)
+    p.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.cmd == "init":
+        path = write_init(args.out, args.n_words, args.seed)
+        n = demo_config(args.n_words).num_parameters()
+        print(f"{path}: {n['total']:,} parameters ({n})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
