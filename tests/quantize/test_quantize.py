@@ -4,7 +4,7 @@ transform, quantize-while-loading (same result as load-then-quantize), generatio
 Quality bounds (the test model of tests/factories.py: random weights with std 0.15 and jittered norms, so
 its logits are peaked and errors are amplified layer to layer; 4 prompts x (12 + 16) positions):
     int8:           logit cosine mean >= 0.999, min >= 0.995, teacher-forced top-1 >= 0.95
-    int4 group 32:  logit cosine mean >= 0.93, teacher-forced top-1 >= 0.45
+    int4 group 32:  logit cosine mean >= 0.93, min >= 0.6, teacher-forced top-1 >= 0.45
 Measured on this machine: int8 0.99965 / 0.99869 / 0.982; int4 g32 0.9555 / 0.849 / 0.598
 (docs/quantization.md has the larger-model figures).
 """
@@ -97,6 +97,17 @@ def test_int8_linear_matches_matmul_with_dequantized_weight(rows):
     torch.testing.assert_close(y, ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
 
 
+@pytest.mark.parametrize("block", [1 << 25, 80 * 7])
+def test_int8_prefill_path_is_float32_matmul_with_the_dequantized_weight(monkeypatch, block):
+    monkeypatch.setattr(qz, "_PREFILL_BLOCK", block)  # 80 * 7: blocks of 7 rows, the last one short
+    w = _w(96, 80, seed=4)
+    lin = Int8Linear.from_weight(w)
+    x = torch.randn(3, qz.PREFILL_ROWS, 80)
+    torch.testing.assert_close(lin(x), x @ lin.dequantize().T, rtol=1e-5, atol=1e-5)
+    xb = x.to(torch.bfloat16)
+    assert lin(xb).dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 def test_int4_linear_matches_matmul_with_dequantized_weight(group_size):
     w = _w(64, 256, seed=2)
@@ -171,7 +182,7 @@ def test_bad_mode_and_group_size_are_errors():
 
 @pytest.mark.parametrize(
     ("mode", "group_size", "cos_mean", "cos_min", "top1"),
-    [("int8", 128, 0.999, 0.995, 0.95), ("int4", 32, 0.93, 0.7, 0.45)],
+    [("int8", 128, 0.999, 0.995, 0.95), ("int4", 32, 0.93, 0.6, 0.45)],
 )
 def test_quality_bounds(mode, group_size, cos_mean, cos_min, top1):
     ref = random_model()

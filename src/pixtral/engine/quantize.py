@@ -11,7 +11,8 @@ Targets: the decoder's attention (wq, wk, wv, wo) and FFN (w1, w2, w3) and, by d
 (a third of the bytes read per token in the 'small' preset). The vision encoder, the adapter, the embedding
 and the norms are left as they are. Both kernels compute with bfloat16 activations (their float32 paths are
 5-10x slower here); the quantized module casts its input to bfloat16 and its output back, so a float32 model
-stays a float32 model around the quantized layers.
+stays a float32 model around the quantized layers. For int8 prefill (>= PREFILL_ROWS input rows) the packed
+kernel is slower than float32 GEMM, so blocks of rows are dequantized to float32 and fed to the GEMM instead.
 
 Two ways in, the same result:
 - `quantize_model_(model, "int8")` on a loaded model;
@@ -42,6 +43,8 @@ from pixtral.model.pixtral import Pixtral
 MODES = ("int8", "int4")
 GROUP_SIZES = (32, 64, 128, 256)
 KERNEL_DTYPE = torch.bfloat16  # activations inside the packed kernels and the stored scales
+PREFILL_ROWS = 16  # int8 inputs with at least this many rows take the dequantize + float32 GEMM path
+_PREFILL_BLOCK = 1 << 25  # weight elements dequantized at a time on that path (128 MB of float32)
 _CHUNK_ROWS = 4096  # rows quantized at a time: bounds the float32 temporaries (12B output head: 80 MB)
 
 _DECODER_LINEAR = re.compile(r"^layers\.\d+\.(attention\.(wq|wk|wv|wo)|feed_forward\.(w1|w2|w3))$")
@@ -209,6 +212,21 @@ class Int8Linear(_QuantizedLinear):
 
     def _kernel(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int8pack_mm(x, self.weight_int8, self.scales)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() // self.in_features < PREFILL_ROWS:
+            return super().forward(x)  # decode: the packed GEMV kernel, bandwidth-bound
+        # prefill: the packed kernel runs at ~half of float32 GEMM here; dequantize a block of rows at a
+        # time to float32 and use the GEMM (the block costs far less than the matmul it feeds)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).float()  # (..., K) -> (M, K)
+        step = max(1, _PREFILL_BLOCK // self.in_features)
+        outs = []
+        for a in range(0, self.out_features, step):
+            w = self.weight_int8[a : a + step].float()  # (rows, K)
+            outs.append((x2 @ w.T).mul_(self.scales[a : a + step].float()))  # per-row scale after the GEMM
+        y = torch.cat(outs, dim=1).reshape(*lead, self.out_features).to(x.dtype)
+        return y if self.bias is None else y + self.bias
 
     def dequantize(self) -> torch.Tensor:
         return dequantize_int8(self.weight_int8, self.scales)
