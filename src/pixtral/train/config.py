@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         if isinstance(value, str) and value and not _is_special(value) and not Path(value).is_absolute():
             candidate = path.parent / value
             if key == "out_dir" or candidate.exists():
-                values[key] = str(candidate)
+                values[key] = os.path.normpath(candidate)
     return values
 
 
