@@ -19,9 +19,6 @@ gguf = pytest.importorskip("gguf")
 
 from pixtral.checkpoint.gguf_export import IMG_BREAK_TENSOR, export_gguf, gguf_name  # noqa: E402
 from pixtral.checkpoint.loader import load_model, open_checkpoint, save_model  # noqa: E402
-from pixtral.config import preset  # noqa: E402
-from pixtral.model.init import init_random_weights_  # noqa: E402
-from pixtral.model.pixtral import Pixtral  # noqa: E402
 from tests.factories import TEST_CONFIG, random_model  # noqa: E402
 
 T = gguf.GGMLQuantizationType
@@ -279,15 +276,9 @@ def test_permuted_qk_would_be_caught(src, exported):
 # ---- the tokenizer (real tekken vocabulary: the 'tiny' preset) -------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny") / "model"
-    model = init_random_weights_(Pixtral(preset("tiny")), seed=0)
-    save_model(model, folder, "native")
-    return export_gguf(folder, folder.parent / "tiny.gguf", "f16", mmproj=False)
-
-
-def test_tekken_tokenizer_metadata(tiny_export):
+@pytest.mark.slow
+def test_tekken_tokenizer_metadata(tiny_f32_export):
+    _, tiny_export = tiny_f32_export
     from pixtral.prompt.tokenizer import packaged_tokenizer
 
     assert tiny_export.tokenizer and not tiny_export.notes

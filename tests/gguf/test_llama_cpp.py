@@ -18,20 +18,10 @@ import torch
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
-from pixtral.checkpoint.gguf_export import export_gguf  # noqa: E402
-from pixtral.checkpoint.loader import save_model  # noqa: E402
-from pixtral.config import preset  # noqa: E402
-from pixtral.model.init import init_random_weights_  # noqa: E402
-from pixtral.model.pixtral import Pixtral  # noqa: E402
-
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """The 'tiny' preset (the real 131072-token tekken vocabulary) with peaked logits, exported in f32."""
-    folder = tmp_path_factory.mktemp("llcpp") / "model"
-    model = init_random_weights_(Pixtral(preset("tiny")), seed=0, std=0.15, norm_jitter=0.2).eval()
-    save_model(model, folder, "native")
-    result = export_gguf(folder, folder.parent / "model.gguf", "f32")
+def exported(tiny_f32_export):
+    model, result = tiny_f32_export
     llm = llama_cpp.Llama(
         model_path=str(result.model_path), n_ctx=256, logits_all=True, verbose=False, n_threads=1
     )
