@@ -211,3 +211,29 @@ def test_bundled_example_data_loads(tok):
 
     ds = load_dataset(EXAMPLES / "data.jsonl", tok, 128)
     assert len(ds) == 6 and ds.stats.images == 8 and ds.stats.truncated == 0
+
+
+def test_a_saved_hugging_face_dataset_with_an_images_column(tmp_path, tok, sp):
+    import datasets
+    from PIL import Image
+
+    rows = []
+    for colour in ("red", "blue"):
+        rows.append(
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image", "text": None}, {"type": "text", "text": "Colour?"}],
+                    },
+                    {"role": "assistant", "content": [{"type": "text", "text": colour}]},
+                ],
+                "images": [Image.new("RGB", (32, 16), colour)],
+            }
+        )
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    ds = load_dataset(tmp_path / "ds", tok, 64)
+    assert len(ds) == 2 and ds.stats.images == 2
+    learned = [i for i, m in zip(ds.samples[1].token_ids, ds.samples[1].loss_mask, strict=True) if m]
+    assert learned == tok.instruct_tokenizer.tokenizer.encode("blue", bos=False, eos=False) + [sp.eos]
+    assert ds.images(0)[0].shape == (3, 16, 32)
