@@ -250,7 +250,6 @@ class Int4Linear(_QuantizedLinear):
         self.register_buffer(
             "scales_and_zeros", scales_and_zeros.to(KERNEL_DTYPE).contiguous()
         )  # (K/g, N, 2)
-        self._q_for_dequant: torch.Tensor | None = None
 
     @classmethod
     def from_weight(
