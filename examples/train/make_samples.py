@@ -34,7 +34,13 @@ def main() -> None:
         for shape in SHAPES:
             conv = {
                 "messages": [
-                    {"role": "user", "content": [image_part(f"{colour}_{shape}"), {"type": "text", "text": "What colour is the shape?"}]},
+                    {
+                        "role": "user",
+                        "content": [
+                            image_part(f"{colour}_{shape}"),
+                            {"type": "text", "text": "What colour is the shape?"},
+                        ],
+                    },
                     {"role": "assistant", "content": colour.capitalize() + "."},
                 ]
             }
@@ -44,9 +50,20 @@ def main() -> None:
         {
             "messages": [
                 {"role": "system", "content": "Answer in one word."},
-                {"role": "user", "content": [{"type": "text", "text": "Compare"}, image_part("red_square"), {"type": "text", "text": "and"}, image_part("blue_circle")]},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Compare"},
+                        image_part("red_square"),
+                        {"type": "text", "text": "and"},
+                        image_part("blue_circle"),
+                    ],
+                },
                 {"role": "assistant", "content": "Different.", "weight": 0},
-                {"role": "user", "content": [image_part("blue_circle"), {"type": "text", "text": "Which shape is this?"}]},
+                {
+                    "role": "user",
+                    "content": [image_part("blue_circle"), {"type": "text", "text": "Which shape is this?"}],
+                },
                 {"role": "assistant", "content": "Circle."},
             ]
         }
@@ -56,7 +73,10 @@ def main() -> None:
             "messages": [
                 {"role": "user", "content": "Say hello."},
                 {"role": "assistant", "content": "Hello!"},
-                {"role": "user", "content": [image_part("green_square"), {"type": "text", "text": "Which shape is this?"}]},
+                {
+                    "role": "user",
+                    "content": [image_part("green_square"), {"type": "text", "text": "Which shape is this?"}],
+                },
                 {"role": "assistant", "content": "Square."},
             ]
         }
