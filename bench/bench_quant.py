@@ -7,7 +7,8 @@ machine's measured read bandwidth (the ceiling of batch-1 decode).
 
 1. Linear stack: one token through every decoder linear of the 'small' preset (12 x wq wk wv wo w1 w3 w2)
    and the output head, as GEMVs of the right shapes: float32 (F.linear), bfloat16 (F.linear), int8
-   (`_weight_int8pack_mm`), int4 groups 32/64/128 (`_weight_int4pack_mm_for_cpu`). Median of --reps tokens.
+   (`_weight_int8pack_mm`), int4 groups 32/128 (`_weight_int4pack_mm_for_cpu`), timed round-robin so that
+   every variant sees the same machine load; median of --reps tokens.
 2. Whole model (--model, default on): the 'small' preset written as a random bf16 checkpoint, loaded as
    float32, bfloat16, int8 and int4 (quantize while loading), decoding --tokens tokens after an 8-token
    prompt with the KV cache; tok/s and effective GB/s = decoder bytes read per token x tok/s.
@@ -63,14 +64,16 @@ def stack_shapes(config) -> list[tuple[int, int]]:
 
 
 def bench_stack(config, variants: list[str], reps: int) -> list[dict]:
+    """All variants are built first, then timed round-robin (one token each, `reps` rounds): on a shared
+    machine whose load changes by the minute, every variant sees the same conditions."""
     from pixtral.engine.quantize import Int4Linear, Int8Linear, can_quantize
 
     shapes = stack_shapes(config)
-    gen = torch.Generator().manual_seed(0)
-    rows = []
+    tokens, sizes = {}, {}
     for variant in variants:
+        gen = torch.Generator().manual_seed(0)  # the same weights for every variant
         layers = []
-        for n, k in shapes:  # a fresh float32 weight per layer, converted and dropped: memory = one variant
+        for n, k in shapes:  # a float32 weight per layer, converted and dropped
             w = torch.randn(n, k, generator=gen) * 0.02
             if variant == "float32":
                 layers.append(w)
@@ -83,7 +86,7 @@ def bench_stack(config, variants: list[str], reps: int) -> list[dict]:
             else:  # as quantize_model_ does: a shape the int4 kernel cannot take stays in full precision
                 layers.append(w.to(torch.bfloat16))
             del w
-        nbytes = sum(
+        sizes[variant] = sum(
             m.numel() * m.element_size() if isinstance(m, torch.Tensor) else m.weight_bytes() for m in layers
         )
         dtype = torch.float32 if variant == "float32" else torch.bfloat16
@@ -96,19 +99,30 @@ def bench_stack(config, variants: list[str], reps: int) -> list[dict]:
                 else:
                     m(xs[k])
 
-        with torch.inference_mode():
-            t = median_time(token, reps)
+        tokens[variant] = token
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    with torch.inference_mode():
+        for v in variants:  # warm-up
+            tokens[v]()
+        for _ in range(reps):
+            for v in variants:
+                t0 = time.perf_counter()
+                tokens[v]()
+                times[v].append(time.perf_counter() - t0)
+    rows = []
+    for v in variants:
+        t = sorted(times[v])[len(times[v]) // 2]
         rows.append(
             {
-                "variant": variant,
-                "weight_gb": nbytes / 1e9,
+                "variant": v,
+                "weight_gb": sizes[v] / 1e9,
                 "ms_per_token": t * 1e3,
-                "gb_per_s": nbytes / t / 1e9,
+                "gb_per_s": sizes[v] / t / 1e9,
             }
         )
         print(json.dumps({"step": "stack", **rows[-1]}), flush=True)
-        del layers, token
-        gc.collect()
+    del tokens
+    gc.collect()
     return rows
 
 
@@ -168,15 +182,18 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-model", action="store_true", help="skip the whole-model decode")
+    ap.add_argument(
+        "--variants",
+        default="float32,bfloat16,int8,int4-g32,int4-g128",
+        help="linear-stack variants, timed round-robin (all held at once: ~6.5 GB for 'small')",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     config = preset(args.preset)
     bw = read_bandwidth()
     print(json.dumps({"step": "machine", "read_gb_per_s": round(bw, 2), "threads": args.threads}), flush=True)
-    stack = bench_stack(
-        config, ["float32", "bfloat16", "int8", "int4-g32", "int4-g64", "int4-g128"], args.reps
-    )
+    stack = bench_stack(config, args.variants.split(","), args.reps)
     model = (
         []
         if args.no_model
