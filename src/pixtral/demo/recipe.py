@@ -62,6 +62,34 @@ def write_init(out: str | Path, n_words: int = N_WORDS, seed: int = 0, std: floa
     return out
 
 
+def export_training_checkpoint(checkpoint: str | Path, init: str | Path, out: str | Path) -> Path:
+    """A `pixtral train` checkpoint folder (torch.distributed.checkpoint) -> a native model folder (float32,
+    params.json and tekken.json from `init`): to use a run's intermediate weights, e.g. a run stopped early."""
+    import shutil
+    import tempfile
+
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    from pixtral.checkpoint.formats import write_checkpoint
+
+    init, out = Path(init), Path(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(str(checkpoint), f"{tmp}/state.pt")
+        state = torch.load(f"{tmp}/state.pt", weights_only=False)["model"]
+    model = {k.removeprefix("model."): v.float() for k, v in state.items()}
+    config = demo_config_from(init)
+    write_checkpoint(out, "native", config, iter(model.items()))
+    shutil.copyfile(init / "tekken.json", out / "tekken.json")
+    return out
+
+
+def demo_config_from(folder: str | Path) -> PixtralConfig:
+    import json
+
+    return PixtralConfig.from_params_json(json.loads((Path(folder) / "params.json").read_text()))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pixtral.demo.recipe", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -69,7 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--n-words", type=int, default=N_WORDS)
     p.add_argument("--seed", type=int, default=0)
+    e = sub.add_parser("export", help="a training checkpoint folder -> a native model folder")
+    e.add_argument("checkpoint", type=Path)
+    e.add_argument("--init", required=True, type=Path, help="the run's initial model folder")
+    e.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
+    if args.cmd == "export":
+        print(export_training_checkpoint(args.checkpoint, args.init, args.out))
     if args.cmd == "init":
         path = write_init(args.out, args.n_words, args.seed)
         n = demo_config(args.n_words).num_parameters()
