@@ -185,6 +185,12 @@ def main() -> int:
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--image-every", type=int, default=4, help="every k-th request carries an image (0: none)")
     p.add_argument("--max-concurrency", type=int, default=8)
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="OMP_NUM_THREADS for the server (0: torch's default); 1 avoids stalls on a busy 2-core box",
+    )
     p.add_argument("--progress", type=int, default=0, help="print progress every k requests")
     args = p.parse_args()
     if args.requests < 200:
@@ -194,6 +200,8 @@ def main() -> int:
         model = args.model or tiny_model(Path(tmp) / "tiny")
         port = free_port()
         env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        if args.torch_threads:
+            env["OMP_NUM_THREADS"] = str(args.torch_threads)
         server = subprocess.Popen(
             [
                 sys.executable,
