@@ -163,7 +163,13 @@ valid_base = st.builds(
     valid_user,
 )
 one_field = st.one_of([st.fixed_dictionaries({k: v}) for k, v in OPTIONAL.items()])
-near_valid = st.builds(lambda base, extra: {**base, **extra}, valid_base, one_field | st.just({}))
+# Two in three near-valid requests are left whole, so that the engine's path is exercised hundreds of times.
+near_valid = st.builds(
+    lambda base, extra, whole: base if whole else {**base, **extra},
+    valid_base,
+    one_field,
+    st.sampled_from([True, True, False]),
+)
 
 
 def post_json(client, payload) -> None:
@@ -228,7 +234,7 @@ def fuzz_raw(client, method, path, body, content_type):
 
 @pytest.mark.parametrize("name", list(TARGET))
 def test_fuzz(fuzz_client, name):
-    before = COUNTS["requests"]
+    before, ok_before = COUNTS["requests"], COUNTS["ok"]
     fn = {
         "json": fuzz_arbitrary_json,
         "structured": fuzz_structured,
@@ -237,12 +243,13 @@ def test_fuzz(fuzz_client, name):
     }[name]
     settings(FUZZ, max_examples=TARGET[name])(fn)(fuzz_client)
     assert COUNTS["requests"] - before >= TARGET[name] * 0.95
+    if name == "near_valid":  # the engine answered a fair share of these, not just the validators
+        assert COUNTS["ok"] - ok_before >= TARGET[name] * 0.4, COUNTS
 
 
 def test_fuzz_totals_and_health(fuzz_client):
     print("fuzz counts:", COUNTS)
     assert COUNTS["requests"] >= 10_000, COUNTS
-    assert COUNTS["ok"] > 500, COUNTS  # a fair share of the requests reached the engine and succeeded
     assert fuzz_client.get("/health").json()["status"] == "ok"
     text = fuzz_client.get("/metrics").text
     assert metric(text, "pixtral_running_generations") == 0

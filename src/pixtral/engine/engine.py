@@ -99,6 +99,10 @@ class Engine:
             max_image_tokens=max_image_tokens,
         )
 
+    def stats(self) -> dict[str, int]:
+        """Queue, KV-memory and cache counters of the scheduler (what /metrics exports)."""
+        return self.scheduler.stats()
+
     @property
     def max_context(self) -> int:
         return self.model.config.text.max_seq_len
