@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from tests.factories import random_model
 
 from pixtral.model.pixtral import Pixtral
+from tests.factories import random_model
 
 torch.set_num_threads(2)
 

@@ -128,7 +128,10 @@ def test_help_teaches():
 
 
 def test_bench_runs_on_the_tiny_preset(tmp_path, capsys):
-    assert main(["bench", "--preset", "tiny", "--tokens", "4", "--no-peer", "--json", str(tmp_path / "b.json")]) == 0
+    assert (
+        main(["bench", "--preset", "tiny", "--tokens", "4", "--no-peer", "--json", str(tmp_path / "b.json")])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "decode tokens/s, batch 1" in out and "aggregate decode tokens/s, 8 concurrent" in out
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]

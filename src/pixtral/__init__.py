@@ -1,8 +1,8 @@
 """pixtral: run, serve, evaluate and train Pixtral vision-language models.
 
-    from pixtral import Engine, SamplingParams
-    engine = Engine.load()            # bundled default model; or a folder, or a hub id
-    print(engine.generate([{"role": "user", "content": "Hello"}]).text)
+from pixtral import Engine, SamplingParams
+engine = Engine.load()            # bundled default model; or a folder, or a hub id
+print(engine.generate([{"role": "user", "content": "Hello"}]).text)
 """
 
 __version__ = "0.1.0"

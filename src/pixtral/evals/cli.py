@@ -134,7 +134,9 @@ def _config_from_args(args: argparse.Namespace):
     from pixtral.evals.judge import DEFAULT_JUDGE_URL
 
     if not args.task:
-        raise EvalConfigError("pass --task NAME (mm_mt_bench, mmmu, mathvista, chartqa, docvqa, vqav2, synthetic)")
+        raise EvalConfigError(
+            "pass --task NAME (mm_mt_bench, mmmu, mathvista, chartqa, docvqa, vqav2, synthetic)"
+        )
     if args.output_dir is None:
         raise EvalConfigError("pass --output-dir DIR (the run folder; re-use it to resume)")
     tasks = [t.strip() for spec in args.task for t in spec.split(",") if t.strip()]
