@@ -66,7 +66,7 @@ def test_generate_streams_the_same_text_as_json(tiny_dir, capsys):
     assert capsys.readouterr().out == text + "\n"
 
 
-def test_default_model_is_created_on_first_use(tmp_path, monkeypatch, capsys):
+def test_default_model_is_the_bundled_demo_model(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PIXTRAL_HOME", str(tmp_path))
     monkeypatch.delenv("PIXTRAL_DEFAULT_MODEL", raising=False)
     assert (
@@ -85,7 +85,7 @@ def test_default_model_is_created_on_first_use(tmp_path, monkeypatch, capsys):
         == 0
     )
     assert json.loads(capsys.readouterr().out)["model"] == "default"
-    assert any((tmp_path / "models").iterdir())
+    assert not (tmp_path / "models").exists()  # nothing is created: the model ships with the package
 
 
 def test_info_and_init_formats(tmp_path, capsys):

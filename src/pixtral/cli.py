@@ -20,6 +20,9 @@ EXAMPLES = """examples:
   pixtral chat --model ./my-model
   pixtral init --out ./tiny --preset tiny
   pixtral convert ./tiny ./tiny-hf --to hf
+  pixtral convert ./tiny ./tiny.gguf --to gguf --gguf-type q8_0
+  pixtral init --out ./pixtral-12b-random --preset 12b
+  pixtral generate --model ./pixtral-12b-random --quantize int8 --dtype bfloat16 --prompt "Hi"
   pixtral info ./tiny-hf
   pixtral serve --model ./my-model --port 8000
   pixtral eval --task chartqa --endpoint http://127.0.0.1:8000/v1 --output-dir runs/chartqa
@@ -84,6 +87,12 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         default="float32",
         help="weights and activations dtype (default float32; bfloat16 halves memory)",
     )
+    p.add_argument(
+        "--quantize",
+        choices=["int8", "int4"],
+        help="weight-only quantization of the decoder's linear layers, applied while loading",
+    )
+    p.add_argument("--group-size", type=int, default=128, help="int4 group size: 32, 64 or 128 (default 128)")
 
 
 def _sampling_options(p: argparse.ArgumentParser, temperature: float) -> None:
@@ -120,7 +129,7 @@ def _sampling_params(args: argparse.Namespace):
 def _load_engine(args: argparse.Namespace):
     from pixtral.engine import Engine
 
-    engine = Engine.load(args.model, dtype=args.dtype)
+    engine = Engine.load(args.model, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size)
     if engine.untrained:
         print(
             f"note: model '{engine.model_name}' has random (untrained) weights: its output is noise.",
@@ -260,13 +269,16 @@ def _add_init(sub) -> None:
         "init",
         help="write a model of random weights in a named shape",
         description="tiny: for tests and demos (real tokenizer, tiny layers); "
-        "small: about 1.1 B parameters, for benchmarks.",
+        "small: about 1.1 B parameters, for benchmarks; 12b: the exact Pixtral-12B shapes, streamed to disk "
+        "(about 25 GB in bfloat16, never held in memory).",
     )
     p.add_argument("--out", required=True, type=Path, help="folder to create")
-    p.add_argument("--preset", choices=["tiny", "small"], default="tiny")
+    p.add_argument("--preset", choices=["tiny", "small", "12b"], default="tiny")
     p.add_argument("--format", choices=["native", "hf"], default="native")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="stored dtype")
+    p.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], help="stored dtype (default float32; bfloat16 for 12b)"
+    )
     p.set_defaults(handler=_init)
 
 
@@ -276,7 +288,15 @@ def _init(args: argparse.Namespace) -> int:
     from pixtral.config import preset
 
     config = preset(args.preset)
-    create_random_checkpoint(args.out, config, fmt=args.format, seed=args.seed, dtype=DTYPES[args.dtype])
+    if args.preset == "12b":
+        from pixtral.checkpoint.streaming_init import write_random_checkpoint_streaming
+
+        dtype = DTYPES[args.dtype or "bfloat16"]
+        write_random_checkpoint_streaming(args.out, config, dtype, seed=args.seed, fmt=args.format)
+    else:
+        create_random_checkpoint(
+            args.out, config, fmt=args.format, seed=args.seed, dtype=DTYPES[args.dtype or "float32"]
+        )
     n = config.num_parameters()["total"]
     print(
         f"wrote {args.out} ({args.preset}, {n / 1e6:.1f} M parameters, {args.format} format, random weights)"
@@ -293,12 +313,35 @@ def _add_convert(sub) -> None:
     )
     p.add_argument("src", help="source model folder or hub id")
     p.add_argument("dst", type=Path, help="destination folder (must not exist or be empty)")
-    p.add_argument("--to", choices=["native", "hf"], required=True, help="target format")
+    p.add_argument("--to", choices=["native", "hf", "gguf"], required=True, help="target format")
+    p.add_argument(
+        "--gguf-type",
+        choices=["f32", "f16", "q8_0"],
+        default="f16",
+        help="gguf tensor type of the 2-D weights (default f16; norms stay f32)",
+    )
+    p.add_argument("--no-mmproj", action="store_true", help="gguf: skip the vision projector (mmproj) file")
     p.set_defaults(handler=_convert)
 
 
 def _convert(args: argparse.Namespace) -> int:
     from pixtral.checkpoint.loader import convert
+
+    if args.to == "gguf":
+        from pixtral.checkpoint.gguf_export import export_gguf
+
+        dst = (
+            args.dst
+            if args.dst.suffix == ".gguf"
+            else args.dst / f"{Path(args.src).name}-{args.gguf_type}.gguf"
+        )
+        result = export_gguf(args.src, dst, args.gguf_type, mmproj=not args.no_mmproj)
+        print(f"wrote {result.model_path} (llama architecture, {result.tensors} tensors, {args.gguf_type})")
+        if result.mmproj_path:
+            print(f"wrote {result.mmproj_path} (vision projector for llama.cpp's mtmd)")
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stderr)
+        return 0
 
     ckpt = convert(args.src, args.dst, args.to)
     print(f"wrote {args.dst} ({args.to} format, {len(ckpt.sources)} tensors, from {ckpt.format} format)")

@@ -51,7 +51,7 @@ def test_bundled_files_are_small_and_consistent():
 
 
 def test_readme_sample_question(engine):
-    from pixtral.synthetic.eval_task import normalise_answer
+    from pixtral.evals.tasks.synthetic import normalise_answer
 
     messages = [
         {
@@ -66,8 +66,8 @@ def test_readme_sample_question(engine):
 
 
 def test_accuracy_on_the_fixed_test_slice(engine):
+    from pixtral.evals.tasks.synthetic import exact_match
     from pixtral.synthetic import generate
-    from pixtral.synthetic.eval_task import exact_match
 
     samples = list(generate("test", 50, seed=0, max_side=MAX_SIDE, tasks=["coarse"]))
     correct = sum(exact_match(_ask(engine, s.messages), [s.answer]) for s in samples)

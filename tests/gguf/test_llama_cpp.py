@@ -16,7 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-llama_cpp = pytest.importorskip("llama_cpp")
+llama_cpp = pytest.importorskip(
+    "llama_cpp",
+    reason="llama-cpp-python is optional (a source build of several minutes): pip install llama-cpp-python",
+)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -16,6 +18,32 @@ from pixtral.model.init import init_random_weights_
 from pixtral.model.pixtral import Pixtral
 
 
+@contextmanager
+def written_atomically(folder: str | Path) -> Iterator[Path]:
+    """Yield a scratch folder beside `folder`; on success it is renamed to `folder`, on any error removed.
+
+    A crash never leaves a half-written checkpoint under the target name. `folder` may exist only empty."""
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder}: exists and is not empty")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        yield tmp
+        if folder.exists():
+            folder.rmdir()
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_untrained_marker(folder: Path, what: str) -> None:
+    (folder / UNTRAINED_MARKER).write_text(
+        f"{what}, written by `pixtral init`: this model is untrained and its output is noise. "
+        "It exists to exercise the code paths.\n"
+    )
+
+
 def create_random_checkpoint(
     folder: str | Path,
     config: PixtralConfig,
@@ -24,21 +52,8 @@ def create_random_checkpoint(
     dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Random weights, saved atomically (written beside the target, then renamed), marked untrained."""
-    folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()):
-        raise FileExistsError(f"{folder}: exists and is not empty")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with written_atomically(folder) as tmp:
         model = init_random_weights_(Pixtral(config), seed=seed).to(dtype)
         save_model(model, tmp, fmt)
-        (tmp / UNTRAINED_MARKER).write_text(
-            f"Random weights (seed {seed}), written by `pixtral init`: this model is untrained and its output "
-            "is noise. It exists to exercise the code paths.\n"
-        )
-        if folder.exists():
-            folder.rmdir()
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+        write_untrained_marker(tmp, f"Random weights (seed {seed})")
+    return Path(folder)

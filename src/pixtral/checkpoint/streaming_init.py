@@ -16,10 +16,8 @@ The weights are noise, not a trained model; the file exists to exercise memory a
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
-import tempfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -29,8 +27,8 @@ import torch
 from pixtral.checkpoint.formats import HF_CONFIG, HF_WEIGHTS, NATIVE_PARAMS, NATIVE_WEIGHTS
 from pixtral.checkpoint.hf_names import native_to_hf_name
 from pixtral.checkpoint.loader import expected_shapes
+from pixtral.checkpoint.random_init import write_untrained_marker, written_atomically
 from pixtral.config import PixtralConfig
-from pixtral.default_model import UNTRAINED_MARKER
 
 _ST_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 _BLOCK = 1_048_573  # prime number of random values tiled into every tensor
@@ -120,16 +118,12 @@ def write_random_checkpoint_streaming(
     if fmt not in ("native", "hf"):
         raise ValueError(f"unknown format {fmt!r}; choose native or hf")
     folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()):
-        raise FileExistsError(f"{folder}: exists and is not empty")
     shapes = expected_shapes(config)
     nbytes = sum(_numel(s) for s in shapes.values()) * torch.empty((), dtype=dtype).element_size()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(folder.parent).free
-    if nbytes > free:
-        raise OSError(f"{folder.parent}: {nbytes / 1e9:.1f} GB needed, {free / 1e9:.1f} GB free")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with written_atomically(folder) as tmp:
+        free = shutil.disk_usage(tmp).free
+        if nbytes > free:
+            raise OSError(f"{folder.parent}: {nbytes / 1e9:.1f} GB needed, {free / 1e9:.1f} GB free")
         rename = (lambda n: n) if fmt == "native" else native_to_hf_name
         entries = [(rename(name), shape, dtype) for name, shape in shapes.items()]
         tiles = _RandomTiles(seed, std, dtype)
@@ -140,15 +134,7 @@ def write_random_checkpoint_streaming(
             (tmp / NATIVE_PARAMS).write_text(json.dumps(config.to_params_json(), indent=2) + "\n")
         else:
             (tmp / HF_CONFIG).write_text(json.dumps(config.to_hf_config(), indent=2) + "\n")
-        (tmp / UNTRAINED_MARKER).write_text(
-            f"Random weights (seed {seed}, tiled from one random block), written by `pixtral init`: this model "
-            "is untrained and its output is noise. It exists to exercise the code paths at full size.\n"
-        )
-        if folder.exists():
-            folder.rmdir()
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_untrained_marker(tmp, f"Random weights (seed {seed}, tiled from one random block)")
     return folder
 
 

@@ -148,7 +148,7 @@ def evaluate_jsonl(model, tokenizer, jsonl: Path, limit: int | None = None) -> d
     """Greedy answers through pixtral.engine.Engine, exact match (the synthetic task's rule) per task."""
     from pixtral.engine.engine import Engine
     from pixtral.engine.sampling import SamplingParams
-    from pixtral.synthetic.eval_task import exact_match
+    from pixtral.evals.tasks.synthetic import exact_match
 
     engine = Engine(model, tokenizer, model_name="ablation")
     rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()][:limit]

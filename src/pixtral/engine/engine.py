@@ -78,10 +78,20 @@ class Engine:
         fetch_remote: FetchRemote | None = None,
         scheduler: SchedulerConfig = DEFAULT_SCHEDULER,
         max_image_tokens: int | None = None,
+        quantize: str | None = None,
+        group_size: int = 128,
     ) -> Engine:
-        """A model folder (native or HF format), a hub id, or None for the bundled default model."""
+        """A model folder (native or HF format), a hub id, or None for the bundled default model.
+
+        quantize "int8" | "int4": the decoder's linear layers are quantized while loading (engine/quantize.py);
+        `dtype` is then the dtype of everything else."""
         path = default_model_path() if model is None else model
-        net, ckpt = load_model(path, dtype=dtype, device=device)
+        if quantize:
+            from pixtral.engine.quantize import load_quantized
+
+            net, ckpt, _ = load_quantized(path, quantize, dtype=dtype, group_size=group_size)
+        else:
+            net, ckpt = load_model(path, dtype=dtype, device=device)
         tokenizer = load_tokenizer(ckpt.folder)
         vocab = tokenizer.instruct_tokenizer.tokenizer.n_words
         if vocab > net.config.text.vocab_size:

@@ -40,7 +40,7 @@ class Pixtral(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.output.weight.dtype
+        return self.norm.weight.dtype  # not output.weight: that layer may be quantized
 
     def encode_images(self, images: list[torch.Tensor]) -> torch.Tensor:
         """list of (3, H_i, W_i) pixels -> (sum of patches, text dim) features for the [IMG] positions."""

@@ -46,6 +46,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--served-model-name", default=None, help="the model id clients send (default: engine's)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument(
+        "--quantize", choices=["int8", "int4"], help="weight-only quantization of the decoder linears"
+    )
     p.add_argument("--device", default="cpu")
 
     g = p.add_argument_group("limits")
@@ -182,7 +185,9 @@ def run_serve(args: argparse.Namespace) -> int:
         from pixtral.engine import Engine
 
         try:
-            engine = Engine.load(model=args.model, dtype=args.dtype, device=args.device)
+            engine = Engine.load(
+                model=args.model, dtype=args.dtype, device=args.device, quantize=args.quantize
+            )
         except (PixtralError, OSError) as e:
             failed.append(e)
             log.error("cannot load the model: %s", e)
