@@ -145,6 +145,9 @@ def test_sampling_respects_top_k_and_top_p():
     # softmax mass: 0.64, 0.23, 0.09, ...: top_p 0.7 keeps the first two tokens
     draws = {int(sample_next(logits, SamplingParams(temperature=1.0, top_p=0.7), gen)) for _ in range(200)}
     assert draws == {0, 1}
+    # a top_p too small for float32 (it rounds to 0) still keeps the most likely token, in every row
+    rows = torch.tensor([[3.0, 2.0, 1.0], [0.0, 5.0, 1.0]])
+    assert sample_next(rows, SamplingParams(temperature=1.0, top_p=1e-50), gen).tolist() == [0, 1]
 
 
 def test_image_token_cap_resizes_down_and_leaves_small_images_alone():

@@ -81,8 +81,8 @@ class Ticket:
             self._worker._release()
 
 
-# Below these, sampling is greedy: dividing logits by ~0 overflows, and a top_p that rounds to 0 in
-# float32 would keep no token at all (NaN probabilities).
+# Below these, sampling is greedy: dividing logits by ~0 overflows, and a top_p this small keeps only the
+# most likely token anyway.
 GREEDY_BELOW_TEMPERATURE = 1e-5
 GREEDY_BELOW_TOP_P = 1e-6
 
