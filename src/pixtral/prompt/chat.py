@@ -76,8 +76,12 @@ def to_mistral_messages(
     *,
     limits: ImageLimits = DEFAULT_LIMITS,
     fetch_remote: FetchRemote | None = None,
+    allow_final_assistant: bool = False,
 ) -> list[SystemMessage | UserMessage | AssistantMessage]:
-    """Validate OpenAI-shaped messages and build mistral-common messages (images loaded and checked)."""
+    """Validate OpenAI-shaped messages and build mistral-common messages (images loaded and checked).
+
+    A prompt must end with a user turn; training conversations (`allow_final_assistant=True`) end with the
+    assistant's reply."""
     if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
         raise InputError("messages must be a list of {'role': ..., 'content': ...} objects")
     if not messages:
@@ -85,7 +89,7 @@ def to_mistral_messages(
 
     roles = [_role(index, message) for index, message in enumerate(messages)]  # cheap checks first
     last = max((index for index, role in enumerate(roles) if role != "system"), default=-1)
-    if last >= 0 and roles[last] == "assistant":
+    if last >= 0 and roles[last] == "assistant" and not allow_final_assistant:
         raise InputError(
             f"message {last} is from the assistant and nothing from the user follows it: end the conversation "
             "with a user message (continuing an assistant reply is not supported)"

@@ -235,14 +235,14 @@ def _is_relative_path(url: str) -> bool:
 def _to_mistral_messages(
     messages: list[dict[str, Any]], tokenizer: MistralTokenizer, limits: ImageLimits, source: str
 ) -> list[Any]:
-    # pixtral.prompt.chat converts one OpenAI message at a time (validation, image loading and limits);
-    # its public to_mistral_messages refuses a final assistant turn, which training needs.
+    try:
+        mistral = prompt_chat.to_mistral_messages(
+            messages, tokenizer, limits=limits, allow_final_assistant=True
+        )
+    except InputError as e:
+        raise DataError(f"{source}: {e}") from e
     converted = []
-    for index, message in enumerate(messages):
-        try:
-            mc = prompt_chat._convert_message(index, message, tokenizer, limits, None)
-        except InputError as e:
-            raise DataError(f"{source}: {e}") from e
+    for index, (message, mc) in enumerate(zip(messages, mistral, strict=True)):
         if isinstance(mc, AssistantMessage):
             weight = message.get("weight")
             if weight is not None and weight not in (0, 1):
