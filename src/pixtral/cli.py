@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from pixtral.benchmark import add_bench_parser
-from pixtral.errors import PixtralError
+from pixtral.errors import InputError, PixtralError
 from pixtral.evals.cli import add_eval_parser
 from pixtral.serve.cli import add_serve_parser
 from pixtral.synthetic.cli import add_synthetic_parser
@@ -321,11 +321,28 @@ def _add_convert(sub) -> None:
         help="gguf tensor type of the 2-D weights (default f16; norms stay f32)",
     )
     p.add_argument("--no-mmproj", action="store_true", help="gguf: skip the vision projector (mmproj) file")
+    p.add_argument(
+        "--merge-lora",
+        metavar="ADAPTER_DIR",
+        type=Path,
+        help="merge the LoRA adapters of this folder (written by `pixtral train`) into SRC before writing DST",
+    )
     p.set_defaults(handler=_convert)
 
 
 def _convert(args: argparse.Namespace) -> int:
     from pixtral.checkpoint.loader import convert
+
+    if args.merge_lora is not None:
+        if args.to == "gguf":
+            raise InputError("--merge-lora writes native or hf: merge first, then convert the result to gguf")
+        from pixtral.train.lora import merge_lora_checkpoint
+
+        merge_lora_checkpoint(args.src, args.merge_lora, args.dst, fmt=args.to)
+        print(
+            f"wrote {args.dst} ({args.to} format, {args.src} with the adapters of {args.merge_lora} merged)"
+        )
+        return 0
 
     if args.to == "gguf":
         from pixtral.checkpoint.gguf_export import export_gguf

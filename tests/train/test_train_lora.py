@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from pixtral.checkpoint.loader import load_model, save_model
+from pixtral.cli import main as cli_main
 from pixtral.train.loop import LossModule, build_model, train
 from pixtral.train.lora import (
     LoRAConfig,
@@ -89,7 +90,8 @@ def test_lora_training_run_exports_adapter_and_merged_model(tmp_path):
     # base + adapter folder, merged by merge_lora_checkpoint, equals the exported merged model
     base_model, _, _, _ = build_model(cfg)
     save_model(base_model, tmp_path / "base")
-    merge_lora_checkpoint(tmp_path / "base", final / "adapter", tmp_path / "merged")
+    argv = ["convert", str(tmp_path / "base"), str(tmp_path / "merged"), "--to", "native"]
+    assert cli_main([*argv, "--merge-lora", str(final / "adapter")]) == 0
     exported, _ = load_model(final)
     hf, _ = load_model(final / "hf")
     merged, _ = load_model(tmp_path / "merged")
