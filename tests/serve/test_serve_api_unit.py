@@ -155,8 +155,11 @@ def test_health_is_503_until_the_engine_is_set():
         assert client.get("/health").status_code == 503
         r = client.post(CHAT, json={"messages": HELLO})
         assert r.status_code == 503 and error_of(r)["code"] == "model_loading"
+        r = client.get("/v1/models")  # what `pixtral eval --wait-for-endpoint` polls
+        assert r.status_code == 503 and error_of(r)["code"] == "model_loading"
         app.state.server.set_engine(FakeEngine())
         assert client.get("/health").status_code == 200
+        assert client.get("/v1/models").json()["data"][0]["id"]
 
 
 # --- images -------------------------------------------------------------------------------------------

@@ -168,7 +168,9 @@ def create_app(
 
     @app.get("/v1/models", response_model=P.ModelList, dependencies=[Depends(require_key)])
     async def list_models() -> P.ModelList:
-        return P.ModelList(data=[_model_card(state)] if state.engine is not None else [])
+        if state.engine is None:  # 503 like a chat request: clients that poll here wait for the weights
+            state.ready_worker()
+        return P.ModelList(data=[_model_card(state)])
 
     @app.get("/v1/models/{model_id:path}", response_model=P.ModelCard, dependencies=[Depends(require_key)])
     async def get_model(model_id: str) -> P.ModelCard:
