@@ -191,3 +191,43 @@ def test_bfloat16_engine_generates_and_tracks_float32(engine, tmp_path):
     assert low.dtype == torch.float32  # logits are returned in float32 whatever the weights
     cos = torch.nn.functional.cosine_similarity(ref.flatten(), low.flatten(), dim=0)
     assert cos > 0.99, cos
+
+
+EXIT_WHILE_DECODING = """
+import sys
+from pixtral.config import preset, with_text
+from pixtral.engine import Engine, SamplingParams
+from pixtral.model.init import init_random_weights_
+from pixtral.model.pixtral import Pixtral
+from pixtral.prompt.tokenizer import load_tokenizer
+model = init_random_weights_(Pixtral(with_text(preset("tiny"), max_seq_len=4096)), seed=0).eval()
+engine = Engine(model, load_tokenizer(None))
+stream = engine.stream([{"role": "user", "content": "hi"}], SamplingParams(max_tokens=3000))
+print(len(next(stream).token_ids), flush=True)
+sys.exit(0)  # the scheduler thread is still decoding
+"""
+
+
+def test_process_exits_cleanly_while_the_scheduler_is_decoding():
+    """Before the scheduler joined its thread at exit, torch's teardown under a running decode aborted the
+    process (SIGABRT, "terminate called without an active exception") after the CLI had printed its answer."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_WHILE_DECODING], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-1000:]
+    assert done.stdout.strip() == "1"
+
+
+def test_closed_engine_cancels_what_is_in_flight_and_refuses_new_requests():
+    engine = make_engine(max_seq_len=4096)
+    stream = engine.stream([{"role": "user", "content": "hi"}], SamplingParams(max_tokens=3000))
+    next(stream)
+    engine.close()
+    assert [e.finish_reason for e in stream][-1] == "cancelled"
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.generate([{"role": "user", "content": "hi"}])

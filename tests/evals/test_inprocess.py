@@ -12,7 +12,11 @@ engine_mod = pytest.importorskip("pixtral.engine")
 
 
 def test_docvqa_and_mmmu_through_the_engine(fixtures, tmp_path):
-    cfg = EvalConfig(tasks=["docvqa", "mmmu"], output_dir=tmp_path / "inproc", in_process=True,
+    from pixtral.checkpoint.random_init import create_random_checkpoint
+    from pixtral.config import preset
+
+    model = create_random_checkpoint(tmp_path / "tiny", preset("tiny"), seed=0)  # marked untrained
+    cfg = EvalConfig(tasks=["docvqa", "mmmu"], output_dir=tmp_path / "inproc", in_process=True, engine_model=str(model),
                      data_dir=fixtures.root, limit=2, bootstrap=50, progress=False, engine_dtype="float32")  # fmt: skip
     cfg_mmmu_tokens = 6  # keep the CoT task short on CPU: a custom prompt file caps max_tokens
     prompts = tmp_path / "short.json"
@@ -21,7 +25,7 @@ def test_docvqa_and_mmmu_through_the_engine(fixtures, tmp_path):
     cfg.prompts = str(prompts)
     results = run_eval(cfg)
     assert results["provenance"]["backend"] == "in-process"
-    assert results["provenance"]["model_untrained"] is True  # the bundled default model has random weights
+    assert results["provenance"]["model_untrained"] is True  # `pixtral init` writes the UNTRAINED marker
     assert results["run"]["requests"]["generated"] == 4
     for task in ("docvqa", "mmmu"):
         t = results["tasks"][task]
@@ -38,7 +42,7 @@ def test_docvqa_and_mmmu_through_the_engine(fixtures, tmp_path):
     task = get_task("docvqa")
     rows = load_local(fixtures.root / "docvqa", "validation")
     item = task.build_items(0, rows[0], load_prompt_set("explicit"), "fixed", "validation")[0]
-    engine = Engine.load(dtype="float32")
+    engine = Engine.load(model, dtype="float32")
     direct = engine.generate(
         to_openai_messages(item.messages), SamplingParams(max_tokens=10, temperature=0.0)
     )

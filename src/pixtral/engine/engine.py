@@ -33,7 +33,7 @@ class Completion:
     text: str
     token_ids: list[int]  # generated ids, EOS excluded
     prompt_tokens: int
-    finish_reason: str  # "stop" (EOS or a stop string) | "length"
+    finish_reason: str  # "stop" (EOS or a stop string) | "length" | "cancelled" (the engine was closed)
 
 
 @dataclass
@@ -108,6 +108,10 @@ class Engine:
             scheduler=scheduler,
             max_image_tokens=max_image_tokens,
         )
+
+    def close(self) -> None:
+        """Stop the scheduler's thread (also done at interpreter exit); the engine takes no requests after."""
+        self.scheduler.close()
 
     def stats(self) -> dict[str, int]:
         """Queue, KV-memory and cache counters of the scheduler (what /metrics exports)."""

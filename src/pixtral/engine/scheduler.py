@@ -13,8 +13,10 @@ on what it was batched with. Tokens go to each request's queue; the consumer (en
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -79,6 +81,7 @@ class Scheduler:
         self._running: list[Request] = []
         self._work = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._closed = False
 
     # ---- public, thread-safe ----------------------------------------------------------------------
 
@@ -98,12 +101,30 @@ class Scheduler:
                 "lower max_tokens or shorten the prompt"
             )
         with self._work:
+            if self._closed:
+                raise RuntimeError("the scheduler is closed")
             self._waiting.append(request)
             self._work.notify()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="pixtral-scheduler", daemon=True)
                 self._thread.start()
+                # A daemon thread still inside a torch op while the interpreter tears torch down aborts the
+                # process ("terminate called without an active exception"): stop and join it first.
+                atexit.register(_close_at_exit, weakref.ref(self))
         return request
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop the loop thread after its current step; requests not finished get Finished("cancelled")."""
+        with self._work:
+            self._closed = True
+            self._work.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
+        for request in [*self._running, *self._waiting]:
+            request.events.put(Finished("cancelled"))
+        self._running.clear()
+        self._waiting.clear()
 
     @property
     def n_waiting(self) -> int:
@@ -133,8 +154,10 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._work:
-                while not self._waiting and not self._running:
+                while not self._waiting and not self._running and not self._closed:
                     self._work.wait()
+                if self._closed:
+                    return
             try:
                 self.step()
             except Exception as e:  # a bug must not leave clients waiting forever
@@ -264,6 +287,12 @@ class Scheduler:
         request.features = None
         self.finished_requests += 1
         request.events.put(outcome)
+
+
+def _close_at_exit(ref: weakref.ref[Scheduler]) -> None:
+    scheduler = ref()
+    if scheduler is not None:
+        scheduler.close(timeout_s=10.0)
 
 
 def _human(n_bytes: int) -> str:
