@@ -136,3 +136,15 @@ def test_bench_runs_on_the_tiny_preset(tmp_path, capsys):
     assert "decode tokens/s, batch 1" in out and "aggregate decode tokens/s, 8 concurrent" in out
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert all(r["ours"] > 0 for r in rows)
+
+
+def test_threads_option_sets_torch_threads(tiny_dir, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        argv = ["generate", "--model", str(tiny_dir), "--prompt", "Hi", "--max-tokens", "2", "--threads", "1"]
+        assert main(argv) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -50,6 +50,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "--quantize", choices=["int8", "int4"], help="weight-only quantization of the decoder linears"
     )
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: torch's choice; 1 is often best on 2 busy cores)",
+    )
 
     g = p.add_argument_group("limits")
     g.add_argument("--max-body-bytes", type=int, default=_default("max_body_bytes"))
@@ -184,6 +189,10 @@ def run_serve(args: argparse.Namespace) -> int:
     def load() -> None:
         from pixtral.engine import Engine
 
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         try:
             engine = Engine.load(
                 model=args.model, dtype=args.dtype, device=args.device, quantize=args.quantize
