@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pytest
 
 from pixtral.synthetic.draw import COLOURS
 from tests.synthetic.pixels import classify, components, mask, region, render_text, shapes_in
@@ -190,3 +191,38 @@ def test_the_image_with_more_circles_is_the_answer(samples):
         circles = [sum(k == "circle" for _, k, _ in shapes_in(im, COLOURS)) for im in s.images]
         assert circles[0] != circles[1]
         assert s.answer == ("first" if circles[0] > circles[1] else "second"), s.id
+
+
+# ------------------------------------------------------------------------------------------ warm-up
+
+
+@pytest.fixture(scope="module")
+def warmup():
+    """Ten samples of each warm-up task, both a small and the full size limit."""
+    from pixtral.synthetic import generate
+
+    return [*generate("train", 30, seed=3, max_side=1024, tasks=["warmup"]),
+            *generate("test", 30, seed=3, max_side=128, tasks=["warmup"])]  # fmt: skip
+
+
+def test_warmup_answers_come_from_the_pixels(warmup):
+    assert {s.task for s in warmup} == {"big_shape_colour", "big_shape_kind", "big_shape_total"}
+    for s in warmup:
+        image = s.images[0]
+        assert max(image.size) <= 128  # small canvases, whatever max_side is
+        found = shapes_in(image, COLOURS)
+        if s.task == "big_shape_total":
+            assert len(found) == int(s.answer) and 1 <= len(found) <= 4, s.id
+        else:
+            assert len(found) == 1, s.id
+            colour, kind, _ = found[0]
+            assert s.answer == (colour if s.task == "big_shape_colour" else kind), s.id
+            # big: the shape's box spans at least a quarter of the short side (16 px at least)
+            box = s.meta["shapes"][0]["box"]
+            assert box[2] - box[0] + 1 >= max(16, min(image.size) // 4 - 2), s.id
+
+
+def test_warmup_tasks_are_not_in_the_default_or_coarse_lists():
+    from pixtral.synthetic.generate import resolve_tasks
+
+    assert not any(t.startswith("big_") for t in resolve_tasks(None) + resolve_tasks(["coarse", "fine"]))

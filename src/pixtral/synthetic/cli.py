@@ -50,7 +50,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-side", type=int, default=MAX_SIDE,
                    help=f"largest image side in pixels, {MIN_MAX_SIDE}..{MAX_SIDE} (default {MAX_SIDE})")  # fmt: skip
     p.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
-                   help="task names, or fine / coarse (default: all, round-robin)")  # fmt: skip
+                   help="task names, or fine / coarse / warmup (default: every fine and coarse task, round-robin)")  # fmt: skip
     p.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl",
                    help="jsonl: OUT/SPLIT.jsonl + OUT/images/ (training); parquet: OUT/SPLIT.parquet (evaluation)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

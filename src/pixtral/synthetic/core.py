@@ -40,7 +40,7 @@ class Sample:
     id: str
     split: str
     task: str
-    granularity: str  # "fine" (small text, dense charts, tables) or "coarse" (shapes, colours)
+    granularity: str  # "fine" (small text, dense charts, tables), "coarse" (shapes, colours) or "warmup"
     messages: list[dict[str, Any]]
     answer: str
     images: list[Image.Image]

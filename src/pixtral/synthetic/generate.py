@@ -9,18 +9,21 @@ from pixtral.synthetic.tasks import TASKS
 
 
 def resolve_tasks(tasks: Sequence[str] | None) -> list[str]:
-    """Task names in a fixed order; ``None`` means all of them. Also accepts ``fine`` / ``coarse``."""
+    """Task names in a fixed order; ``None`` means every fine and coarse task. Also accepts the groups
+    ``fine`` / ``coarse`` / ``warmup`` (big-shape curriculum tasks, never part of the default)."""
     if not tasks:
-        return list(TASKS)
+        return [t for t, spec in TASKS.items() if spec.granularity in ("fine", "coarse")]
     out: list[str] = []
     for name in tasks:
-        if name in ("fine", "coarse"):
+        if name in ("fine", "coarse", "warmup"):
             out += [t for t, spec in TASKS.items() if spec.granularity == name and t not in out]
         elif name in TASKS:
             if name not in out:
                 out.append(name)
         else:
-            raise ValueError(f"unknown synthetic task {name!r}; choose from {', '.join(TASKS)}, fine, coarse")
+            raise ValueError(
+                f"unknown synthetic task {name!r}; choose from {', '.join(TASKS)}, fine, coarse, warmup"
+            )
     return out
 
 

@@ -457,16 +457,22 @@ def _shape_scene(
     plan: list[tuple[str, str]],
     required: int,
     owned: bool = True,
+    big: int = 0,
 ) -> tuple[Image.Image, list[dict[str, Any]]]:
     """Draw ``plan`` (kind, colour) shapes without overlap (3 px apart); the first ``required`` must all fit
-    (else a new size is drawn), later ones are dropped when there is no room."""
+    (else a new size is drawn), later ones are dropped when there is no room. ``big`` = k > 0 draws shapes
+    of 1/(2k) to 1/k of the image's short side (at least 16 px) instead of 8 to 64 px."""
     for _ in range(100):
         w, h = pick_size(rng, split, max_side, 32, 32, owned=owned)
         smax = max(8, min(64, min(w, h) // 4))
         placed: list[dict[str, Any]] = []
         ok = True
         for k, (kind, colour) in enumerate(plan):
-            s = rng.randint(8, smax)
+            if big:
+                top = max(16, min(w, h) // big - 4)
+                s = rng.randint(max(16, top // 2), top)
+            else:
+                s = rng.randint(8, smax)
             for _ in range(60):
                 x, y = rng.randint(1, w - s - 1), rng.randint(1, h - s - 1)
                 box = (x, y, x + s - 1, y + s - 1)
@@ -560,6 +566,36 @@ def compare_count(rng: random.Random, split: str, max_side: int) -> Drawn:
     return Drawn(messages, "first" if a > b else "second", images, {"scenes": scenes, "circles": [a, b]})
 
 
+# ------------------------------------------------------------------------------------------ warm-up
+# Big shapes on small canvases: the easiest questions that still need the image. Not part of the default
+# task list nor of fine/coarse (the held-out sets stay as they were); `--tasks warmup` mixes them into a
+# from-scratch model's training data, as a curriculum towards the coarse tasks.
+
+WARMUP_MAX_SIDE = 128
+
+
+def big_shape_colour(rng: random.Random, split: str, max_side: int) -> Drawn:
+    kind, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
+    image, shapes = _shape_scene(rng, split, min(max_side, WARMUP_MAX_SIDE), [(kind, colour)], 1, big=2)
+    question = "What colour is the shape? Answer with one word."
+    return Drawn(_single(image, question), colour, [image], {"shapes": shapes})
+
+
+def big_shape_kind(rng: random.Random, split: str, max_side: int) -> Drawn:
+    kind, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
+    image, shapes = _shape_scene(rng, split, min(max_side, WARMUP_MAX_SIDE), [(kind, colour)], 1, big=2)
+    question = "Which shape is in the image: circle, square or triangle? Answer with one word."
+    return Drawn(_single(image, question), kind, [image], {"shapes": shapes})
+
+
+def big_shape_total(rng: random.Random, split: str, max_side: int) -> Drawn:
+    n = rng.randint(1, 4)
+    plan = [(rng.choice(SHAPES), rng.choice(list(COLOURS))) for _ in range(n)]
+    image, shapes = _shape_scene(rng, split, min(max_side, WARMUP_MAX_SIDE), plan, n, big=4)
+    question = "How many shapes are there in the image? Answer with a number."
+    return Drawn(_single(image, question), str(len(shapes)), [image], {"shapes": shapes})
+
+
 TASKS: dict[str, TaskSpec] = {
     t.name: t
     for t in (
@@ -576,5 +612,8 @@ TASKS: dict[str, TaskSpec] = {
         ),
         TaskSpec("compare_count", "coarse", compare_count, "two images: which has more circles"),
         TaskSpec("followup_shapes", "coarse", followup_shapes, "two turns: a shape's colour, then its count"),
+        TaskSpec("big_shape_colour", "warmup", big_shape_colour, "the colour of one big shape"),
+        TaskSpec("big_shape_kind", "warmup", big_shape_kind, "circle, square or triangle: one big shape"),
+        TaskSpec("big_shape_total", "warmup", big_shape_total, "count 1-4 big shapes"),
     )
 }
