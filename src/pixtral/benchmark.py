@@ -12,7 +12,8 @@ Prints (ours | transformers | ratio | limit):
   weight bytes read per token × tokens/s) beside the measured memory read bandwidth;
 - aggregate decode tokens/s with 8 and 32 concurrent requests (continuous batching);
 - peak RSS.
-llama.cpp (llama-cpp-python) is not part of this script: see docs/quantization.md for the GGUF path.
+- int8 decode at batch 1 beside llama.cpp's Q8_0 on the same weights (our GGUF export, llama-cpp-python;
+  the row says "skipped" when llama-cpp-python is not installed).
 The machine is shared and noisy: compare ratios from one run, not absolute times across runs.
 """
 
@@ -228,6 +229,45 @@ def bench_decode(engine: Engine, hf, limits, n_tokens: int) -> list[dict]:
     return rows
 
 
+def bench_int8_vs_llama_cpp(native: Path, tmp: Path, n_tokens: int) -> list[dict]:
+    """Batch-1 decode at 8 bits on the same weights: our int8 engine beside llama.cpp's Q8_0 (llama-cpp-python,
+    the GGUF written by our exporter). A row says why when llama.cpp or the gguf package is missing."""
+    what = "decode tokens/s, batch 1, int8 (peer: llama.cpp Q8_0, same weights)"
+    try:
+        import llama_cpp
+    except ImportError:
+        return [{"what": what, "ours": float("nan"), "note": "skipped: llama-cpp-python is not installed "
+                 "(pip install llama-cpp-python builds llama.cpp from source, several minutes)"}]  # fmt: skip
+    from pixtral.checkpoint.gguf_export import export_gguf
+    from pixtral.engine.quantize import load_quantized
+
+    gguf_path = tmp / "model-q8_0.gguf"
+    export_gguf(native, gguf_path, "q8_0", mmproj=False)
+    model, _, _ = load_quantized(native, "int8", dtype="float32")
+    engine = Engine(model, load_tokenizer(None), scheduler=SchedulerConfig(max_batch=1))
+    ours, _ = decode_rate(engine, 1, n_tokens)
+    engine.close()
+    del engine, model
+    llm = llama_cpp.Llama(
+        model_path=str(gguf_path), n_ctx=256, n_threads=torch.get_num_threads(), verbose=False
+    )
+    prompt = [1, 3, 22177, 1044, 4]
+
+    def decode() -> None:
+        llm.reset()
+        llm.eval(prompt)
+        for _ in range(n_tokens):
+            llm.eval([22177])  # the token fed does not change the work per step
+
+    def prefill() -> None:
+        llm.reset()
+        llm.eval(prompt)
+
+    peer = n_tokens / (best_of(decode, 2) - best_of(prefill, 2))
+    llm.close()
+    return [{"what": what, "ours": ours, "peer": peer, "note": f"llama-cpp-python {llama_cpp.__version__}"}]
+
+
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     ap = subparsers.add_parser(
         "bench",
@@ -281,19 +321,24 @@ def run(args: argparse.Namespace) -> int:
             + bench_ttft(engine, hf, limits)
             + bench_decode(engine, hf, limits, args.tokens)
         )
+        engine.close()
+        del hf, engine
+        if not args.no_peer:
+            rows += bench_int8_vs_llama_cpp(native, Path(tmp), args.tokens)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print(
         f"\n{args.preset} preset ({model.config.num_parameters()['total'] / 1e9:.2f} B params), {args.dtype}, "
         f"{torch.get_num_threads()} threads; measured read bandwidth {limits['read_bandwidth_gbs']:.1f} GB/s, "
         f"fp32 matmul {limits['matmul_gflops']:.0f} GFLOP/s; peak RSS {peak_gb:.1f} GB (both models)\n"
     )
-    print("| measurement | pixtral | transformers | speed-up | limit | note |\n|---|---|---|---|---|---|")
+    print("| measurement | pixtral | peer (transformers; llama.cpp where named) | speed-up | limit | note |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         peer, limit = r.get("peer"), r.get("limit")
         # ratio > 1 means pixtral is faster (for times, peer / ours; for rates, ours / peer)
         ratio = "" if not peer else f"{(peer / r['ours'] if '(ms)' in r['what'] else r['ours'] / peer):.2f}×"
         print(
-            f"| {r['what']} | {r['ours']:.2f} | {'' if peer is None else f'{peer:.2f}'} | {ratio} | "
+            f"| {r['what']} | {_number(r['ours'])} | {'' if peer is None else f'{peer:.2f}'} | {ratio} | "
             f"{'' if limit is None else f'{limit:.1f}'} | {r.get('note', '')} |"
         )
     if args.json:
@@ -309,6 +354,10 @@ def run(args: argparse.Namespace) -> int:
                 indent=2,
             )
         )
+
+
+def _number(x: float) -> str:
+    return "–" if x != x else f"{x:.2f}"  # NaN: not measured
 
 
 if __name__ == "__main__":
