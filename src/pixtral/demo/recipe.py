@@ -2,7 +2,10 @@
 and the data it is trained and measured on.
 
     python -m pixtral.demo.recipe init --out runs/demo/init          # random weights + small tekken.json
-    pixtral train --config runs/demo/train.toml                       # see docs/demo-model.md
+    python -m pixtral.demo.recipe mix --out runs/demo/mixed.jsonl runs/demo/coarse/train.jsonl ...
+    pixtral train --config runs/demo/stage3-mixed.toml                # see docs/demo-model.md
+
+`scripts/train_demo_model.sh` runs the whole recipe (data, the three training stages, the evaluation).
 
 The architecture is Pixtral's at a small size: a 3-layer NeMo-style decoder (dim 128, GQA 4/2 heads of 32),
 a 2-layer Pixtral-ViT (hidden 64, 4 heads, RoPE-2D, native resolution), the GELU adapter, and a vocabulary
@@ -84,6 +87,42 @@ def export_training_checkpoint(checkpoint: str | Path, init: str | Path, out: st
     return out
 
 
+def mix_jsonl(out: str | Path, sources: list[str | Path], seed: int = 0) -> int:
+    """Concatenate `pixtral synth` JSONL files into one shuffled training file next to them: relative image
+    paths are rewritten relative to ``out``'s folder. Returns the number of conversations."""
+    import json
+    import os
+    import random
+
+    out = Path(out)
+    rows = []
+    for source in map(Path, sources):
+        prefix = Path(os.path.relpath(source.parent, out.parent))
+        with source.open(encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{source}:{number}: not valid JSON ({e.msg})") from e
+                for message in row["messages"]:
+                    for part in message["content"] if isinstance(message["content"], list) else []:
+                        url = (
+                            part.get("image_url", {}).get("url") if part.get("type") == "image_url" else None
+                        )
+                        if url and "://" not in url and not url.startswith(("/", "data:")):
+                            part["image_url"]["url"] = (prefix / url).as_posix()
+                rows.append(row)
+    random.Random(seed).shuffle(rows)
+    tmp = out.with_name(out.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    tmp.replace(out)
+    return len(rows)
+
+
 def demo_config_from(folder: str | Path) -> PixtralConfig:
     import json
 
@@ -101,7 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("checkpoint", type=Path)
     e.add_argument("--init", required=True, type=Path, help="the run's initial model folder")
     e.add_argument("--out", required=True, type=Path)
+    m = sub.add_parser("mix", help="shuffle several synth JSONL files into one training file")
+    m.add_argument("sources", nargs="+", type=Path, help="JSONL files written by pixtral synth")
+    m.add_argument("--out", required=True, type=Path)
+    m.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.cmd == "mix":
+        print(f"{args.out}: {mix_jsonl(args.out, args.sources, args.seed)} conversations")
     if args.cmd == "export":
         print(export_training_checkpoint(args.checkpoint, args.init, args.out))
     if args.cmd == "init":
