@@ -83,9 +83,9 @@ def test_parquet_reads_back_through_the_harness(tmp_path: Path, small_set):
             back = Image.open(__import__("io").BytesIO(data.data))
             assert np.array_equal(np.asarray(back.convert("RGB")), np.asarray(im))
         assert item.messages[-1]["content"][-1]["text"] == s.question  # no template: the question as trained
-        assert task.score(s.answer, item.reference, "fixed").metrics["exact"] == 1.0
-        assert task.score(f" {s.answer.upper()}.", item.reference, "fixed").metrics["exact"] == 1.0
-        assert task.score(s.answer + "0", item.reference, "fixed").metrics["exact"] == 0.0
+        assert task.score(s.answer, item.reference, "fixed").metrics["exact_match"] == 1.0
+        assert task.score(f" {s.answer.upper()}.", item.reference, "fixed").metrics["exact_match"] == 1.0
+        assert task.score(s.answer + "0", item.reference, "fixed").metrics["exact_match"] == 0.0
         if len(s.images) == 1 and len(s.messages) == 1:  # the built-in VQAv2 task reads the same rows
             (v,) = VQAv2().build_items(i, row, prompts, "fixed", "test")
             assert v.meta["answer_type"] == s.task and v.reference == [s.answer]

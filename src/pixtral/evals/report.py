@@ -20,6 +20,7 @@ LEVEL_NAMES = {
     "flex3": "Flexible 3 (anywhere; upper bound)",
     "direct": "Direct (whole response)",
     "anywhere": "Anywhere match alone",
+    "exact_match": "Exact match (whole answer)",
 }
 
 

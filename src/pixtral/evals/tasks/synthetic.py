@@ -48,10 +48,10 @@ class SyntheticTask(Task):
     breakdowns = ("task", "granularity")
 
     def primary_metric(self, mode: str) -> str:
-        return "exact"
+        return "exact_match"
 
     def metric_names(self, mode: str) -> list[str]:
-        return ["exact", "vqa_match"]
+        return ["exact_match", "vqa_match"]
 
     def _template(self, prompts: PromptSet) -> PromptTemplate:
         try:
@@ -106,6 +106,6 @@ class SyntheticTask(Task):
     def score(self, answer: str, reference: Any, mode: str) -> Scored:
         refs = [str(r) for r in reference]
         return Scored(
-            {"exact": exact_match(answer, refs), "vqa_match": vqa_match(answer, refs, mode)},
+            {"exact_match": exact_match(answer, refs), "vqa_match": vqa_match(answer, refs, mode)},
             {"direct": answer.strip() or None},
         )
