@@ -470,7 +470,9 @@ def main(argv: list[str] | None = None) -> int:
         print(train_arm(args.root, args.arm, args.threads, args.stage3_steps))
     elif args.action == "eval":
         res = evaluate_arm(args.root, args.arm, args.model, args.limit)
-        (args.out or args.root / f"eval-{args.arm}.json").write_text(json.dumps(res, indent=1) + "\n")
+        out = args.out or args.root / f"eval-{args.arm}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)  # e.g. ROOT/curve/ for the learning curve
+        out.write_text(json.dumps(res, indent=1) + "\n")
         for k, v in res["summary"].items():
             print(
                 f"{k:16s} n={v['n']:4d} exact={v['exact']:.3f} nll={v['nll']:.3f} gain={v['image_gain']:+.3f}"
