@@ -50,3 +50,49 @@ def test_mix_names_the_bad_line(tmp_path):
     bad.write_text('{"messages": []}\n{not json\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2"):
         mix_jsonl(tmp_path / "out.jsonl", [bad])
+
+
+def test_grow_adds_blocks_that_start_as_the_identity(tmp_path):
+    import torch
+
+    from pixtral.checkpoint.loader import load_model
+    from pixtral.demo.recipe import grow_model, write_init
+
+    src = write_init(tmp_path / "src", n_words=300, seed=3, std=0.05)
+    out = grow_model(src, tmp_path / "grown", vision_layers=2, text_layers=1)
+    small, _ = load_model(src)
+    grown, _ = load_model(out)
+    assert grown.config.vision.num_hidden_layers == small.config.vision.num_hidden_layers + 2
+    assert grown.config.text.n_layers == small.config.text.n_layers + 1
+    assert (out / "tekken.json").read_bytes() == (src / "tekken.json").read_bytes()
+    old = sum(p.numel() for p in small.parameters())
+    block_v = sum(p.numel() for p in small.vision_encoder.transformer.layers[-1].parameters())
+    block_t = sum(p.numel() for p in small.layers[-1].parameters())
+    assert sum(p.numel() for p in grown.parameters()) == old + 2 * block_v + block_t
+
+    torch.manual_seed(0)
+    images = [torch.randn(3, 48, 80), torch.randn(3, 32, 16)]
+    n_patches = 3 * 5 + 2 * 1
+    ids = torch.randint(1000, 1300, (1, n_patches + 12))
+    ids[0, 4 : 4 + n_patches] = small.config.vision.image_token_id
+    with torch.no_grad():
+        before, after = small(ids, images), grown(ids, images)
+    assert before.abs().max() > 0.1
+    assert torch.equal(before, after)  # the new blocks add exactly zero to the residual stream
+
+    # and they can learn: the zeroed output projections get gradients at once
+    grown.train()
+    grown(ids, images).logsumexp(-1).sum().backward()
+    for block in (grown.layers[-1], grown.vision_encoder.transformer.layers[-1]):
+        assert block.attention.wo.weight.grad.abs().max() > 0
+        assert block.feed_forward.w2.weight.grad.abs().max() > 0
+
+
+def test_grow_refuses_a_used_folder_and_removing_layers(tmp_path):
+    from pixtral.demo.recipe import grow_model, write_init
+
+    src = write_init(tmp_path / "src", n_words=300)
+    with pytest.raises(FileExistsError, match="src"):
+        grow_model(src, src, vision_layers=1)
+    with pytest.raises(ValueError, match="only be added"):
+        grow_model(src, tmp_path / "out", text_layers=-1)

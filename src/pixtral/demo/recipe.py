@@ -3,6 +3,7 @@ and the data it is trained and measured on.
 
     python -m pixtral.demo.recipe init --out runs/demo/init          # random weights + small tekken.json
     python -m pixtral.demo.recipe mix --out runs/demo/mixed.jsonl runs/demo/coarse/train.jsonl ...
+    python -m pixtral.demo.recipe grow MODEL --out GROWN --vision-layers 2   # deeper, same outputs
     pixtral train --config runs/demo/stage3-mixed.toml                # see docs/demo-model.md
 
 `scripts/train_demo_model.sh` runs the whole recipe (data, the three training stages, the evaluation).
@@ -87,6 +88,48 @@ def export_training_checkpoint(checkpoint: str | Path, init: str | Path, out: st
     return out
 
 
+def grow_model(src: str | Path, out: str | Path, vision_layers: int = 0, text_layers: int = 0) -> Path:
+    """Deepen a trained model without changing what it computes: append `vision_layers` blocks to the vision
+    encoder and `text_layers` to the decoder, each a copy of the last block with its output projections
+    (attention `wo`, feed-forward `w2`) set to zero, so every new block starts as the identity on the residual
+    stream (block expansion, as in LLaMA Pro) and training then makes use of it."""
+    import shutil
+    from dataclasses import replace
+
+    import torch
+
+    from pixtral.checkpoint.formats import write_checkpoint
+    from pixtral.checkpoint.loader import open_checkpoint
+
+    src, out = Path(src), Path(out)
+    if vision_layers < 0 or text_layers < 0:
+        raise ValueError("layers can only be added (vision_layers and text_layers must be >= 0)")
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: exists and is not empty")
+    ckpt = open_checkpoint(src)
+    config = ckpt.config
+    state = dict(ckpt.tensors())
+    zeroed = ("attention.wo.weight", "feed_forward.w2.weight")
+    for prefix, have, add in (
+        ("vision_encoder.transformer.layers.", config.vision.num_hidden_layers, vision_layers),
+        ("layers.", config.text.n_layers, text_layers),
+    ):
+        last = f"{prefix}{have - 1}."
+        block = {k.removeprefix(last): v for k, v in state.items() if k.startswith(last)}
+        for i in range(have, have + add):
+            for name, t in block.items():
+                state[f"{prefix}{i}.{name}"] = torch.zeros_like(t) if name in zeroed else t.clone()
+    config = replace(
+        config,
+        text=replace(config.text, n_layers=config.text.n_layers + text_layers),
+        vision=replace(config.vision, num_hidden_layers=config.vision.num_hidden_layers + vision_layers),
+    ).validated(f"{src} grown")
+    write_checkpoint(out, "native", config, iter(sorted(state.items())))
+    if (src / "tekken.json").is_file():
+        shutil.copyfile(src / "tekken.json", out / "tekken.json")
+    return out
+
+
 def mix_jsonl(out: str | Path, sources: list[str | Path], seed: int = 0) -> int:
     """Concatenate `pixtral synth` JSONL files into one shuffled training file next to them: relative image
     paths are rewritten relative to ``out``'s folder. Returns the number of conversations."""
@@ -140,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("checkpoint", type=Path)
     e.add_argument("--init", required=True, type=Path, help="the run's initial model folder")
     e.add_argument("--out", required=True, type=Path)
+    g = sub.add_parser("grow", help="add identity-initialised blocks to a trained model (same outputs)")
+    g.add_argument("model", type=Path, help="a native model folder")
+    g.add_argument("--out", required=True, type=Path)
+    g.add_argument("--vision-layers", type=int, default=0, help="blocks to add to the vision encoder")
+    g.add_argument("--text-layers", type=int, default=0, help="blocks to add to the decoder")
     m = sub.add_parser("mix", help="shuffle several synth JSONL files into one training file")
     m.add_argument("sources", nargs="+", type=Path, help="JSONL files written by pixtral synth")
     m.add_argument("--out", required=True, type=Path)
@@ -147,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cmd == "mix":
         print(f"{args.out}: {mix_jsonl(args.out, args.sources, args.seed)} conversations")
+    if args.cmd == "grow":
+        path = grow_model(args.model, args.out, args.vision_layers, args.text_layers)
+        n = demo_config_from(path).num_parameters()
+        print(f"{path}: {n['total']:,} parameters ({n})")
     if args.cmd == "export":
         print(export_training_checkpoint(args.checkpoint, args.init, args.out))
     if args.cmd == "init":
