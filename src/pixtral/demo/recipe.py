@@ -6,16 +6,18 @@ and the data it is trained and measured on.
     python -m pixtral.demo.recipe grow MODEL --out GROWN --vision-layers 2   # deeper, same outputs
     pixtral train --config runs/demo/stage3-mixed.toml                # see docs/demo-model.md
 
-`scripts/train_demo_model.sh` runs the whole recipe (data, the three training stages, the evaluation).
+`scripts/train_demo_model.sh` runs the whole recipe (data, the five training stages, the evaluation).
 
 The architecture is Pixtral's at a small size: a 3-layer NeMo-style decoder (dim 128, GQA 4/2 heads of 32),
 a 2-layer Pixtral-ViT (hidden 64, 4 heads, RoPE-2D, native resolution), the GELU adapter, and a vocabulary
-of the 1000 control tokens + the first 2000 tekken BPE ranks.
+of the 1000 control tokens + the first 2000 tekken BPE ranks; `grow` makes it 4 + 4 layers before the last
+stage (`bundled_config`).
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from pixtral.config import PixtralConfig, TextConfig, VisionConfig
@@ -48,6 +50,26 @@ def demo_config(n_words: int = N_WORDS) -> PixtralConfig:
             patch_size=16,
         ),
     ).validated("demo config")
+
+
+GROW_VISION_LAYERS = 2  # blocks `grow` adds before stage 5 (docs/demo-model.md)
+GROW_TEXT_LAYERS = 1
+
+
+def deeper(config: PixtralConfig, vision_layers: int, text_layers: int) -> PixtralConfig:
+    """`config` with `vision_layers` more vision blocks and `text_layers` more decoder blocks."""
+    if vision_layers < 0 or text_layers < 0:
+        raise ValueError("layers can only be added (vision_layers and text_layers must be >= 0)")
+    return replace(
+        config,
+        text=replace(config.text, n_layers=config.text.n_layers + text_layers),
+        vision=replace(config.vision, num_hidden_layers=config.vision.num_hidden_layers + vision_layers),
+    ).validated("deeper demo config")
+
+
+def bundled_config() -> PixtralConfig:
+    """The bundled model's shapes: the demo config, grown for stage 5 (about 1.9 M parameters)."""
+    return deeper(demo_config(), GROW_VISION_LAYERS, GROW_TEXT_LAYERS)
 
 
 def write_init(out: str | Path, n_words: int = N_WORDS, seed: int = 0, std: float = 0.02) -> Path:
@@ -94,7 +116,6 @@ def grow_model(src: str | Path, out: str | Path, vision_layers: int = 0, text_la
     (attention `wo`, feed-forward `w2`) set to zero, so every new block starts as the identity on the residual
     stream (block expansion, as in LLaMA Pro) and training then makes use of it."""
     import shutil
-    from dataclasses import replace
 
     import torch
 
@@ -102,12 +123,11 @@ def grow_model(src: str | Path, out: str | Path, vision_layers: int = 0, text_la
     from pixtral.checkpoint.loader import open_checkpoint
 
     src, out = Path(src), Path(out)
-    if vision_layers < 0 or text_layers < 0:
-        raise ValueError("layers can only be added (vision_layers and text_layers must be >= 0)")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: exists and is not empty")
     ckpt = open_checkpoint(src)
     config = ckpt.config
+    grown = deeper(config, vision_layers, text_layers)
     state = dict(ckpt.tensors())
     zeroed = ("attention.wo.weight", "feed_forward.w2.weight")
     for prefix, have, add in (
@@ -119,12 +139,7 @@ def grow_model(src: str | Path, out: str | Path, vision_layers: int = 0, text_la
         for i in range(have, have + add):
             for name, t in block.items():
                 state[f"{prefix}{i}.{name}"] = torch.zeros_like(t) if name in zeroed else t.clone()
-    config = replace(
-        config,
-        text=replace(config.text, n_layers=config.text.n_layers + text_layers),
-        vision=replace(config.vision, num_hidden_layers=config.vision.num_hidden_layers + vision_layers),
-    ).validated(f"{src} grown")
-    write_checkpoint(out, "native", config, iter(sorted(state.items())))
+    write_checkpoint(out, "native", grown, iter(sorted(state.items())))
     if (src / "tekken.json").is_file():
         shutil.copyfile(src / "tekken.json", out / "tekken.json")
     return out
