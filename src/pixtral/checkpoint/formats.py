@@ -9,6 +9,7 @@ native tensor names, q/k rows laid out for interleaved RoPE, tensors in their st
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,15 @@ from pixtral.errors import CheckpointError, ConfigError
 NATIVE_PARAMS, NATIVE_WEIGHTS = "params.json", "consolidated.safetensors"
 HF_CONFIG, HF_WEIGHTS, HF_INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 TOKENIZER_FILES = ("tekken.json",)
+
+
+def copy_tokenizer_files(src: Path, dst: Path) -> None:
+    """Copy the tokenizer files `src` has (TOKENIZER_FILES) into the model folder `dst`."""
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+
+
 FORMATS = ("native", "hf")
 
 

@@ -4,7 +4,6 @@ against the config before reading any, load into a model with bounded memory, sa
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +11,8 @@ from pathlib import Path
 import torch
 
 from pixtral.checkpoint.formats import (
-    TOKENIZER_FILES,
     TensorSource,
+    copy_tokenizer_files,
     detect_format,
     read_config,
     read_sources,
@@ -111,7 +110,5 @@ def convert(src: str | Path, dst: str | Path, to: str) -> Checkpoint:
     if dst.exists() and any(dst.iterdir()):
         raise CheckpointError(f"{dst}: destination exists and is not empty")
     write_checkpoint(dst, to, ckpt.config, ckpt.tensors())
-    for name in TOKENIZER_FILES:
-        if (ckpt.folder / name).is_file():
-            shutil.copyfile(ckpt.folder / name, dst / name)
+    copy_tokenizer_files(ckpt.folder, dst)
     return ckpt

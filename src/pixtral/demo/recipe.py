@@ -115,11 +115,9 @@ def grow_model(src: str | Path, out: str | Path, vision_layers: int = 0, text_la
     encoder and `text_layers` to the decoder, each a copy of the last block with its output projections
     (attention `wo`, feed-forward `w2`) set to zero, so every new block starts as the identity on the residual
     stream (block expansion, as in LLaMA Pro) and training then makes use of it."""
-    import shutil
-
     import torch
 
-    from pixtral.checkpoint.formats import write_checkpoint
+    from pixtral.checkpoint.formats import copy_tokenizer_files, write_checkpoint
     from pixtral.checkpoint.loader import open_checkpoint
 
     src, out = Path(src), Path(out)
@@ -140,8 +138,7 @@ def grow_model(src: str | Path, out: str | Path, vision_layers: int = 0, text_la
             for name, t in block.items():
                 state[f"{prefix}{i}.{name}"] = torch.zeros_like(t) if name in zeroed else t.clone()
     write_checkpoint(out, "native", grown, iter(sorted(state.items())))
-    if (src / "tekken.json").is_file():
-        shutil.copyfile(src / "tekken.json", out / "tekken.json")
+    copy_tokenizer_files(ckpt.folder, out)
     return out
 
 

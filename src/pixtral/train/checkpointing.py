@@ -35,7 +35,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from pixtral.checkpoint.formats import TOKENIZER_FILES, write_checkpoint
+from pixtral.checkpoint.formats import copy_tokenizer_files, write_checkpoint
 from pixtral.config import PixtralConfig
 from pixtral.errors import CheckpointError
 from pixtral.train import distributed as D
@@ -191,8 +191,7 @@ def export_model(
         for i, fmt in enumerate(formats):
             target = folder if i == 0 else folder / fmt
             write_checkpoint(target, fmt, config, iter(state.items()))
-            for name in TOKENIZER_FILES:
-                if tokenizer_dir is not None and (tokenizer_dir / name).is_file():
-                    shutil.copyfile(tokenizer_dir / name, target / name)
+            if tokenizer_dir is not None:
+                copy_tokenizer_files(tokenizer_dir, target)
     D.barrier()
     return folder

@@ -218,7 +218,7 @@ def merge_lora_checkpoint(
 ) -> Path:
     """Load `base`, apply the adapters of folder `adapter`, merge them (in float32), and save a plain
     checkpoint to `out` in the base's stored dtype unless `dtype` is given (`pixtral convert --merge-lora`)."""
-    from pixtral.checkpoint.formats import TOKENIZER_FILES
+    from pixtral.checkpoint.formats import copy_tokenizer_files
     from pixtral.checkpoint.loader import DTYPES, load_model, save_model
 
     out = Path(out)
@@ -229,7 +229,5 @@ def merge_lora_checkpoint(
     merge_lora_(model)
     model.to(DTYPES[dtype] if dtype else ckpt.stored_dtype)
     save_model(model, out, fmt)
-    for name in TOKENIZER_FILES:
-        if (ckpt.folder / name).is_file():
-            (out / name).write_bytes((ckpt.folder / name).read_bytes())
+    copy_tokenizer_files(ckpt.folder, out)
     return out
