@@ -4,6 +4,7 @@ file whose image paths still resolve (what `pixtral train` reads), the same orde
 import json
 
 import pytest
+import torch
 
 from pixtral.demo.recipe import mix_jsonl
 from pixtral.synthetic import generate, write_jsonl
@@ -96,3 +97,63 @@ def test_grow_refuses_a_used_folder_and_removing_layers(tmp_path):
         grow_model(src, src, vision_layers=1)
     with pytest.raises(ValueError, match="only be added"):
         grow_model(src, tmp_path / "out", text_layers=-1)
+
+
+def test_recipe_stages_chain_and_the_script_runs_each_one():
+    """examples/demo-model/stage*.toml are valid `pixtral train` configs, each starting from the one before it
+    (stage 5 from the grown model), and scripts/train_demo_model.sh runs them in order and makes their data."""
+    import re
+    from pathlib import Path
+
+    import tomllib
+
+    from pixtral.train.config import make_config
+
+    root = Path(__file__).resolve().parents[2]
+    files = sorted((root / "examples" / "demo-model").glob("stage*.toml"))
+    script = (root / "scripts" / "train_demo_model.sh").read_text()
+    loop = re.search(r"for stage in ([^;]+); do", script).group(1).split()
+    assert loop == [f.stem for f in files]
+    previous = "init"
+    for number, file in enumerate(files, start=1):
+        make_config(file)  # a valid training config
+        raw = tomllib.loads(file.read_text())  # paths as written: relative to the run folder
+        out_dir, model, data = raw["out_dir"], raw["model"], raw["data"]
+        assert out_dir == f"stage{number}", file.name
+        assert model == ("grown" if number == 5 else previous), file.name
+        assert data.split("/")[0] in script, f"{file.name}: nothing in the script writes {data}"
+        previous = f"{out_dir}/final"
+    assert f"serve --model {previous}" in script  # the script measures the last stage
+
+
+def test_export_training_checkpoint_gives_the_model_the_run_exports(tmp_path):
+    """`recipe export` of a run's last checkpoint holds the same tensors as the run's own final export, with the
+    config and tokenizer of the model the run started from."""
+    from safetensors.torch import load_file
+
+    from pixtral.demo.recipe import export_training_checkpoint, write_init
+    from pixtral.train.checkpointing import latest_checkpoint
+    from pixtral.train.config import make_config
+    from pixtral.train.loop import train
+
+    init = write_init(tmp_path / "init", n_words=300)
+    data = write_jsonl(tmp_path / "data", generate("train", 4, max_side=128, tasks=["big_shape_colour"]))
+    cfg = make_config(overrides={"model": str(init), "data": str(data), "out_dir": str(tmp_path / "run"),
+                                 "max_steps": 2, "save_every": 1, "seq_len": 512, "batch_size": 2,
+                                 "micro_batch_size": 2, "lr": 1e-2, "warmup_steps": 0, "progress": False,
+                                 "export_dtype": "float32"})  # fmt: skip
+    train(cfg)
+    final = tmp_path / "run" / "final"
+    out = export_training_checkpoint(latest_checkpoint(tmp_path / "run"), init, tmp_path / "exported")
+    ours, theirs = (
+        load_file(str(out / "consolidated.safetensors")),
+        load_file(str(final / "consolidated.safetensors")),
+    )
+    assert ours.keys() == theirs.keys()
+    for name, t in theirs.items():
+        assert torch.equal(ours[name], t), name
+    assert not torch.equal(
+        theirs["output.weight"], load_file(str(init / "consolidated.safetensors"))["output.weight"]
+    )
+    assert json.loads((out / "params.json").read_text()) == json.loads((init / "params.json").read_text())
+    assert (out / "tekken.json").read_bytes() == (init / "tekken.json").read_bytes()

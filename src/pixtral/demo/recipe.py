@@ -90,14 +90,13 @@ def write_init(out: str | Path, n_words: int = N_WORDS, seed: int = 0, std: floa
 
 def export_training_checkpoint(checkpoint: str | Path, init: str | Path, out: str | Path) -> Path:
     """A `pixtral train` checkpoint folder (torch.distributed.checkpoint) -> a native model folder (float32,
-    params.json and tekken.json from `init`): to use a run's intermediate weights, e.g. a run stopped early."""
-    import shutil
+    params.json and the tokenizer from `init`): to use a run's intermediate weights, e.g. a run stopped early."""
     import tempfile
 
     import torch
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-    from pixtral.checkpoint.formats import write_checkpoint
+    from pixtral.checkpoint.formats import copy_tokenizer_files, write_checkpoint
 
     init, out = Path(init), Path(out)
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,7 +105,7 @@ def export_training_checkpoint(checkpoint: str | Path, init: str | Path, out: st
     model = {k.removeprefix("model."): v.float() for k, v in state.items()}
     config = demo_config_from(init)
     write_checkpoint(out, "native", config, iter(model.items()))
-    shutil.copyfile(init / "tekken.json", out / "tekken.json")
+    copy_tokenizer_files(init, out)
     return out
 
 
