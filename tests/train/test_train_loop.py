@@ -103,6 +103,21 @@ def test_config_errors_say_what_to_fix(tmp_path):
         train(cfg)
 
 
+def test_toml_config_on_python_3_10_reads_with_tomli(tmp_path, monkeypatch):
+    """Python 3.10 has no tomllib: the `tomli` dependency (same API) reads the file there."""
+    import types
+
+    calls = []
+    fake = types.SimpleNamespace(
+        loads=lambda text: calls.append(text) or {"data": "data.jsonl", "max_steps": 7}
+    )
+    monkeypatch.setitem(sys.modules, "tomli", fake)
+    monkeypatch.setattr(sys, "version_info", (3, 10, 14, "final", 0))
+    (tmp_path / "c.toml").write_text('data = "data.jsonl"\nmax_steps = 7\n')
+    assert make_config(tmp_path / "c.toml").max_steps == 7
+    assert calls == ['data = "data.jsonl"\nmax_steps = 7\n']
+
+
 def _launch(cfg_path: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     return subprocess.Popen(

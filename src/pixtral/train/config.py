@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         if path.suffix == ".json":
             values = json.loads(text)
         elif path.suffix == ".toml":
-            import tomllib
+            if sys.version_info >= (3, 11):
+                import tomllib
+            else:  # a dependency on Python 3.10
+                import tomli as tomllib
 
             values = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml"):
