@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train the bundled demo model from scratch and measure it: the whole recipe of docs/demo-model.md.
 #   bash scripts/train_demo_model.sh [RUN_DIR]        (default runs/demo; about 4.5 hours on 2 CPU cores)
-# Resumable: a stage whose final/ exists is skipped; rerun after a stop to go on (stages 3 and 4 checkpoint every
+# Resumable: a stage whose final/ exists is skipped; rerun after a stop to go on (stages 3-6 checkpoint every
 # 500 steps and `pixtral train --resume` picks it up). Needs the package installed in .venv (README).
 set -euo pipefail
 cd "$(dirname "$0")/.."

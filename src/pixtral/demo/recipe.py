@@ -6,12 +6,12 @@ and the data it is trained and measured on.
     python -m pixtral.demo.recipe grow MODEL --out GROWN --vision-layers 2   # deeper, same outputs
     pixtral train --config runs/demo/stage3-mixed.toml                # see docs/demo-model.md
 
-`scripts/train_demo_model.sh` runs the whole recipe (data, the five training stages, the evaluation).
+`scripts/train_demo_model.sh` runs the whole recipe (data, the six training stages, the evaluation).
 
 The architecture is Pixtral's at a small size: a 3-layer NeMo-style decoder (dim 128, GQA 4/2 heads of 32),
 a 2-layer Pixtral-ViT (hidden 64, 4 heads, RoPE-2D, native resolution), the GELU adapter, and a vocabulary
-of the 1000 control tokens + the first 2000 tekken BPE ranks; `grow` makes it 4 + 4 layers before the last
-stage (`bundled_config`).
+of the 1000 control tokens + the first 2000 tekken BPE ranks; `grow` makes it 4 + 4 layers before stage 5
+(`bundled_config`).
 """
 
 from __future__ import annotations
