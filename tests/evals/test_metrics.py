@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
+import json
+from pathlib import Path
+
 import pytest
 
 from pixtral.evals.metrics import (
@@ -222,3 +226,68 @@ def test_compat_edge_cases_follow_the_reference_code():
     assert relaxed_correctness("5%%", ["0.05"], COMPAT) == 1.0  # every trailing % stripped
     assert parse_flex2("Final Answer: **") is None  # empty after deletion: a parse failure
     assert flex3_correctness("Final Answer: **\nit is 5", ["5"], COMPAT) == 1.0  # ... so the fallback runs
+
+
+# ------------------------------------------------------------------ compat = the reference's own metric code
+# 12,000 random answer/reference pairs (+3,000 VQA) scored by mistral-evals' eval/metrics.py at d61811f
+# (unicode digits and spaces, scientific notation, mixed numeric/text references); inputs it raises on are absent.
+REFERENCE_CASES = Path(__file__).parent / "data" / "metric-reference-cases.json.gz"
+
+
+def test_compat_equals_the_reference_metric_code_on_every_recorded_case():
+    cases = json.loads(gzip.decompress(REFERENCE_CASES.read_bytes()))
+    assert len(cases["relaxed"]) == 12_000 and len(cases["vqa"]) == 3_000
+    ours = {
+        "explicit_prompt_relaxed_correctness": lambda a, r: relaxed_correctness(parse_flex2(a), r, COMPAT),
+        "anywhere_in_answer_relaxed_correctness": lambda a, r: flex3_correctness(a, r, COMPAT),
+        "anls": lambda a, r: anls(a, r, COMPAT),
+    }
+    wrong = [
+        (metric, case["answer"], case["refs"], case[metric], fn(case["answer"], case["refs"]))
+        for case in cases["relaxed"]
+        for metric, fn in ours.items()
+        if abs(fn(case["answer"], case["refs"]) - case[metric]) > 1e-9
+    ]
+    wrong += [
+        ("vqa_match", c["answer"], c["refs"], c["vqa_match"], vqa_match(c["answer"], c["refs"], COMPAT))
+        for c in cases["vqa"]
+        if abs(vqa_match(c["answer"], c["refs"], COMPAT) - c["vqa_match"]) > 1e-9
+    ]
+    assert wrong == [], f"{len(wrong)} cases differ from the reference, first: {wrong[:3]}"
+
+
+@pytest.mark.parametrize(
+    "answer,refs,metric,reference_score",
+    [
+        # str.isdigit() is true for "²" and "①": the number branch (end punctuation stripped, no quote removal)
+        ("Final Answer: x².", ["x²"], "flex2", 1.0),
+        ('Final Answer: "x²"', ["x²"], "flex2", 0.0),
+        # text candidates are built from every reference once one is non-numeric, "1e3" too
+        ("it was 1e3", ["dog", "1e3"], "flex3", 1.0),
+        ("it was 1e3", ["1e3"], "flex3", 0.0),
+        # trailing whitespace of any script is end punctuation (a no-break space here)
+        ("Final Answer: Q3 2021\xa0*", ["Q3 2021"], "flex2", 1.0),
+    ],
+)  # fmt: skip
+def test_compat_unicode_digits_mixed_references_and_unicode_spaces(answer, refs, metric, reference_score):
+    score = (
+        relaxed_correctness(parse_flex2(answer), refs, COMPAT)
+        if metric == "flex2"
+        else flex3_correctness(answer, refs, COMPAT)
+    )
+    assert score == reference_score
+
+
+@pytest.mark.parametrize("parse", [parse_exact, parse_flex1, parse_flex2])
+@pytest.mark.parametrize("answer", ["Final Answer: [2, 5]", "Final Answer: [2,5]", "Final Answer: 2, 5"])
+def test_fixed_scores_list_answers_at_every_parsing_level(parse, answer):
+    assert relaxed_correctness(parse(answer), ["[2, 5]"], FIXED) == 1.0
+    assert relaxed_correctness(parse(answer), ["[2, 6]"], FIXED) == 0.0
+    assert relaxed_correctness(parse(answer), ["[5, 2]"], FIXED) == 0.0  # order matters
+    assert relaxed_correctness(parse(answer), ["[2, 5, 7]"], FIXED) == 0.0
+    assert flex3_correctness(answer, ["[2, 5]"], FIXED) == 1.0
+
+
+def test_compat_keeps_the_references_list_answer_behaviour():
+    # flex2 deletes the answer's brackets but not the reference's: never a match, as in mistral-evals
+    assert relaxed_correctness(parse_flex2("Final Answer: [2, 5]"), ["[2, 5]"], COMPAT) == 0.0

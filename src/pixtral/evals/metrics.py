@@ -37,13 +37,14 @@ def normalize_string(s: str) -> str:
     return s
 
 
-_END_PUNCT = (set(string.punctuation) | set(string.whitespace)) - {"%"}
+_END_PUNCT = set(string.punctuation) - {"%"}
 
 
 def remove_end_punctuation(s: str) -> str:
-    """Strip trailing punctuation and whitespace, except ``%``."""
+    """Strip trailing ASCII punctuation except ``%``, and trailing whitespace of any script (``str.isspace``:
+    a no-break space too, as mistral-evals strips it)."""
     end = len(s)
-    while end and s[end - 1] in _END_PUNCT:
+    while end and (s[end - 1] in _END_PUNCT or s[end - 1].isspace()):
         end -= 1
     return s[:end]
 
@@ -54,8 +55,16 @@ _HAS_DIGIT = re.compile(r"\d")
 _LETTER_ANSWER = re.compile(r"^\(?([A-Za-z])\)?(?=$|[\s.:,)\]])")
 
 
+def _has_digit(text: str, mode: str) -> bool:
+    """compat: ``str.isdigit`` as mistral-evals (true for ``²`` and ``①``, which no number parse accepts);
+    fixed: decimal digits only (``\\d``: ``3``, ``٣``, ``３``)."""
+    if mode == COMPAT:
+        return any(ch.isdigit() for ch in text)
+    return _HAS_DIGIT.search(text) is not None
+
+
 def _preprocess(text: str, mode: str) -> str:
-    if not _HAS_DIGIT.search(text):
+    if not _has_digit(text, mode):
         text = normalize_string(text)
         # fixed: "Yes." is "Yes" (spec §3.4 verified quirk, §8 recommendation)
         return remove_end_punctuation(text.strip()) if mode == FIXED else text
@@ -70,9 +79,27 @@ def _to_float(text: str) -> tuple[float | None, bool]:
         return None, False
 
 
+def _list_elements(text: str, brackets_required: bool) -> list[str] | None:
+    """``"[2, 5]"`` -> ``["2", "5"]``; without brackets only when allowed (flex2 deletes them from answers)."""
+    text = text.strip()
+    if text[:1] in "[(" and text[-1:] in "])":
+        text = text[1:-1]
+    elif brackets_required:
+        return None
+    return [part.strip() for part in text.split(",")]
+
+
 def _relaxed_one(prediction: str, target: str, mode: str) -> bool:
     if mode == FIXED:
         prediction, target = prediction.strip(), target.strip()
+        # MathVista's list answers ("[2, 5]"): compared element by element, brackets optional in the answer
+        # (compat keeps the reference's behaviour: flex2 deletes the answer's brackets, so they never match)
+        target_list = _list_elements(target, brackets_required=True)
+        if target_list is not None and len(target_list) > 1:
+            predicted = _list_elements(prediction, brackets_required=False)
+            return len(predicted) == len(target_list) and all(
+                _relaxed_one(p, t, mode) for p, t in zip(predicted, target_list, strict=True)
+            )
     pred = _preprocess(prediction, mode)
     tgt = _preprocess(target, mode)
     p, p_pct = _to_float(pred)
@@ -134,9 +161,11 @@ def _bounded_occurrence(text: str, number: str) -> bool:
 def anywhere_in_answer(response: str, targets: Sequence[str], mode: str = FIXED) -> float:
     """Flexible Level 3's match: does a reference appear anywhere in the raw response?
 
-    compat: numbers as raw substrings ("6" matches "16"), text candidates compared against the *un-lowercased*
-    response (bug B8: capitalised references never match). fixed: number matches need digit boundaries and the
-    response is lowercased too.
+    compat: numbers as raw substrings ("6" matches "16"); the text candidates are tried once any reference is
+    non-numeric, and are then built from *every* reference ("was 1e3" counts beside a text reference, not
+    alone); they are compared against the *un-lowercased* response (bug B8: capitalised references never
+    match). fixed: number matches need digit boundaries, text candidates come from the non-numeric references
+    only (so "is 6" cannot match "is 6.5"), and the response is lowercased too.
     """
     text_targets = []
     for ref in targets:
@@ -151,6 +180,8 @@ def anywhere_in_answer(response: str, targets: Sequence[str], mode: str = FIXED)
                 return 1.0
         elif any(_bounded_occurrence(response, f) for f in forms):
             return 1.0
+    if mode == COMPAT and text_targets:
+        text_targets = [str(ref) for ref in targets]
     haystack = response if mode == COMPAT else response.lower()
     for ref in text_targets:
         for cand in (f"is {ref}", f"was {ref}", f" {ref}.", f"are {ref}", f"\n\n{ref}"):

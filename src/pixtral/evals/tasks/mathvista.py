@@ -18,7 +18,7 @@ class MathVista(CoTTask):
         image_columns=("decoded_image",),
         required_columns=("decoded_image", "query", "answer"),
     )
-    breakdowns = ("question_type", "task")
+    breakdowns = ("question_type", "answer_type", "task")
 
     def build_items(
         self, index: int, row: dict[str, Any], prompts: PromptSet, mode: str, split: str
@@ -39,6 +39,8 @@ class MathVista(CoTTask):
         metadata = row.get("metadata") or {}
         meta = {
             "question_type": row.get("question_type") or "unknown",
+            "answer_type": row.get("answer_type")
+            or "unknown",  # "list" rows score only in `fixed` at flex2/3
             "task": (metadata.get("task") if isinstance(metadata, dict) else None) or "unknown",
         }
         return [Item(item_id, self.name, messages, max_tokens, [reference], meta=meta)]
