@@ -136,3 +136,32 @@ def test_parquet_rows_are_read_lazily_by_row_group(tmp_path):
     assert len(loaded.source._cache) <= 4  # only a few row groups in memory
     with pytest.raises(IndexError):
         loaded[20]
+
+
+def test_naive_prompts_are_lmms_evals_texts(fixtures):
+    """lmms-eval: MMMU puts a blank line before its instruction; ChartQA asks for "a single word"."""
+    naive = load_prompt_set("naive")
+    mmmu = get_task("mmmu")
+    rows = load_local(fixtures.root / "mmmu", "validation")
+
+    def last_text(index: int) -> str:
+        item = mmmu.build_items(index, rows[index], naive, "fixed", "validation")[0]
+        return [p["text"] for p in item.messages[0]["content"] if p["type"] == "text"][-1]
+
+    assert rows[0]["question_type"] == "multiple-choice" and rows[3]["question_type"] == "open"
+    assert last_text(0).endswith(
+        "\nB. square\n\nAnswer with the option's letter from the given choices directly."
+    )
+    assert last_text(3).endswith("[q:mmmu-3]\n\nAnswer the question using a single word or phrase.")
+    assert naive.for_task("chartqa").render("Q?") == "Q?\nAnswer the question with a single word."
+
+
+def test_mm_mt_bench_plain_string_turns_are_sent_as_strings(fixtures):
+    task = get_task("mm_mt_bench")
+    rows = load_local(fixtures.root / "mm_mt_bench", "eval")
+    items = task.build_items(2, rows[2], load_prompt_set("explicit"), "fixed", "eval")
+    conv = json.loads(rows[2]["conversation"])
+    last = items[-1].messages
+    assert len(items) > 1 and isinstance(conv[2]["content"], str)
+    assert isinstance(last[0]["content"], list)  # the first turn: image + text chunks, as in the dataset
+    assert [m["content"] for m in last[2::2]] == [m["content"] for m in conv[2 : len(last) : 2]]

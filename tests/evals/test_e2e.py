@@ -147,7 +147,10 @@ def test_model_requests_follow_the_protocol(full_run, fixtures):
     msgs = reqs["mm_mt_bench:eval:2:t2"]["messages"]
     assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant", "user"]
     assert msgs[1]["content"] == "Sales grow steadily." and msgs[3]["content"] == "2021 peaks."
-    assert msgs[0]["content"][0]["type"] == "image_url" and msgs[4]["content"][0]["text"] == "Why? [q:mt-2-2]"
+    assert msgs[0]["content"][0]["type"] == "image_url"
+    assert (
+        msgs[4]["content"] == "Why? [q:mt-2-2]"
+    )  # a plain-string turn is sent as the string, as the reference does
 
 
 def test_reports_and_provenance(full_run):
@@ -251,7 +254,9 @@ def test_prompt_sets_naive_and_custom_file(fixtures, server, tmp_path):
     naive = run_eval(config(fixtures, server.url, tmp_path / "naive", ["chartqa"], prompts="naive"))
     assert naive["tasks"]["chartqa"]["primary_metric"] == "direct"
     texts = [r["body"]["messages"][0]["content"][1]["text"] for r in server.model_requests()]
-    assert all(t.endswith("\n" + SHORT_ANSWER) for t in texts)
+    assert texts and all(
+        t.endswith("]\nAnswer the question with a single word.") for t in texts
+    )  # lmms-eval's
     prompt_file = tmp_path / "prompts.json"
     prompt_file.write_text(
         json.dumps(

@@ -49,6 +49,7 @@ PROMPT_VQA = """- Answer the question using a single word, number, or short phra
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 MCQ_LETTER = "Answer with the option's letter from the given choices directly."
+SINGLE_WORD = "Answer the question with a single word."  # lmms-eval's ChartQA post-prompt
 
 
 @dataclass(frozen=True)
@@ -91,13 +92,15 @@ def _explicit(scoring: str) -> dict[str, PromptTemplate]:
 
 
 def _naive() -> dict[str, PromptTemplate]:
-    # The paper did not publish its naive prompts (spec §4 Table 4); these are lmms-eval's / VLMEvalKit's.
+    # The paper did not publish its naive prompts (docs/evaluation.md); these are lmms-eval's texts, byte for
+    # byte: MMMU puts a blank line before its instruction, ChartQA asks for "a single word", MathVista's
+    # `query` column is the prompt lmms-eval sends (hint + question, pre-rendered by the dataset).
     return {
         "mm_mt_bench": PromptTemplate("{question}", 4096),
-        "mmmu": PromptTemplate("{question}\n" + MCQ_LETTER, 2048),
-        "mmmu_open": PromptTemplate("{question}\n" + SHORT_ANSWER, 2048),
+        "mmmu": PromptTemplate("{question}\n\n" + MCQ_LETTER, 2048),
+        "mmmu_open": PromptTemplate("{question}\n\n" + SHORT_ANSWER, 2048),
         "mathvista": PromptTemplate("{question}", 2048),
-        "chartqa": PromptTemplate("{question}\n" + SHORT_ANSWER, 2048),
+        "chartqa": PromptTemplate("{question}\n" + SINGLE_WORD, 2048),
         "docvqa": PromptTemplate("{question}\n" + SHORT_ANSWER, 10),
         "vqav2": PromptTemplate("{question}\n" + SHORT_ANSWER, 10),
     }

@@ -42,6 +42,11 @@ def parse_conversation(value: Any, where: str) -> list[dict[str, Any]]:
     return conv
 
 
+def user_content(content: Any, image: ImageData) -> str | list[dict[str, Any]]:
+    """A dataset user message as request content: a plain string stays a string, as the reference sends it."""
+    return content if isinstance(content, str) else user_parts(content, image)
+
+
 def user_parts(content: Any, image: ImageData) -> list[dict[str, Any]]:
     """A dataset user message as our content parts; ``{"type": "image"}`` chunks become the row's image."""
     if isinstance(content, str):
@@ -52,6 +57,18 @@ def user_parts(content: Any, image: ImageData) -> list[dict[str, Any]]:
             parts.append(image_part(image))
         elif chunk.get("type") == "text":
             parts.append(text_part(str(chunk.get("text", ""))))
+    return parts
+
+
+def _render_last_text(content: str | list[dict[str, Any]], render: Any) -> str | list[dict[str, Any]]:
+    """The judged question with the prompt template applied to its (last) text."""
+    if isinstance(content, str):
+        return render(content)
+    parts = list(content)
+    for k in range(len(parts) - 1, -1, -1):
+        if parts[k]["type"] == "text":
+            parts[k] = text_part(render(parts[k]["text"]))
+            break
     return parts
 
 
@@ -79,13 +96,10 @@ class MMMTBench(Task):
             messages: list[dict[str, Any]] = []
             for j, m in enumerate(conv[: i + 1]):
                 if m["role"] == "user":
-                    parts = user_parts(m["content"], image)
+                    content = user_content(m["content"], image)
                     if j == i and template.template != "{question}":
-                        for k in range(len(parts) - 1, -1, -1):
-                            if parts[k]["type"] == "text":
-                                parts[k] = text_part(template.render(parts[k]["text"]))
-                                break
-                    messages.append({"role": "user", "content": parts})
+                        content = _render_last_text(content, template.render)
+                    messages.append({"role": "user", "content": content})
                 else:
                     messages.append({"role": "assistant", "content": content_text(m["content"])})
             turn = i // 2
