@@ -117,3 +117,55 @@ def test_kill_9_at_random_points_then_resume_equals_uninterrupted_run(tmp_path):
     assert killed_results == clean_results
     assert killed_items == clean_items
     assert sum(len(v.splitlines()) for v in killed_items.values()) == n_items
+
+
+def test_at_most_concurrency_answers_are_ever_unsaved(tmp_path, monkeypatch):
+    """The kill -9 bound: between its request and its committed answer an item holds one of --concurrency slots,
+    so a new request never starts while `concurrency` answers are received but not yet on disk (slow fsync)."""
+    from pixtral.evals import EvalConfig, run_eval
+    from pixtral.evals.backends.http import OpenAIHTTPBackend
+    from pixtral.evals.store import GroupCommitter, Store
+
+    unsaved, peak = 0, 0
+    complete, commit, apply = OpenAIHTTPBackend.complete, GroupCommitter.commit, Store.apply
+
+    async def counting_complete(self, *args, **kwargs):
+        nonlocal unsaved, peak
+        unsaved += 1
+        peak = max(peak, unsaved)
+        return await complete(self, *args, **kwargs)
+
+    async def counting_commit(self, ops):
+        nonlocal unsaved
+        await commit(self, ops)
+        if ops[0][0].startswith("INSERT OR REPLACE INTO answers"):
+            unsaved -= 1
+
+    def slow_apply(self, ops):
+        time.sleep(0.03)  # a slow disk: answers arrive faster than they are committed
+        apply(self, ops)
+
+    monkeypatch.setattr(OpenAIHTTPBackend, "complete", counting_complete)
+    monkeypatch.setattr(GroupCommitter, "commit", counting_commit)
+    monkeypatch.setattr(Store, "apply", slow_apply)
+    fx = build_fixtures(tmp_path / "data", copies=3)
+    srv = FakeOpenAIServer(fx.oracle)
+    url = srv.start()
+    try:
+        cfg = EvalConfig(tasks=["chartqa", "vqav2"], output_dir=tmp_path / "out", endpoints=[url],
+                         data_dir=fx.root, progress=False, concurrency=2, bootstrap=10)  # fmt: skip
+        results = run_eval(cfg)
+    finally:
+        srv.stop()
+    assert results["run"]["requests"]["generated"] == 24 and unsaved == 0
+    assert peak <= 2
+
+
+def test_concurrency_below_one_is_refused_for_every_backend(tmp_path):
+    import pytest
+
+    from pixtral.evals import EvalConfig, run_eval
+    from pixtral.evals.errors import EvalConfigError
+
+    with pytest.raises(EvalConfigError, match="--concurrency must be at least 1"):
+        run_eval(EvalConfig(tasks=["chartqa"], output_dir=tmp_path, in_process=True, concurrency=0))

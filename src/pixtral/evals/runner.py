@@ -69,6 +69,9 @@ class _Session:
     backend: Any
     judge_backend: OpenAIHTTPBackend | None
     progress: ProgressReporter
+    # Held from an item's request until its answer is committed: a kill -9 loses at most --concurrency answers
+    # (the backend's own limit is released when the response arrives, before the commit).
+    answer_slots: asyncio.Semaphore
 
 
 @dataclass
@@ -105,6 +108,8 @@ class Runner:
             raise EvalConfigError(
                 "--dataset / --dataset-config name one dataset: use them with a single --task"
             )
+        if cfg.concurrency < 1:
+            raise EvalConfigError("--concurrency must be at least 1")
         if not cfg.in_process and not cfg.endpoints:
             raise EvalConfigError("pass --endpoint URL (an OpenAI-compatible server) or --in-process")
         self.judge_params = JudgeParams(
@@ -173,7 +178,8 @@ class Runner:
                 progress = stack.enter_context(ProgressReporter(enabled=cfg.progress))
                 committer = GroupCommitter(store)
                 stack.push_async_callback(committer.aclose)
-                session = _Session(store, committer, backend, judge_backend, progress)
+                slots = asyncio.Semaphore(cfg.concurrency)
+                session = _Session(store, committer, backend, judge_backend, progress, slots)
                 return [await self._run_task(session, task, rows, indices) for task, rows, indices in loaded]
         finally:
             store.close()
@@ -242,24 +248,25 @@ class Runner:
             answer_text = s.store.get_answer(rec.key).text
             self.counters.reused += 1
         else:
-            start = time.monotonic()
-            try:
-                completion = await s.backend.complete(
-                    item.messages,
-                    max_tokens=item.max_tokens,
-                    temperature=item.temperature,
-                    item_id=item.item_id,
+            async with s.answer_slots:
+                start = time.monotonic()
+                try:
+                    completion = await s.backend.complete(
+                        item.messages,
+                        max_tokens=item.max_tokens,
+                        temperature=item.temperature,
+                        item_id=item.item_id,
+                    )
+                except BackendError as exc:
+                    await s.committer.commit(s.store.error_ops(rec.key, item.item_id, "generate", str(exc)))
+                    self.counters.failed += 1
+                    return
+                latency = time.monotonic() - start
+                await s.committer.commit(
+                    s.store.answer_ops(
+                        rec.key, task.name, item.item_id, self.model_name or "", completion, latency
+                    )
                 )
-            except BackendError as exc:
-                await s.committer.commit(s.store.error_ops(rec.key, item.item_id, "generate", str(exc)))
-                self.counters.failed += 1
-                return
-            latency = time.monotonic() - start
-            await s.committer.commit(
-                s.store.answer_ops(
-                    rec.key, task.name, item.item_id, self.model_name or "", completion, latency
-                )
-            )
             done_keys.add(rec.key)
             answer_text = completion.text or ""
             self.counters.generated += 1
