@@ -1,4 +1,4 @@
-"""Data loading: Hugging Face by name and split only, local parquet/arrow/jsonl folders, clear errors."""
+"""Data loading: local parquet/arrow/jsonl folders, clear errors (the hub: test_hub_data.py)."""
 
 from __future__ import annotations
 
@@ -9,47 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from pixtral.evals import EvalConfig, run_eval
-from pixtral.evals.data import load_local, load_rows, select_indices
+from pixtral.evals.data import load_local, select_indices
 from pixtral.evals.errors import DatasetError
 from pixtral.evals.images import sniff_mime, to_image_data
 from pixtral.evals.prompts import load_prompt_set
 from pixtral.evals.tasks import get_task
 from tests.evals.fixtures import render
-
-
-def test_hub_path_loads_one_split_and_keeps_original_image_bytes(fixtures, monkeypatch, tmp_path):
-    datasets = pytest.importorskip("datasets")
-    calls = []
-    parquet = fixtures.root / "docvqa" / "DocVQA" / "validation-00000-of-00001.parquet"
-
-    def fake_load_dataset(name, config=None, *, split=None, revision=None, **kw):
-        calls.append((name, config, split, revision, kw))
-        ds = datasets.Dataset.from_parquet(str(parquet), cache_dir=str(tmp_path))
-        return ds.cast_column(
-            "image", datasets.Image()
-        )  # the hub's feature type: decoded PIL images by default
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    task = get_task("docvqa")
-    rows = load_rows(task.dataset, "docvqa", None, None, None, None, "abc123")
-    assert calls == [("lmms-lab/DocVQA", "DocVQA", "validation", "abc123", {})]  # by name and split only
-    assert rows.provenance["source"] == "huggingface" and rows.provenance["revision"] == "abc123"
-    item = task.build_items(0, rows[0], load_prompt_set("explicit"), "fixed", "validation")[0]
-    image = item.messages[0]["content"][0]["image"]
-    assert (
-        image.data == pq.read_table(parquet).column("image")[0].as_py()["bytes"]
-    )  # not decoded, not re-encoded
-
-
-def test_hub_failure_says_what_to_do(monkeypatch):
-    datasets = pytest.importorskip("datasets")
-
-    def offline(*a, **k):
-        raise ConnectionError("no network")
-
-    monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(DatasetError, match="--data-dir"):
-        load_rows(get_task("chartqa").dataset, "chartqa", None, None, None, None, None)
 
 
 def test_local_jsonl_with_image_paths_and_arrow(tmp_path):

@@ -38,7 +38,8 @@ and never requested again. Outputs: results.json, TASK.items.jsonl, report.md, r
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to evaluate")
     g.add_argument("--task", action="append", default=None, metavar="NAME",
-                   help="mm_mt_bench, mmmu, mathvista, chartqa, docvqa, vqav2, synthetic (repeat or comma-separate)")  # fmt: skip
+                   help="mm_mt_bench, mmmu, mathvista, chartqa, docvqa, vqav2, synthetic, or lmms-eval's names (mmmu_val, "
+                   "mathvista_testmini, docvqa_val, vqav2_val); repeat or comma-separate")  # fmt: skip
     g.add_argument(
         "--output-dir", type=Path, default=None, help="run folder: store, results and reports (required)"
     )
@@ -72,7 +73,10 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--revision", default=None, help="dataset revision (commit) to pin")
     g.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows (after --shuffle)")
     g.add_argument("--shuffle", action="store_true", help="shuffle rows with --seed before --limit")
-    g.add_argument("--seed", type=int, default=0, help="seed for --shuffle (default 0)")
+    g.add_argument("--sample", type=int, default=None, metavar="N",
+                   help="a seeded random sample of N rows (= --shuffle --limit N); from the hub only the row "
+                   "groups holding them are read")  # fmt: skip
+    g.add_argument("--seed", type=int, default=0, help="seed for --shuffle / --sample (default 0)")
     g = p.add_argument_group("protocol")
     g.add_argument("--prompts", default="explicit",
                    help="explicit (the paper's, default), naive, or a JSON file of templates (see docs/evaluation.md)")  # fmt: skip
@@ -140,6 +144,10 @@ def _config_from_args(args: argparse.Namespace):
     if args.output_dir is None:
         raise EvalConfigError("pass --output-dir DIR (the run folder; re-use it to resume)")
     tasks = [t.strip() for spec in args.task for t in spec.split(",") if t.strip()]
+    if args.sample is not None:
+        if args.limit is not None:
+            raise EvalConfigError("--sample N is --shuffle --limit N: pass one of --sample and --limit")
+        args.shuffle, args.limit = True, args.sample
     return EvalConfig(
         tasks=tasks, output_dir=args.output_dir, endpoints=args.endpoint or [], model=args.model,
         api_key_env=args.api_key_env, in_process=args.in_process, engine_model=args.engine_model,
@@ -212,13 +220,16 @@ def handle_eval(args: argparse.Namespace) -> int:
             return 0
         if action == "tasks":
             from pixtral.evals.metrics import FIXED
-            from pixtral.evals.tasks import TASKS
+            from pixtral.evals.tasks import LMMS_EVAL_NAMES, TASKS
 
             for name, cls in TASKS.items():
                 t = cls()
                 ds = t.dataset
+                alias = [k for k, v in LMMS_EVAL_NAMES.items() if v == name and k != name]
                 print(f"{name:12s} {ds.name}{'/' + ds.config if ds.config else ''} [{ds.split}]  "
-                      f"metrics: {', '.join(t.metric_names(FIXED))}{'  (LLM judge)' if t.needs_judge else ''}")  # fmt: skip
+                      f"metrics: {', '.join(t.metric_names(FIXED))}{'  (LLM judge)' if t.needs_judge else ''}"
+                      f"{'  (lmms-eval: ' + alias[0] + ')' if alias else ''}"
+                      f"{'  (mirror: ' + ', '.join(ds.mirrors) + ')' if ds.mirrors else ''}")  # fmt: skip
             return 0
         raise AssertionError(action)
     except PixtralError as exc:

@@ -1,9 +1,10 @@
-"""Dataset rows from Hugging Face (by name and split only) or from a local folder in the same schema.
+"""Dataset rows from the Hugging Face hub or from a local folder in the same layout, one config's split only.
 
-Local folders hold ``.parquet``, ``.arrow`` or ``.jsonl`` files; the files of a split are those named
-``{split}-*.{ext}`` / ``{split}.{ext}`` or lying in a ``{split}/`` folder (the layout of a Hugging Face dataset
-repository). Images stay encoded: parquet image cells are ``{"bytes", "path"}`` structs, jsonl cells may be
-paths relative to the folder.
+Which files hold a split is decided by the repository's dataset card or the hub's naming conventions
+(:mod:`pixtral.evals.dataset_files`), the same for a hub repository and a local copy of one. From the hub, a whole
+run downloads exactly those files; a partial run (``--limit``, ``--sample``) reads only their footers and the row
+groups that hold the chosen rows. Local folders hold ``.parquet``, ``.arrow`` or ``.jsonl`` files. Images stay
+encoded: parquet image cells are ``{"bytes", "path"}`` structs, jsonl cells may be paths relative to the folder.
 """
 
 from __future__ import annotations
@@ -12,22 +13,25 @@ import bisect
 import hashlib
 import json
 import random
-import re
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pixtral.evals import dataset_files
+from pixtral.evals.dataset_files import RepositoryMissing, human_bytes, local_card, split_files
 from pixtral.evals.errors import DatasetError
 from pixtral.evals.tasks.base import DatasetSpec
 
-_EXTS = (".parquet", ".arrow", ".jsonl")
-
 
 class _LazyParquet:
-    """Rows of parquet files, read one row group at a time (a few cached): a 200k-image split never sits in RAM."""
+    """Rows of parquet files, read one row group at a time (a few cached): a 200k-image split never sits in RAM.
 
-    def __init__(self, files: list[Path], cache_groups: int = 4) -> None:
+    ``files`` are paths or open binary files (a hub file opened for range reads: only the footer and the row
+    groups asked for are fetched)."""
+
+    def __init__(self, files: list[Any], cache_groups: int = 4) -> None:
         import pyarrow.parquet as pq
 
         self._files = [pq.ParquetFile(f) for f in files]
@@ -90,25 +94,6 @@ class Rows:
         return row
 
 
-def _split_files(folder: Path, split: str) -> list[Path]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith(_EXTS))
-    pattern = re.compile(rf"^{re.escape(split)}([-_.].*)?$")
-    chosen = [
-        p
-        for p in files
-        if split in p.relative_to(folder).parts[:-1]
-        or pattern.match(p.name.split(".")[0])
-        or pattern.match(p.stem)
-    ]
-    if not chosen:
-        found = ", ".join(str(p.relative_to(folder)) for p in files[:10]) or "no .parquet/.arrow/.jsonl files"
-        raise DatasetError(
-            f"no files for split {split!r} in {folder} (found: {found}); name them {split}-*.parquet "
-            f"or put them in a {split}/ folder, or pass --split"
-        )
-    return chosen
-
-
 def _read_file(path: Path) -> Any:
     import pyarrow as pa
 
@@ -127,12 +112,15 @@ def _read_file(path: Path) -> Any:
     return pa.Table.from_pylist(rows)
 
 
-def load_local(folder: Path, split: str) -> Rows:
+def load_local(folder: Path, split: str, config: str | None = None, strict: bool = False) -> Rows:
+    """One config's split of a local folder (``strict``: the user named the config, see ``split_files``)."""
     import pyarrow as pa
 
     if not folder.is_dir():
         raise DatasetError(f"--data-dir {folder} is not a folder")
-    files = _split_files(folder, split)
+    paths = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+    chosen = split_files(paths, local_card(folder), config, split, where=str(folder), strict=strict)
+    files = [folder / p for p in chosen]
     try:
         if all(p.suffix == ".parquet" for p in files):
             source: Any = _LazyParquet(files)
@@ -150,38 +138,72 @@ def load_local(folder: Path, split: str) -> Rows:
     provenance = {
         "source": "local",
         "path": str(folder.resolve()),
+        "config": config,
         "split": split,
-        "files": [str(p.relative_to(folder)) for p in files],
+        "files": chosen,
         "revision": "files-" + digest.hexdigest()[:16],
     }
     return Rows(source, provenance, base_dir=folder)
 
 
-def load_hub(spec: DatasetSpec, name: str, config: str | None, split: str, revision: str | None) -> Rows:
-    """``datasets.load_dataset(name, config, split=split)``: only that split's files are downloaded."""
-    try:
-        import datasets
-    except ImportError as exc:  # pragma: no cover - datasets is a dependency
-        raise DatasetError("loading by name needs the `datasets` package; or pass --data-dir") from exc
-    try:
-        ds = datasets.load_dataset(name, config, split=split, revision=revision)
-    except Exception as exc:  # network, auth, missing split: all user-fixable
+def load_hub(
+    names: list[str], config: str | None, split: str, revision: str | None, strict: bool, partial: bool
+) -> Rows:
+    """One config's split from the first repository of ``names`` that exists (a dataset's id, then its mirrors).
+
+    A whole run downloads exactly the split's files into the Hugging Face cache; a ``partial`` one opens them
+    for range reads, so only footers and the row groups of the chosen rows cross the network.
+    """
+    client = dataset_files.hub_client()
+    listing, name = None, None
+    for candidate in names:
+        try:
+            listing, name = client.listing(candidate, revision), candidate
+            break
+        except RepositoryMissing:
+            continue
+        except Exception as exc:  # network, auth, offline mode: all user-fixable
+            raise DatasetError(
+                f"cannot list {candidate} on the Hugging Face hub ({type(exc).__name__}: {exc}); check your "
+                "network / HF_TOKEN, or download it and pass --data-dir (docs/evaluation.md)"
+            ) from exc
+    if listing is None or name is None:
         raise DatasetError(
-            f"cannot load {name}{'/' + config if config else ''} split {split!r} ({type(exc).__name__}: {exc}); "
-            "check the name and split, your network / HF_TOKEN, or download it and pass --data-dir"
-        ) from exc
-    for col in spec.image_columns:  # keep the original encoded bytes; never decode and re-encode
-        if col in ds.column_names:
-            ds = ds.cast_column(col, datasets.Image(decode=False))
+            f"no dataset {' or '.join(names)}{'@' + revision if revision else ''} on the Hugging Face hub; "
+            "pass --dataset ID (and --revision) or --data-dir"
+        )
+    paths = split_files(list(listing.files), listing.card, config, split, where=name, strict=strict)
+    if not all(p.endswith(".parquet") for p in paths):
+        raise DatasetError(
+            f"{name} stores split {split!r} as {sorted({Path(p).suffix for p in paths})}, not parquet: download "
+            "it (huggingface-cli download) and pass --data-dir"
+        )
+    sizes = [listing.files.get(p) for p in paths]
+    total = None if None in sizes else sum(s or 0 for s in sizes)
+    how = "reading the chosen rows' row groups only" if partial else "downloading (cached)"
+    print(
+        f"{name}@{listing.sha[:12]} {config + ' ' if config else ''}{split}: {len(paths)} files, "
+        f"{human_bytes(total)}; {how}",
+        file=sys.stderr,
+    )
+    try:
+        if partial:
+            sources: list[Any] = [client.open(name, p, listing.sha) for p in paths]
+        else:
+            sources = [client.download(name, p, listing.sha) for p in paths]
+        source = _LazyParquet(sources)
+    except Exception as exc:
+        raise DatasetError(f"cannot fetch {name} split {split!r} ({type(exc).__name__}: {exc})") from exc
     provenance = {
         "source": "huggingface",
         "name": name,
         "config": config,
         "split": split,
-        "revision": revision or "main",
-        "fingerprint": getattr(ds, "_fingerprint", None),
+        "revision": listing.sha,
+        "files": paths,
+        "bytes": total,
     }
-    return Rows(ds, provenance)
+    return Rows(source, provenance)
 
 
 def select_indices(n: int, limit: int | None, shuffle: bool, seed: int) -> list[int]:
@@ -204,11 +226,15 @@ def load_rows(
     config: str | None,
     split: str | None,
     revision: str | None,
+    partial: bool = False,
 ) -> Rows:
+    """The rows of one task's split: ``--dataset-config`` (strict) or the task's default config (lenient);
+    from ``data_dir`` (its ``TASK/`` sub-folder when present), else the hub (the dataset's id, then its mirrors)."""
     split = split or spec.split
+    strict = config is not None
+    config = config if config is not None else spec.config
     if data_dir is not None:
         folder = data_dir / task_name if (data_dir / task_name).is_dir() else data_dir
-        return load_local(folder, split)
-    return load_hub(
-        spec, dataset or spec.name, config if config is not None else spec.config, split, revision
-    )
+        return load_local(folder, split, config, strict)
+    names = [dataset] if dataset else [spec.name, *spec.mirrors]
+    return load_hub(names, config, split, revision, strict, partial)

@@ -102,7 +102,8 @@ class Runner:
         if not cfg.tasks:
             raise EvalConfigError("no task given: pass --task NAME (repeatable or comma-separated)")
         self.cfg = cfg
-        self.tasks = [get_task(t) for t in cfg.tasks]
+        # by our name or lmms-eval's; a task named twice (mmmu, mmmu_val) runs once
+        self.tasks = list({t.name: t for t in map(get_task, cfg.tasks)}.values())
         self.prompts: PromptSet = load_prompt_set(cfg.prompts, cfg.scoring)
         if (cfg.dataset or cfg.dataset_config) and len(self.tasks) > 1:
             raise EvalConfigError(
@@ -163,6 +164,7 @@ class Runner:
                     cfg.dataset_config,
                     cfg.split,
                     cfg.revision,
+                    partial=cfg.limit is not None,  # from the hub: read only the chosen rows' row groups
                 )
                 # --shuffle picks a seeded subset; it is processed in row order (row groups are read once)
                 indices = sorted(select_indices(len(rows), cfg.limit, cfg.shuffle, cfg.seed))

@@ -17,11 +17,25 @@ TASKS: dict[str, type[Task]] = {
 }
 
 
+# lmms-eval's names for the same benchmarks, datasets and splits, so users switching from it type what they know
+LMMS_EVAL_NAMES = {
+    "mmmu_val": "mmmu",
+    "mathvista_testmini": "mathvista",
+    "chartqa": "chartqa",
+    "docvqa_val": "docvqa",
+    "vqav2_val": "vqav2",
+}
+
+
 def get_task(name: str) -> Task:
+    """A task by our name or lmms-eval's (``mmmu_val``, ``mathvista_testmini``, ``docvqa_val``, ``vqav2_val``)."""
     try:
-        return TASKS[name]()
+        return TASKS[LMMS_EVAL_NAMES.get(name, name)]()
     except KeyError:
-        raise EvalConfigError(f"unknown task {name!r}; choose from {', '.join(TASKS)}") from None
+        raise EvalConfigError(
+            f"unknown task {name!r}; choose from {', '.join(TASKS)} (or lmms-eval's "
+            f"{', '.join(k for k in LMMS_EVAL_NAMES if k not in TASKS)})"
+        ) from None
 
 
-__all__ = ["TASKS", "Task", "get_task"]
+__all__ = ["LMMS_EVAL_NAMES", "TASKS", "Task", "get_task"]

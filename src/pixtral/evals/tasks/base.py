@@ -30,6 +30,7 @@ class DatasetSpec:
     config: str | None = None
     image_columns: tuple[str, ...] = ("image",)
     required_columns: tuple[str, ...] = ()
+    mirrors: tuple[str, ...] = ()  # ids with the same files, tried in order when ``name`` is gone
 
 
 class Task(ABC):

@@ -11,7 +11,12 @@ from pixtral.evals.types import Item
 
 class ChartQA(CoTTask):
     name = "chartqa"
-    dataset = DatasetSpec("lmms-lab/ChartQA", "test", required_columns=("image", "question", "answer"))
+    dataset = DatasetSpec(
+        "lmms-lab/ChartQA",
+        "test",
+        required_columns=("image", "question", "answer"),
+        mirrors=("lmms-lab-encoder/ChartQA",),
+    )
     breakdowns = ("type",)
 
     def build_items(

@@ -13,7 +13,11 @@ from pixtral.evals.types import Item
 class DocVQA(Task):
     name = "docvqa"
     dataset = DatasetSpec(
-        "lmms-lab/DocVQA", "validation", config="DocVQA", required_columns=("image", "question", "answers")
+        "lmms-lab/DocVQA",
+        "validation",
+        config="DocVQA",
+        required_columns=("image", "question", "answers"),
+        mirrors=("lmms-lab-encoder/DocVQA",),
     )
     breakdowns = ("question_type",)
 

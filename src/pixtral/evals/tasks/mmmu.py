@@ -41,6 +41,7 @@ class MMMU(CoTTask):
         "validation",
         image_columns=tuple(f"image_{i}" for i in range(1, 8)),
         required_columns=("question", "options", "question_type", "answer", "image_1"),
+        mirrors=("lmms-lab-encoder/MMMU",),
     )
     breakdowns = ("subject", "question_type")
 

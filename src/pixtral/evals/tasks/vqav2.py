@@ -24,7 +24,12 @@ def answer_strings(answers: Any) -> list[str]:
 
 class VQAv2(Task):
     name = "vqav2"
-    dataset = DatasetSpec("lmms-lab/VQAv2", "validation", required_columns=("image", "question", "answers"))
+    dataset = DatasetSpec(
+        "lmms-lab/VQAv2",
+        "validation",
+        required_columns=("image", "question", "answers"),
+        mirrors=("lmms-lab-encoder/VQAv2",),
+    )
     breakdowns = ("answer_type",)
 
     def primary_metric(self, mode: str) -> str:
