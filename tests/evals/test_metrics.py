@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pixtral.evals.metrics import (
     COMPAT,
@@ -291,3 +293,21 @@ def test_fixed_scores_list_answers_at_every_parsing_level(parse, answer):
 def test_compat_keeps_the_references_list_answer_behaviour():
     # flex2 deletes the answer's brackets but not the reference's: never a match, as in mistral-evals
     assert relaxed_correctness(parse_flex2("Final Answer: [2, 5]"), ["[2, 5]"], COMPAT) == 0.0
+
+
+# ------------------------------------------------------------------ fuzz: every metric is total on any text
+_TEXT = st.text(
+    alphabet=st.sampled_from(list("0123456789.,%$-+eE ()[]*_:\"'\n\xa0²①٣３ⅫabcABCYesNoFinalAnswer")),
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(answer=_TEXT, refs=st.lists(_TEXT, min_size=1, max_size=4))
+def test_every_metric_takes_any_text_and_scores_in_0_1(answer, refs):
+    for mode in (FIXED, COMPAT):
+        for parse in (parse_exact, parse_flex1, parse_flex2):
+            assert 0.0 <= relaxed_correctness(parse(answer), refs, mode) <= 1.0
+        assert 0.0 <= flex3_correctness(answer, refs, mode) <= 1.0
+        assert 0.0 <= anls(answer, refs, mode) <= 1.0
+        assert 0.0 <= vqa_match(answer, refs, mode) <= 1.0
