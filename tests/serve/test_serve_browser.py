@@ -194,6 +194,7 @@ def test_stop_before_the_first_token_drops_the_turn(gated, browser):
     # nothing of the stopped turn is kept: its text is back in the box, and sending it again works
     expect(page.locator(".msg")).to_have_count(0)
     expect(page.locator("#prompt")).to_have_value("Hello there")
+    expect(page.locator("#status")).to_contain_text("Stopped before the answer began")
     page.click("#send")
     expect(page.locator(".msg.assistant .text")).to_have_text(reply_of(engine, 8))
     expect(page.locator(".msg.assistant .meta")).to_contain_text("8 tokens")
