@@ -60,18 +60,29 @@ const r401 = (e) => String(e.message || e).toLowerCase().includes("api key");
 $("api-key").addEventListener("change", loadModel);
 
 // ---------------------------------------------------------------------------------- images
+// Both readers reject with an Error whose message names the file and says what is wrong with it.
 function readAsDataURL(file) {
   return new Promise((resolve, reject) => {
     const reader = new FileReader();
     reader.onload = () => resolve(reader.result);
-    reader.onerror = () => reject(reader.error);
+    reader.onerror = () => reject(new Error(
+      `${file.name} could not be read${reader.error ? ` (${reader.error.message})` : ""}.`));
     reader.readAsDataURL(file);
   });
 }
 
-async function shrink(dataUrl) {
-  const img = new Image();
-  await new Promise((resolve, reject) => { img.onload = resolve; img.onerror = reject; img.src = dataUrl; });
+function decodeImage(dataUrl, name) {
+  return new Promise((resolve, reject) => {
+    const img = new Image();
+    img.onload = () => resolve(img);
+    img.onerror = () => reject(new Error(
+      `${name} is not an image this browser can read (corrupt or unsupported format).`));
+    img.src = dataUrl;
+  });
+}
+
+async function shrink(dataUrl, name) {
+  const img = await decodeImage(dataUrl, name);
   const side = Math.max(img.naturalWidth, img.naturalHeight);
   if (side <= MAX_SIDE) return dataUrl;
   const scale = MAX_SIDE / side;
@@ -86,9 +97,9 @@ async function attachFiles(files) {
   for (const file of files) {
     if (!file.type.startsWith("image/")) { showError(`${file.name} is not an image.`); continue; }
     try {
-      state.pending.push(await shrink(await readAsDataURL(file)));
+      state.pending.push(await shrink(await readAsDataURL(file), file.name));
     } catch (e) {
-      showError(`Cannot read ${file.name}: ${e && e.message ? e.message : e}`);
+      showError(e.message);
     }
   }
   renderAttachments();
