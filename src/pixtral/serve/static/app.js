@@ -51,6 +51,7 @@ async function loadModel() {
     if (!r.ok) throw new Error(body.error ? body.error.message : r.statusText);
     state.model = body.data.length ? body.data[0].id : null;
     $("model-name").textContent = state.model ? state.model : "model loading…";
+    $("model-name").title = state.model || ""; // the full name, when a narrow screen cuts it short
     if (!state.model) setTimeout(loadModel, 3000);
   } catch (e) {
     $("model-name").textContent = r401(e) ? "API key needed (Settings)" : "server unreachable";
