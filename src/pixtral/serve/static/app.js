@@ -211,8 +211,8 @@ function buildRequest(turns) {
 }
 
 // Streams one answer into `out`; resolves to what came back, never throws. `pieces` counts the content
-// chunks: the server sends one per generated token that has text, so after a Stop (no usage figures) it
-// stands for the tokens received.
+// chunks: one token each, or a few when a character spans several, so after a Stop, when no usage figures
+// come, it stands for the tokens received.
 async function streamAnswer(body, signal, out) {
   const result = { answer: "", pieces: 0, usage: null, finish: null, error: null };
   try {
