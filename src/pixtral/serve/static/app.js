@@ -4,8 +4,13 @@
 const $ = (id) => document.getElementById(id);
 const MAX_SIDE = 1024; // Pixtral sees at most 1024 px a side; larger images are shrunk before upload.
 
+// A conversation's history holds finished exchanges only: a user turn enters it together with its answer,
+// so a turn that was refused or stopped before its first token never reaches a later request. New chat
+// replaces the conversation object; a request still running writes only into the one it started from.
+const newConversation = () => ({ history: [] }); // history: [{role, content}], images as data: URLs
+
 const state = {
-  history: [],       // [{role, content}] in OpenAI shape, images as data: URLs
+  chat: newConversation(),
   pending: [],       // data: URLs attached to the next message
   controller: null,  // AbortController of the running request
   model: null,
@@ -46,6 +51,7 @@ async function loadModel() {
     if (!r.ok) throw new Error(body.error ? body.error.message : r.statusText);
     state.model = body.data.length ? body.data[0].id : null;
     $("model-name").textContent = state.model ? state.model : "model loading…";
+    $("model-name").title = state.model || ""; // the full name, when a narrow screen cuts it short
     if (!state.model) setTimeout(loadModel, 3000);
   } catch (e) {
     $("model-name").textContent = r401(e) ? "API key needed (Settings)" : "server unreachable";
@@ -55,18 +61,29 @@ const r401 = (e) => String(e.message || e).toLowerCase().includes("api key");
 $("api-key").addEventListener("change", loadModel);
 
 // ---------------------------------------------------------------------------------- images
+// Both readers reject with an Error whose message names the file and says what is wrong with it.
 function readAsDataURL(file) {
   return new Promise((resolve, reject) => {
     const reader = new FileReader();
     reader.onload = () => resolve(reader.result);
-    reader.onerror = () => reject(reader.error);
+    reader.onerror = () => reject(new Error(
+      `${file.name} could not be read${reader.error ? ` (${reader.error.message})` : ""}.`));
     reader.readAsDataURL(file);
   });
 }
 
-async function shrink(dataUrl) {
-  const img = new Image();
-  await new Promise((resolve, reject) => { img.onload = resolve; img.onerror = reject; img.src = dataUrl; });
+function decodeImage(dataUrl, name) {
+  return new Promise((resolve, reject) => {
+    const img = new Image();
+    img.onload = () => resolve(img);
+    img.onerror = () => reject(new Error(
+      `${name} is not an image this browser can read (corrupt or unsupported format).`));
+    img.src = dataUrl;
+  });
+}
+
+async function shrink(dataUrl, name) {
+  const img = await decodeImage(dataUrl, name);
   const side = Math.max(img.naturalWidth, img.naturalHeight);
   if (side <= MAX_SIDE) return dataUrl;
   const scale = MAX_SIDE / side;
@@ -81,9 +98,9 @@ async function attachFiles(files) {
   for (const file of files) {
     if (!file.type.startsWith("image/")) { showError(`${file.name} is not an image.`); continue; }
     try {
-      state.pending.push(await shrink(await readAsDataURL(file)));
+      state.pending.push(await shrink(await readAsDataURL(file), file.name));
     } catch (e) {
-      showError(`Cannot read ${file.name}: ${e && e.message ? e.message : e}`);
+      showError(e.message);
     }
   }
   renderAttachments();
@@ -174,11 +191,11 @@ function setBusy(busy) {
 }
 
 // ---------------------------------------------------------------------------------- chat
-function buildRequest() {
+function buildRequest(turns) {
   const messages = [];
   const system = $("system-prompt").value.trim();
   if (system) messages.push({ role: "system", content: system });
-  messages.push(...state.history);
+  messages.push(...turns);
   const body = {
     messages,
     stream: true,
@@ -193,32 +210,14 @@ function buildRequest() {
   return body;
 }
 
-async function send() {
-  if (state.controller) return;
-  const text = $("prompt").value;
-  if (!text.trim() && !state.pending.length) return;
-  showError("");
-  const images = state.pending.splice(0);
-  renderAttachments();
-  const content = images.map((url) => ({ type: "image_url", image_url: { url } }));
-  if (text.trim()) content.push({ type: "text", text });
-  const userTurn = { role: "user", content };
-  state.history.push(userTurn);
-  addMessage("user", text, images);
-  $("prompt").value = "";
-
-  const reply = addMessage("assistant", "");
-  reply.classList.add("streaming");
-  const out = reply.querySelector(".text");
-  const meta = reply.querySelector(".meta");
-  const controller = new AbortController();
-  state.controller = controller;
-  setBusy(true);
-  let answer = "", usage = null, finish = null, failed = false;
-  const started = performance.now();
+// Streams one answer into `out`; resolves to what came back, never throws. `pieces` counts the content
+// chunks: one token each, or a few when a character spans several, so after a Stop, when no usage figures
+// come, it stands for the tokens received.
+async function streamAnswer(body, signal, out) {
+  const result = { answer: "", pieces: 0, usage: null, finish: null, error: null };
   try {
     const response = await fetch("/v1/chat/completions", {
-      method: "POST", headers: headers(), body: JSON.stringify(buildRequest()), signal: controller.signal,
+      method: "POST", headers: headers(), body: JSON.stringify(body), signal,
     });
     if (!response.ok) {
       let message = response.status + " " + response.statusText;
@@ -242,46 +241,88 @@ async function send() {
           if (data === "[DONE]") continue;
           const chunk = JSON.parse(data);
           if (chunk.error) throw new Error(chunk.error.message);
-          if (chunk.usage) usage = chunk.usage;
+          if (chunk.usage) result.usage = chunk.usage;
           for (const choice of chunk.choices || []) {
             if (choice.delta && choice.delta.content) {
-              answer += choice.delta.content;
-              out.textContent = answer;
+              result.answer += choice.delta.content;
+              result.pieces += 1;
+              out.textContent = result.answer;
               scrollDown();
             }
-            if (choice.finish_reason) finish = choice.finish_reason;
+            if (choice.finish_reason) result.finish = choice.finish_reason;
           }
         }
       }
     }
   } catch (e) {
-    if (e.name === "AbortError") {
-      finish = "stopped";
-    } else {
-      failed = true;
-      showError(e.message || String(e));
-    }
-  } finally {
-    reply.classList.remove("streaming");
+    if (e.name === "AbortError") result.finish = "stopped";
+    else result.error = e.message || String(e);
+  }
+  return result;
+}
+
+function metaLine(result, seconds) {
+  const parts = [];
+  if (result.finish) parts.push(result.finish === "length" ? "stopped at max tokens" : result.finish);
+  const tokens = result.usage ? result.usage.completion_tokens : result.pieces;
+  if (result.usage) parts.push(`${result.usage.prompt_tokens} prompt + ${tokens} tokens`);
+  else if (tokens) parts.push(`${tokens} tokens`);
+  if (tokens) parts.push(`${(tokens / seconds).toFixed(1)} tok/s`);
+  return parts.join(" · ");
+}
+
+// Puts a turn that got no answer back into the composer, ahead of anything typed since.
+function restoreDraft(text, images) {
+  const typed = $("prompt").value;
+  $("prompt").value = typed.trim() ? text + "\n" + typed : text;
+  state.pending = images.concat(state.pending);
+  renderAttachments();
+}
+
+async function send() {
+  if (state.controller) return;
+  const text = $("prompt").value;
+  if (!text.trim() && !state.pending.length) return;
+  showError("");
+  $("status").textContent = "";
+  const images = state.pending.splice(0);
+  renderAttachments();
+  const content = images.map((url) => ({ type: "image_url", image_url: { url } }));
+  if (text.trim()) content.push({ type: "text", text });
+  const userTurn = { role: "user", content };
+  const chat = state.chat;
+  const question = addMessage("user", text, images);
+  $("prompt").value = "";
+
+  const reply = addMessage("assistant", "");
+  reply.classList.add("streaming");
+  const controller = new AbortController();
+  state.controller = controller;
+  setBusy(true);
+  const started = performance.now();
+  const result = await streamAnswer(
+    buildRequest([...chat.history, userTurn]), controller.signal, reply.querySelector(".text"));
+  reply.classList.remove("streaming");
+  if (state.controller === controller) {
     state.controller = null;
     setBusy(false);
   }
-  if (failed && !answer) {
+  if (chat !== state.chat) return; // New chat was pressed: this turn belongs to no conversation on screen
+  if (result.error) showError(result.error);
+  if (!result.answer) { // refused, failed or stopped before the first token: the turn is taken back whole
+    question.remove();
     reply.remove();
-    state.history.pop(); // let the user fix the problem and send again
-    $("prompt").value = text;
-    state.pending = images;
-    renderAttachments();
+    $("empty-hint").hidden = $("messages").querySelector(".msg") !== null;
+    restoreDraft(text, images);
+    if (!result.error) {
+      $("status").textContent = result.finish === "stopped"
+        ? "Stopped before the answer began; your message is back in the box."
+        : "The model answered with nothing; your message is back in the box.";
+    }
     return;
   }
-  state.history.push({ role: "assistant", content: answer });
-  const seconds = (performance.now() - started) / 1000;
-  const parts = [];
-  if (finish) parts.push(finish === "length" ? "stopped at max tokens" : finish);
-  if (usage) parts.push(`${usage.prompt_tokens} prompt + ${usage.completion_tokens} tokens`,
-    `${(usage.completion_tokens / seconds).toFixed(1)} tok/s`);
-  meta.textContent = parts.join(" · ");
-  $("status").textContent = "";
+  chat.history.push(userTurn, { role: "assistant", content: result.answer });
+  reply.querySelector(".meta").textContent = metaLine(result, (performance.now() - started) / 1000);
 }
 
 $("composer").addEventListener("submit", (e) => { e.preventDefault(); send(); });
@@ -291,7 +332,10 @@ $("prompt").addEventListener("keydown", (e) => {
 $("stop").addEventListener("click", () => { if (state.controller) state.controller.abort(); });
 $("new-chat").addEventListener("click", () => {
   if (state.controller) state.controller.abort();
-  state.history = [];
+  state.controller = null;
+  setBusy(false);
+  state.chat = newConversation();
+  $("status").textContent = "";
   state.pending = [];
   renderAttachments();
   showError("");
