@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from pixtral.evals import EvalConfig, run_eval
-
-engine_mod = pytest.importorskip("pixtral.engine")
 
 
 def test_docvqa_and_mmmu_through_the_engine(fixtures, tmp_path):

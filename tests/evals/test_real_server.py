@@ -9,12 +9,11 @@ import threading
 import time
 
 import pytest
+import uvicorn  # a dependency of the package: no skip, an import failure must fail loudly
 
+from pixtral import engine as engine_mod
+from pixtral import serve
 from pixtral.evals import EvalConfig, run_eval
-
-serve = pytest.importorskip("pixtral.serve")
-engine_mod = pytest.importorskip("pixtral.engine")
-uvicorn = pytest.importorskip("uvicorn")
 
 
 def _free_port() -> int:

@@ -11,7 +11,7 @@ import asyncio
 import os
 import time
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -24,10 +24,11 @@ from pixtral.evals.judge import JudgeParams, build_judge_messages, judge, judge_
 from pixtral.evals.metrics import check_mode
 from pixtral.evals.progress import ProgressReporter
 from pixtral.evals.prompts import PromptSet, load_prompt_set
+from pixtral.evals.scoring import score_task
 from pixtral.evals.store import GroupCommitter, Store, run_lock
 from pixtral.evals.tasks import get_task
 from pixtral.evals.tasks.base import Task
-from pixtral.evals.types import Item, stable_hash
+from pixtral.evals.types import Item, ItemRecord, TaskRun, stable_hash
 
 
 def harness_version() -> str:
@@ -35,29 +36,6 @@ def harness_version() -> str:
         return metadata.version("pixtral")
     except metadata.PackageNotFoundError:
         return "0.1.0+src"
-
-
-@dataclass
-class ItemRecord:
-    """What is kept of an item once its request has been sent: no image bytes."""
-
-    item_id: str
-    task: str
-    key: str
-    request: dict[str, Any]
-    reference: Any
-    meta: dict[str, Any]
-    group: str
-    judge_key: str | None = None
-
-
-@dataclass
-class TaskRun:
-    task: Task
-    records: list[ItemRecord] = field(default_factory=list)
-    dataset: dict[str, Any] = field(default_factory=dict)
-    scoring: str = "fixed"
-    prompt_set: str = "explicit"
 
 
 @dataclass
@@ -326,7 +304,6 @@ class Runner:
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     """Run (or resume) an evaluation and write its reports; returns the aggregate results (results.json)."""
     from pixtral.evals.report import write_reports
-    from pixtral.evals.scoring import score_task
 
     started = time.time()
     runner = Runner(cfg)

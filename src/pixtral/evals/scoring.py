@@ -6,9 +6,9 @@ import math
 from collections import defaultdict
 from typing import Any
 
-from pixtral.evals.runner import TaskRun
 from pixtral.evals.stats import bootstrap_ci, mt_bench_aggregates
 from pixtral.evals.store import Store
+from pixtral.evals.types import TaskRun
 
 JUDGE_METRIC = "judge_rating"
 CHARS_IN_ERROR = 500

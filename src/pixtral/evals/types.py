@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pixtral.evals.images import ImageData
+
+if TYPE_CHECKING:  # annotations only: the tasks build items, so they import this module
+    from pixtral.evals.tasks.base import Task
 
 # A message part is either an OpenAI-shaped text part or our in-memory image part {"type": "image", "image": ImageData}.
 Message = dict[str, Any]
@@ -92,3 +95,26 @@ class Completion:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     endpoint: str | None = None
+
+
+@dataclass
+class ItemRecord:
+    """What is kept of an item once its request has been sent: no image bytes."""
+
+    item_id: str
+    task: str
+    key: str
+    request: dict[str, Any]
+    reference: Any
+    meta: dict[str, Any]
+    group: str
+    judge_key: str | None = None
+
+
+@dataclass
+class TaskRun:
+    task: Task
+    records: list[ItemRecord] = field(default_factory=list)
+    dataset: dict[str, Any] = field(default_factory=dict)
+    scoring: str = "fixed"
+    prompt_set: str = "explicit"
