@@ -1,4 +1,4 @@
-"""Metrics and parsing levels: the spec's worked cases (§3) and one test per number-changing bug of §6."""
+"""Metrics and parsing levels: the worked cases of docs/evaluation-protocol.md (§3) and one test per number-changing bug of §6."""
 
 from __future__ import annotations
 

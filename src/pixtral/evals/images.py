@@ -1,6 +1,6 @@
 """Images as their original encoded bytes: sniffing the MIME type, data URLs, content hashes.
 
-The reference harness re-encoded every image with PIL defaults (JPEG at quality 75, spec §6 B14).
+The reference harness re-encoded every image with PIL defaults (JPEG at quality 75, docs/evaluation-protocol.md §6 B14).
 We never decode-and-re-encode: the bytes a dataset stores are the bytes the model receives.
 """
 

@@ -1,4 +1,4 @@
-"""MM-MT-Bench judging: the judge request, the rating parser, and a bounded retry loop (spec §2.1, §6 B1/B2/B7/B12/B13).
+"""MM-MT-Bench judging: the judge request, the rating parser, and a bounded retry loop (docs/evaluation-protocol.md §2.1, §6 B1/B2/B7/B12/B13).
 
 ``fixed`` sends what the paper describes: every user question up to the judged turn (text *and* image), each
 turn's reference answer as text, then the assistant's answer. ``mistral-compat`` sends what mistral-evals

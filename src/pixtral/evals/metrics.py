@@ -1,4 +1,4 @@
-"""Per-item metrics, in two scoring modes (spec §3, §6).
+"""Per-item metrics, in two scoring modes (docs/evaluation-protocol.md §3, §6).
 
 ``fixed`` (default) corrects the reference harness's bugs; ``mistral-compat`` reproduces mistral-evals' numbers,
 quirks included. Every function here is pure: text in, float in [0, 1] out.
@@ -27,7 +27,7 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-# ---------------------------------------------------------------- shared helpers (spec §3 "Shared helpers")
+# ---------------------------------------------------------------- shared helpers (docs/evaluation-protocol.md §3.0)
 
 
 def normalize_string(s: str) -> str:
@@ -49,7 +49,7 @@ def remove_end_punctuation(s: str) -> str:
     return s[:end]
 
 
-# ---------------------------------------------------------------- relaxed correctness (spec §3.3)
+# ---------------------------------------------------------------- relaxed correctness (docs/evaluation-protocol.md §3.3)
 
 _HAS_DIGIT = re.compile(r"\d")
 _LETTER_ANSWER = re.compile(r"^\(?([A-Za-z])\)?(?=$|[\s.:,)\]])")
@@ -66,7 +66,7 @@ def _has_digit(text: str, mode: str) -> bool:
 def _preprocess(text: str, mode: str) -> str:
     if not _has_digit(text, mode):
         text = normalize_string(text)
-        # fixed: "Yes." is "Yes" (spec §3.4 verified quirk, §8 recommendation)
+        # fixed: "Yes." is "Yes" (docs/evaluation-protocol.md §3.3, a reference quirk)
         return remove_end_punctuation(text.strip()) if mode == FIXED else text
     return remove_end_punctuation(text).replace(",", "").replace("$", "")
 
@@ -112,7 +112,8 @@ def _relaxed_one(prediction: str, target: str, mode: str) -> bool:
             candidates.append((p, t / 100.0))
         return any(abs(a - b) / max(abs(b), 1e-10) <= 0.05 for a, b in candidates)
     if len(tgt) == 1 and tgt.isalpha():
-        if mode == COMPAT:  # first character only: "Blue" matches "B" (spec §3.3 verified false positive)
+        # compat: the first character only, so "Blue" matches "B" (docs/evaluation-protocol.md §3.3)
+        if mode == COMPAT:
             if pred:
                 return pred[0].lower() == tgt.lower()
         else:
@@ -130,7 +131,7 @@ def relaxed_correctness(prediction: str | None, targets: Sequence[str], mode: st
     return float(any(_relaxed_one(prediction, str(t), mode) for t in targets))
 
 
-# ---------------------------------------------------------------- anywhere in answer (spec §3.5)
+# ---------------------------------------------------------------- anywhere in answer (docs/evaluation-protocol.md §3.5)
 
 
 def _as_number(ref: str) -> int | float | None:
@@ -213,7 +214,7 @@ def flex3_correctness(
     return anywhere if anywhere is not None else anywhere_in_answer(response, targets, mode)
 
 
-# ---------------------------------------------------------------- ANLS (spec §3.2)
+# ---------------------------------------------------------------- ANLS (docs/evaluation-protocol.md §3.2)
 
 
 def _anls_norm(s: str) -> str:
@@ -239,7 +240,7 @@ def anls(prediction: str | None, references: Sequence[str], mode: str = FIXED) -
     return 0.0 if value < threshold else value
 
 
-# ---------------------------------------------------------------- VQA accuracy (spec §3.1)
+# ---------------------------------------------------------------- VQA accuracy (docs/evaluation-protocol.md §3.1)
 
 # The official VQA evaluation normaliser (EvalAI / vqaEval.py), as lmms-eval and VLMEvalKit use it.
 _CONTRACTIONS = {

@@ -1,4 +1,4 @@
-"""Answer extraction: the paper's parsing levels (App. C, spec §3.4–3.6) as separate, named functions.
+"""Answer extraction: the paper's parsing levels (App. C, docs/evaluation-protocol.md §3.4–3.6) as separate, named functions.
 
 - ``exact``  (paper "Baseline"): the response must *end* with ``Final Answer: <answer>``.
 - ``flex1``  (Flexible Level 1): the last ``answer:`` anywhere (``Final Answer:``, ``Answer:``...), no markdown handling.

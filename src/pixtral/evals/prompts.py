@@ -1,6 +1,6 @@
 """Prompt sets: which text is appended to each task's question, and how many tokens the answer may take.
 
-``explicit`` is the paper's protocol (spec §2), ``naive`` the benchmarks' common short prompts (spec §5),
+``explicit`` is the paper's protocol (docs/evaluation-protocol.md §2), ``naive`` lmms-eval's short prompts (§5),
 and a JSON file can define custom templates. A template is a ``str.format`` string with one field,
 ``{question}`` (for MMMU the question plus lettered options, ``<image n>`` tags still in place; for MathVista
 the dataset's ``query``).
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pixtral.evals.errors import EvalConfigError
 
-# Verbatim from mistral-evals (spec §2.2); the paper differs only in line wrapping.
+# Verbatim from mistral-evals (docs/evaluation-protocol.md §2.2); the paper differs only in line wrapping.
 PROMPT_EXPLICIT = """Analyze the image and question carefully, using step-by-step reasoning.
 First, describe any image provided in detail. Then, present your reasoning. And finally your final answer in this format:
 Final Answer: <answer>
@@ -26,7 +26,7 @@ where <answer> is:
 - You cannot answer that the question is unanswerable. You must either pick an option or provide a direct answer.
 IMPORTANT: Remember, to end your answer with Final Answer: <answer>."""
 
-# Verbatim from mistral-evals (spec §2.4), including its "should should" typo; `fixed` uses the paper's text.
+# Verbatim from mistral-evals (docs/evaluation-protocol.md §2.4), including its "should should" typo; `fixed` uses the paper's text.
 PROMPT_CHARTQA_COMPAT = """Analyze the image and question carefully, using step-by-step reasoning.
 First, describe any image provided in detail. Then, present your reasoning. And finally your final answer in this format:
 Final Answer: <answer>

@@ -84,14 +84,14 @@ class Task(ABC):
         question: str,
         prompts: PromptSet,
     ) -> tuple[str, list[dict[str, Any]], int]:
-        """Image chunk first, then the prompt text (every single-image task, spec §2)."""
+        """Image chunk first, then the prompt text (every single-image task, docs/evaluation-protocol.md §2)."""
         template = prompts.for_task(self.name)
         content = [image_part(self.image(row, image_column)), text_part(template.render(question))]
         return self.item_id(split, index), [{"role": "user", "content": content}], template.max_tokens
 
 
 class CoTTask(Task):
-    """MMMU, MathVista, ChartQA: relaxed correctness at every parsing level (spec §3.3–3.6)."""
+    """MMMU, MathVista, ChartQA: relaxed correctness at every parsing level (docs/evaluation-protocol.md §3.3–3.6)."""
 
     def primary_metric(self, mode: str) -> str:
         # mistral-evals' headline metric is explicit_prompt_relaxed_correctness = Flexible Level 2;

@@ -1,4 +1,5 @@
-"""ChartQA (lmms-eval/ChartQA, test; spec §2.4): image, question + ChartQA Explicit prompt, relaxed correctness."""
+"""ChartQA (lmms-lab/ChartQA, test): image, question + ChartQA Explicit prompt, relaxed correctness
+(docs/evaluation-protocol.md §2.4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DocVQA (lmms-lab/DocVQA, config DocVQA, validation; spec §2.5): short answer, ANLS."""
+"""DocVQA (lmms-lab/DocVQA, config DocVQA, validation; docs/evaluation-protocol.md §2.5): short answer, ANLS."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""MathVista (AI4Math/MathVista, testmini; spec §2.3): image, query + Explicit prompt, relaxed correctness."""
+"""MathVista (AI4Math/MathVista, testmini): image, query + Explicit prompt, relaxed correctness
+(docs/evaluation-protocol.md §2.3)."""
 
 from __future__ import annotations
 

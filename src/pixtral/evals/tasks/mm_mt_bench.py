@@ -1,4 +1,5 @@
-"""MM-MT-Bench (mistralai/MM-MT-Bench, eval; spec §2.1): one request per user turn, references as history.
+"""MM-MT-Bench (mistralai/MM-MT-Bench, eval): one request per user turn, references as history
+(docs/evaluation-protocol.md §2.1).
 
 Teacher forcing: the history of turn *k* holds the dataset's reference answers for turns < k, so every turn
 is independent and all of them run in parallel. Each answer is rated 1–10 by an LLM judge (see judge.py).

@@ -1,4 +1,4 @@
-"""MMMU (lmms-lab/MMMU, validation; spec §2.2): images interleaved at their ``<image n>`` tags."""
+"""MMMU (lmms-lab/MMMU, validation; docs/evaluation-protocol.md §2.2): images interleaved at their ``<image n>`` tags."""
 
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ class MMMU(CoTTask):
                 content.append(image_part(self.image(row, column)))
             elif chunk.strip():
                 content.append(text_part(chunk))
-        # The prompt is appended to the last text chunk, or becomes a new chunk after a trailing image (spec §2.2).
+        # The prompt is appended to the last text chunk, or becomes a new chunk after a trailing image
+        # (docs/evaluation-protocol.md §2.2).
         if prefix:
             if content and content[0]["type"] == "text":
                 content[0] = text_part(prefix + content[0]["text"])

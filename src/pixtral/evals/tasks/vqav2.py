@@ -1,4 +1,4 @@
-"""VQAv2 (lmms-lab/VQAv2 parquet mirror, validation; spec §2.6): short answer, VQA accuracy.
+"""VQAv2 (lmms-lab/VQAv2 parquet mirror, validation; docs/evaluation-protocol.md §2.6): short answer, VQA accuracy.
 
 The answers column is a list of ten ``{answer, answer_confidence, answer_id}`` dicts; the reference harness
 passed the dicts to its metric and crashed (bug B4). We take the ``answer`` strings in both scoring modes.
