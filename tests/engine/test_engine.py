@@ -148,6 +148,9 @@ def test_sampling_respects_top_k_and_top_p():
     # a top_p too small for float32 (it rounds to 0) still keeps the most likely token, in every row
     rows = torch.tensor([[3.0, 2.0, 1.0], [0.0, 5.0, 1.0]])
     assert sample_next(rows, SamplingParams(temperature=1.0, top_p=1e-50), gen).tolist() == [0, 1]
+    # so does a temperature so small that dividing by it overflows (inf - inf = nan in the softmax)
+    for tiny in (1e-40, 1e-300, 1e-6):
+        assert sample_next(rows, SamplingParams(temperature=tiny), gen).tolist() == [0, 1], tiny
 
 
 def test_image_token_cap_resizes_down_and_leaves_small_images_alone():

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from pixtral.engine.sampling import GREEDY_BELOW_TEMPERATURE
 from pixtral.errors import InputError
 from pixtral.serve.errors import APIError, bad_request
 from pixtral.serve.metrics import ServerMetrics
@@ -81,9 +82,8 @@ class Ticket:
             self._worker._release()
 
 
-# Below these, sampling is greedy: dividing logits by ~0 overflows, and a top_p this small keeps only the
-# most likely token anyway.
-GREEDY_BELOW_TEMPERATURE = 1e-5
+# Below this, sampling is greedy: a top_p this small keeps only the most likely token anyway (the engine's
+# own threshold for the temperature is GREEDY_BELOW_TEMPERATURE).
 GREEDY_BELOW_TOP_P = 1e-6
 
 
