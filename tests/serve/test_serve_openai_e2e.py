@@ -135,11 +135,12 @@ def test_n_choices_and_seed_reproducibility(client, model):
 # --- hostile input through the official client: each a clear 4xx -----------------------------------------
 
 
-def expect_400(client, model, messages, needle, **kwargs):
+def expect_400(client, model, messages, needle, **kwargs) -> dict:
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=model, messages=messages, max_tokens=2, **kwargs)
     message = info.value.body["message"] if isinstance(info.value.body, dict) else str(info.value)
     assert needle in message.lower(), message
+    return info.value.body
 
 
 def test_decompression_bomb_header_refused(client, model):
@@ -164,7 +165,8 @@ def test_thousand_images_refused(client, model):
 def test_prompt_over_context_refused(client, model, engine):
     words = engine.max_context + 100
     text = "hello " * words
-    expect_400(client, model, [{"role": "user", "content": text}], "context")
+    error = expect_400(client, model, [{"role": "user", "content": text}], "context")
+    assert error["code"] == "context_length_exceeded" and error["param"] == "messages"
 
 
 def test_100mb_body_refused(live_url):

@@ -18,7 +18,7 @@ from typing import Any
 
 from pixtral.engine.sampling import GREEDY_BELOW_TEMPERATURE
 from pixtral.errors import InputError
-from pixtral.serve.errors import APIError, bad_request
+from pixtral.serve.errors import APIError, input_error
 from pixtral.serve.metrics import ServerMetrics
 
 log = logging.getLogger("pixtral.serve")
@@ -187,7 +187,7 @@ class EngineWorker:
                 return
             self._generate(job)
         except InputError as e:
-            job.emit(Event("error", error=bad_request(str(e))))
+            job.emit(Event("error", error=input_error(e)))
         except APIError as e:
             job.emit(Event("error", error=e))
         except Exception:
