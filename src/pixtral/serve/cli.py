@@ -173,6 +173,9 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as e:  # a bad setting, port or address
         print(f"error: {e}", file=sys.stderr)
         return 2
+    log.info(
+        "listening on http://%s:%d; /health says 'loading' until the model is loaded", args.host, args.port
+    )
     if settings.served_model_name is None and args.model:
         # a local folder is served under its name ("pixtral-12b"), a hub id as it is
         local = Path(args.model).expanduser()
@@ -195,9 +198,9 @@ def run_serve(args: argparse.Namespace) -> int:
     def load() -> None:
         try:
             engine = _load_engine(args)
-        except (
-            Exception
-        ) as e:  # whatever the type: a failed load must stop the server, not leave it "loading"
+        # Whatever the type (AssertionError from torch for a missing CUDA, ...): a failed load must stop the
+        # server, never leave /health answering "loading".
+        except Exception as e:
             failed.append(e)
             log.error("cannot load the model: %s", _describe(e))
             server.should_exit = True
