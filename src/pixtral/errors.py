@@ -15,3 +15,10 @@ class CheckpointError(PixtralError):
 
 class InputError(PixtralError):
     """A request the model cannot serve: bad messages, images, or sampling parameters."""
+
+
+class ContextLengthError(InputError):
+    """A prompt that leaves no room in the model's context for a generated token."""
+
+    code = "context_length_exceeded"  # the OpenAI error code the server answers with
+    param = "messages"

@@ -148,6 +148,9 @@ def test_sampling_respects_top_k_and_top_p():
     # a top_p too small for float32 (it rounds to 0) still keeps the most likely token, in every row
     rows = torch.tensor([[3.0, 2.0, 1.0], [0.0, 5.0, 1.0]])
     assert sample_next(rows, SamplingParams(temperature=1.0, top_p=1e-50), gen).tolist() == [0, 1]
+    # so does a temperature so small that dividing by it overflows (inf - inf = nan in the softmax)
+    for tiny in (1e-40, 1e-300, 1e-6):
+        assert sample_next(rows, SamplingParams(temperature=tiny), gen).tolist() == [0, 1], tiny
 
 
 def test_image_token_cap_resizes_down_and_leaves_small_images_alone():
@@ -231,3 +234,15 @@ def test_closed_engine_cancels_what_is_in_flight_and_refuses_new_requests():
     assert [e.finish_reason for e in stream][-1] == "cancelled"
     with pytest.raises(RuntimeError, match="closed"):
         engine.generate([{"role": "user", "content": "hi"}])
+
+
+def test_the_issue_15_command_that_samples_img_finishes():
+    """`pixtral generate --prompt hi --temperature 5 --seed 0`: the bundled model samples [IMG] at token 182,
+    which used to fail the next decode step ("1 [IMG] tokens but the images give 0 patch features")."""
+    default = Engine.load(None)
+    img = default.model.config.vision.image_token_id
+    out = default.generate(
+        [{"role": "user", "content": "hi"}], SamplingParams(max_tokens=200, temperature=5, seed=0)
+    )
+    assert img in out.token_ids  # the case under test happened
+    assert out.finish_reason == "length" and len(out.token_ids) == 200

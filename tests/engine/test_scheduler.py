@@ -7,14 +7,16 @@ import time
 import pytest
 import torch
 
+from pixtral.engine import scheduler as scheduler_module
 from pixtral.engine.generate import decode_steps
 from pixtral.engine.prefix_cache import block_keys
-from pixtral.engine.sampling import SamplingParams
+from pixtral.engine.sampling import SamplingParams, sample_next
 from pixtral.engine.scheduler import Finished, Scheduler, SchedulerConfig
 from pixtral.errors import InputError
-from tests.factories import TEST_CONFIG, image_block, prompt_with_images
+from tests.factories import TEST_CONFIG, image_block, prompt_with_images, random_model
 
 EOS = frozenset({TEST_CONFIG.eos_id})
+IMG = TEST_CONFIG.vision.image_token_id
 
 
 def alone(model, ids, images, params) -> list[int]:
@@ -153,3 +155,72 @@ def test_a_failing_request_reports_its_error(test_model):
     assert finished.reason == "error" and "[IMG] tokens" in str(finished.error)
     ok, _ = collect(scheduler.submit([1, 3, 1100, 4], [], SamplingParams(max_tokens=3), EOS))
     assert len(ok) == 3  # the scheduler is still serving
+
+
+def img_prone_model():
+    """A random model whose [IMG] logit follows the mean final hidden state: it samples [IMG] often."""
+    model = random_model()
+    states = []
+    hook = model.norm.register_forward_hook(lambda _m, _i, out: states.append(out.reshape(-1, out.shape[-1])))
+    with torch.no_grad():
+        for seed in range(4):
+            model(*prompt_with_images([(1, 2)], seed=seed))
+        hook.remove()
+        mean = torch.cat(states).mean(0)  # (dim,)
+        model.output.weight[IMG] = 2 * mean / mean.norm() * model.output.weight.norm(dim=1).mean()
+    return model
+
+
+def test_a_sampled_img_token_is_a_plain_token_and_its_batch_goes_on():
+    model = img_prone_model()
+    scheduler = Scheduler(model)
+    requests = make_requests(8)
+    params = [SamplingParams(max_tokens=12, temperature=1.0, seed=i) for i in range(8)]
+    handles = [scheduler.submit(ids, ims, p, EOS) for (ids, ims), p in zip(requests, params, strict=True)]
+    results = [collect(h) for h in handles]
+    assert all(finished.reason in ("length", "stop") for _, finished in results), results
+    assert any(IMG in tokens for tokens, _ in results)  # the case under test happened
+    for i, ((ids, ims), p) in enumerate(zip(requests, params, strict=True)):
+        assert results[i][0] == alone(model, ids, ims, p), f"request {i}"
+
+
+POISON = 5  # the index of the request that fails
+
+
+@pytest.mark.parametrize("where", ["forward", "sampling"])
+def test_a_request_that_fails_in_its_step_fails_alone_and_15_others_finish(test_model, monkeypatch, where):
+    requests = make_requests(16)
+    params = [SamplingParams(max_tokens=8 + i, temperature=0.8, seed=100 + i) for i in range(16)]
+    params[POISON] = SamplingParams(max_tokens=100, temperature=0.8, seed=666)
+    expected = [alone(test_model, ids, ims, p) for (ids, ims), p in zip(requests, params, strict=True)]
+    cache_len = [len(ids) + p.max_tokens for (ids, _), p in zip(requests, params, strict=True)]
+    assert cache_len.count(cache_len[POISON]) == 1  # the poisoned request's cache is recognisable
+
+    def faulty_forward(ids, *args, caches=None, **kwargs):  # raises in the poisoned request's decode steps
+        if caches and ids.shape[1] == 1 and any(c.max_len == cache_len[POISON] for c in caches):
+            raise RuntimeError("injected fault in the forward")
+        return forward(ids, *args, caches=caches, **kwargs)
+
+    poisoned_draws = []
+
+    def faulty_sample_next(logits, p, generator):  # raises at the poisoned request's third token (a decode)
+        if p.seed == params[POISON].seed:
+            poisoned_draws.append(len(poisoned_draws))
+            if len(poisoned_draws) == 3:
+                raise RuntimeError("injected fault in sampling")
+        return sample_next(logits, p, generator)
+
+    forward = test_model.forward
+    if where == "forward":
+        monkeypatch.setattr(test_model, "forward", faulty_forward)
+    else:
+        monkeypatch.setattr(scheduler_module, "sample_next", faulty_sample_next)
+    scheduler = Scheduler(test_model)
+    handles = [scheduler.submit(ids, ims, p, EOS) for (ids, ims), p in zip(requests, params, strict=True)]
+    results = [collect(h) for h in handles]
+    _, poisoned = results[POISON]
+    assert poisoned.reason == "error" and "injected fault" in str(poisoned.error)
+    for i, (tokens, finished) in enumerate(results):
+        if i != POISON:
+            assert finished.reason in ("length", "stop") and tokens == expected[i], f"request {i}"
+    assert scheduler.kv_bytes_used == 0 and scheduler.n_running == 0

@@ -8,7 +8,7 @@ import torch
 from pixtral.engine.generate import decode_steps
 from pixtral.engine.sampling import SamplingParams
 from pixtral.model.decoder import causal_mask
-from pixtral.model.pixtral import ImageTokenMismatch
+from pixtral.model.pixtral import ImageTokenMismatch, no_images
 from tests.factories import TEST_CONFIG, prompt_with_images
 
 
@@ -50,6 +50,23 @@ def test_image_token_count_mismatch_is_an_error(test_model):
         test_model(ids, [torch.randn(3, 32, 48)])
     with pytest.raises(ImageTokenMismatch):
         test_model(ids)  # image tokens without images
+
+
+@torch.no_grad()
+def test_a_generated_img_token_is_a_plain_token(test_model):
+    """Image features go to prompt positions only: an [IMG] id outside the image mask keeps its embedding."""
+    ids, images = prompt_with_images([(2, 2)], seed=1)
+    img = TEST_CONFIG.vision.image_token_id
+    prompt_mask = ids == img
+    ids = torch.cat([ids, torch.tensor([[img, 1050, img]])], dim=1)  # three "generated" tokens
+    mask = torch.cat([prompt_mask, torch.zeros(1, 3, dtype=torch.bool)], dim=1)
+    h = test_model.embed(ids, test_model.encode_images(images), mask)
+    assert torch.equal(h[0, -1], test_model.tok_embeddings.weight[img])
+    assert torch.equal(h[0, -3], test_model.tok_embeddings.weight[img])
+    assert torch.equal(h[0, mask[0]], test_model.encode_images(images))
+    generated = ids[:, -3:]
+    plain = test_model(generated, image_mask=no_images(generated))  # no features, no mismatch
+    assert plain.shape == (1, 3, TEST_CONFIG.text.vocab_size)
 
 
 @torch.no_grad()

@@ -131,6 +131,66 @@ def test_unknown_model_unsupported_param_and_limits(fake_client):
     assert r.status_code == 400
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "param"),
+    [
+        ({"repetition_penalty": 1.3}, None, "repetition_penalty"),  # vLLM's sampling extras (extra_body)
+        ({"min_p": 0.1}, None, "min_p"),
+        ({"min_tokens": 5}, None, "min_tokens"),
+        ({"ignore_eos": True}, None, "ignore_eos"),
+        ({"stop_token_ids": [2]}, None, "stop_token_ids"),
+        ({"presence_penalty": 0.5}, None, "presence_penalty"),
+        ({"best_of": 3}, None, "best_of"),  # a field this server does not know at all
+        (
+            {"stream_options": {"include_usage": True, "continuous_usage_stats": True}},
+            None,
+            "stream_options.continuous_usage_stats",
+        ),
+        (None, {"role": "assistant", "content": "hi", "tool_calls": [{"id": "x"}]}, "messages.0.tool_calls"),
+        (None, {"role": "user", "content": "hi", "name": "alice"}, "messages.0.name"),
+        (
+            None,
+            {"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {}}]},
+            "messages.0.content.0.cache_control",
+        ),
+        (
+            None,
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x", "detail": "low"}}]},
+            "messages.0.content.0.image_url.detail",
+        ),
+    ],
+)
+def test_parameters_not_honoured_are_refused_by_name(fake_client, field, value, param):
+    body = {"messages": [value] if value else HELLO, "max_tokens": 2, **(field or {})}
+    r = fake_client.post(CHAT, json=body)
+    assert r.status_code == 400, r.text
+    err = error_of(r)
+    assert err["code"] == "unsupported_parameter" and err["param"] == param, err
+    assert err["param"] in err["message"]
+
+
+def test_neutral_values_of_unsupported_parameters_and_null_extras_are_accepted(fake_client):
+    neutral = {
+        "repetition_penalty": 1.0,
+        "min_p": 0.0,
+        "min_tokens": 0,
+        "ignore_eos": False,
+        "stop_token_ids": [],
+        "presence_penalty": 0,
+        "frequency_penalty": 0.0,
+        "logprobs": False,
+        "tool_choice": "auto",
+        "user": "u-1",
+        "best_of": None,  # null asks for nothing, whatever the field
+    }
+    messages = [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x", "detail": "high"}}]}
+    ]
+    messages = HELLO + [{"role": "assistant", "content": "hi", "tool_calls": None, "refusal": None}] + HELLO
+    r = fake_client.post(CHAT, json={"messages": messages, "max_tokens": 2, **neutral})
+    assert r.status_code == 200, r.text
+
+
 def test_unknown_path_and_method(fake_client):
     assert error_of(fake_client.get("/v1/nothing"))["type"] == "not_found_error"
     assert fake_client.delete(CHAT).status_code == 405

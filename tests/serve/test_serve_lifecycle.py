@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 
 import httpx
+import pytest
 
 from tests.serve.serve_helpers import (
     REPO,
@@ -155,3 +157,82 @@ def test_sigterm_drains_in_flight_requests_then_exits(tiny_model_dir, tmp_path):
     assert chats[1]["completion_tokens"] == 150 and chats[1]["stream"] is True
     assert image.split(",", 1)[1][:40] not in log  # no image bytes in any log line
     assert "Go on." not in log  # nor prompt text
+
+
+# --- failures before serving: one clear line, a non-zero status, no traceback, no abort, no hang -------------
+
+
+def serve_process(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [sys.executable, "-m", "pixtral.serve", *args]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_clear_error(result: subprocess.CompletedProcess, needle: str) -> None:
+    stderr = result.stderr
+    assert result.returncode in (1, 2), (result.returncode, stderr)
+    assert "Traceback" not in stderr and "terminate called" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ") or " ERROR " in line]
+    assert len(errors) == 1 and needle in errors[0], stderr
+
+
+def test_a_port_in_use_exits_with_one_error_line():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = serve_process("--port", str(port))
+    assert_one_clear_error(result, f"cannot listen on 127.0.0.1:{port}")
+
+
+def test_a_port_out_of_range_exits_with_one_error_line():
+    assert_one_clear_error(serve_process("--port", "99999"), "--port must be between 1 and 65535")
+
+
+def test_a_load_failing_with_an_unexpected_error_stops_the_server():
+    # torch raises RuntimeError for an unknown device: not one of the errors a load is expected to raise
+    result = serve_process("--port", str(free_port()), "--device", "no-such-device")
+    assert_one_clear_error(result, "cannot load the model: RuntimeError")
+
+
+SLOW_LOAD = """
+import sys, torch
+import pixtral.engine
+
+def slow_load(**kwargs):  # a load that stays inside torch ops for minutes
+    a = torch.randn(600, 600)
+    for _ in range(1_000_000):
+        a = torch.tanh(a @ a)
+
+pixtral.engine.Engine.load = staticmethod(slow_load)
+from pixtral.serve.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_a_signal_while_the_model_loads_exits_without_an_abort(tmp_path, sig, status):
+    script = tmp_path / "slow_load.py"
+    script.write_text(SLOW_LOAD)
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + str(REPO / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "--port", str(free_port())],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in proc.stderr:
+            if "Application startup complete" in line:
+                break
+        time.sleep(0.5)  # the loading thread is inside a torch op now
+        proc.send_signal(sig)
+        stderr = proc.stderr.read()
+        assert proc.wait(timeout=60) == status, stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "terminate called" not in stderr and "Traceback" not in stderr, stderr
+    assert "stopped while the model was loading" in stderr

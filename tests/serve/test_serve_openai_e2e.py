@@ -3,13 +3,18 @@ tiny model: plain and streamed, data-URL images, multi-turn, several images, n>1
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 import openai
 import pytest
 
+from pixtral.engine import scheduler as scheduler_module
 from pixtral.engine.sampling import SamplingParams
 from pixtral.prompt.chat import encode_chat
 from tests.serve.serve_helpers import data_url, image_message, jpeg_bytes, png_bytes, png_header_only
+
+CHAT = "/v1/chat/completions"
 
 
 @pytest.fixture(scope="module")
@@ -130,11 +135,12 @@ def test_n_choices_and_seed_reproducibility(client, model):
 # --- hostile input through the official client: each a clear 4xx -----------------------------------------
 
 
-def expect_400(client, model, messages, needle, **kwargs):
+def expect_400(client, model, messages, needle, **kwargs) -> dict:
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=model, messages=messages, max_tokens=2, **kwargs)
     message = info.value.body["message"] if isinstance(info.value.body, dict) else str(info.value)
     assert needle in message.lower(), message
+    return info.value.body
 
 
 def test_decompression_bomb_header_refused(client, model):
@@ -159,7 +165,8 @@ def test_thousand_images_refused(client, model):
 def test_prompt_over_context_refused(client, model, engine):
     words = engine.max_context + 100
     text = "hello " * words
-    expect_400(client, model, [{"role": "user", "content": text}], "context")
+    error = expect_400(client, model, [{"role": "user", "content": text}], "context")
+    assert error["code"] == "context_length_exceeded" and error["param"] == "messages"
 
 
 def test_100mb_body_refused(live_url):
@@ -172,3 +179,33 @@ def test_100mb_body_refused(live_url):
     )
     assert r.status_code == 413
     assert "larger than" in r.json()["error"]["message"]
+
+
+def test_a_request_failing_in_its_decode_step_gets_an_error_and_its_neighbours_200(
+    live_url, engine, monkeypatch
+):
+    sample_next, poison_seed, poisoned_draws = scheduler_module.sample_next, 4242, []
+
+    def faulty_sample_next(logits, params, generator):  # the poisoned request fails mid-decode, batched
+        if params.seed == poison_seed:
+            poisoned_draws.append(engine.scheduler.n_running)
+            if len(poisoned_draws) >= 3 and engine.scheduler.n_running >= 4:
+                raise RuntimeError("injected fault")
+        return sample_next(logits, params, generator)
+
+    monkeypatch.setattr(scheduler_module, "sample_next", faulty_sample_next)
+    bodies = [
+        {
+            "messages": [{"role": "user", "content": f"Tell me about the number {i}."}],
+            "max_tokens": 300 if i == 2 else 30,
+            "temperature": 0.8,
+            "seed": poison_seed if i == 2 else i,
+        }
+        for i in range(5)
+    ]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        responses = list(pool.map(lambda b: httpx.post(live_url + CHAT, json=b, timeout=120), bodies))
+    poisoned = responses.pop(2)
+    assert 400 <= poisoned.status_code < 600 and poisoned.json()["error"]["message"], poisoned.text
+    assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]
+    assert all(r.json()["usage"]["completion_tokens"] > 0 for r in responses)

@@ -17,7 +17,7 @@ from pixtral.checkpoint.loader import load_model
 from pixtral.default_model import UNTRAINED_MARKER, default_model_path
 from pixtral.engine.sampling import SamplingParams
 from pixtral.engine.scheduler import Finished, Request, Scheduler, SchedulerConfig
-from pixtral.errors import InputError, PixtralError
+from pixtral.errors import ContextLengthError, InputError, PixtralError
 from pixtral.model.pixtral import Pixtral
 from pixtral.prompt.chat import EncodedPrompt, encode_chat
 from pixtral.prompt.detokenize import StreamingDetokenizer
@@ -130,7 +130,7 @@ class Engine:
             max_image_tokens=self.max_image_tokens,
         )
         if len(prompt.token_ids) >= self.max_context:
-            raise InputError(
+            raise ContextLengthError(
                 f"the prompt has {len(prompt.token_ids)} tokens; this model's context is {self.max_context} "
                 "(leave room for at least one generated token)"
             )

@@ -10,7 +10,7 @@ import torch
 
 from pixtral.engine.sampling import SamplingParams, sample_next
 from pixtral.model.kv_cache import SequenceKVCache
-from pixtral.model.pixtral import Pixtral
+from pixtral.model.pixtral import Pixtral, no_images
 
 
 @dataclass
@@ -39,7 +39,8 @@ def decode_steps(
         yield Step(int(token), logits[0])
         if int(token) in stop_ids:
             return
-        logits = model(token[:, None], caches=[cache])[:, -1]
+        ids = token[:, None]  # (1, 1)
+        logits = model(ids, image_mask=no_images(ids), caches=[cache])[:, -1]
 
 
 def greedy_generate_ids(

@@ -7,6 +7,9 @@ Each step of the loop (a background thread):
    decodes for longer than one chunk (images are encoded once per content, through the image cache; a cached
    prompt prefix skips its share of the prefill);
 3. decode one token for every running request in one batched forward.
+An error while serving one request (its images, its prefill, its decode forward or its sampling) fails that
+request alone, with the error on its queue; the others carry on (a batched forward that raises is rerun row by
+row to find the culprit).
 Sampling runs per request with its own parameters and seeded generator, so a request's tokens do not depend
 on what it was batched with. Tokens go to each request's queue; the consumer (engine.py) turns them into text.
 """
@@ -28,7 +31,7 @@ from pixtral.engine.prefix_cache import PrefixCache, block_keys
 from pixtral.engine.sampling import SamplingParams, sample_next
 from pixtral.errors import InputError
 from pixtral.model.kv_cache import SequenceKVCache
-from pixtral.model.pixtral import Pixtral
+from pixtral.model.pixtral import Pixtral, no_images
 
 
 @dataclass(frozen=True)
@@ -263,10 +266,24 @@ class Scheduler:
             self._emit(request, logits[0, -1])
 
     def _decode(self, batch: list[Request]) -> None:
+        """One token for every request of the batch. A request whose forward or sampling raises fails alone:
+        when the batched forward raises, each row is rerun alone (a row never depends on the others, and a
+        failed forward leaves every cache's length unchanged), so only the culprit gets the error."""
         ids = torch.tensor([[r.last_token] for r in batch])  # (B, 1)
-        logits = self.model(ids, caches=[r.cache for r in batch])[:, -1]  # (B, vocab)
-        for row, request in enumerate(batch):
-            self._emit(request, logits[row])
+        try:
+            logits = self.model(ids, image_mask=no_images(ids), caches=[r.cache for r in batch])[:, -1]
+        except Exception as e:
+            if len(batch) == 1:
+                self._finish(batch[0], Finished("error", e))
+                return
+            for request in batch:
+                self._decode([request])
+            return
+        for row, request in enumerate(batch):  # (B, vocab) -> one sampled token per request
+            try:
+                self._emit(request, logits[row])
+            except Exception as e:
+                self._finish(request, Finished("error", e))
 
     def _emit(self, request: Request, logits: torch.Tensor) -> None:
         token = int(sample_next(logits[None], request.params, request.generator)[0])

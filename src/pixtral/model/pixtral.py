@@ -5,7 +5,9 @@ of files, tokenizers, HTTP or sampling. Its parameter names are the Mistral nati
 checkpoint loads as is and the Hugging Face layout is one rename-and-permute away (checkpoint/hf.py).
 
 Merge rule: adapter outputs replace the embeddings of `[IMG]` positions only, in order (row-major patches of
-image 1, then image 2, ...). `[IMG_BREAK]` and `[IMG_END]` keep their ordinary token embeddings.
+image 1, then image 2, ...). `[IMG_BREAK]` and `[IMG_END]` keep their ordinary token embeddings. Only prompt
+positions take image features: a caller feeding generated tokens (which may be the `[IMG]` id too) says
+which positions are image positions with `image_mask`; the model cannot tell a prompt from a generation.
 """
 
 from __future__ import annotations
@@ -46,10 +48,16 @@ class Pixtral(nn.Module):
         """list of (3, H_i, W_i) pixels -> (sum of patches, text dim) features for the [IMG] positions."""
         return self.vision_language_adapter(self.vision_encoder(images))
 
-    def embed(self, token_ids: torch.Tensor, image_features: torch.Tensor | None) -> torch.Tensor:
-        """(B, T) ids + (n_img_tokens, dim) features -> (B, T, dim), features scattered onto [IMG] ids."""
+    def embed(
+        self,
+        token_ids: torch.Tensor,
+        image_features: torch.Tensor | None,
+        image_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, T) ids + (n_img_tokens, dim) features -> (B, T, dim), features scattered onto the image positions:
+        `image_mask` (B, T) bool, by default the [IMG] ids. Other positions keep their token embedding."""
         h = self.tok_embeddings(token_ids)
-        is_image = token_ids == self.config.vision.image_token_id
+        is_image = token_ids == self.config.vision.image_token_id if image_mask is None else image_mask
         n_slots = int(is_image.sum())
         n_features = 0 if image_features is None else image_features.shape[0]
         if n_slots != n_features:
@@ -66,6 +74,7 @@ class Pixtral(nn.Module):
         images: list[torch.Tensor] | None = None,
         *,
         image_features: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
         caches: list[SequenceKVCache] | None = None,
         last_only: bool = False,
         positions: torch.Tensor | None = None,
@@ -73,7 +82,9 @@ class Pixtral(nn.Module):
     ) -> torch.Tensor:
         """token_ids (B, T) -> logits (B, T, vocab) float32 (or (B, 1, vocab) with last_only).
 
-        Images are given either as pixels (`images`) or as already encoded features (`image_features`).
+        Images are given either as pixels (`images`) or as already encoded features (`image_features`); they go
+        to the [IMG] ids, or to the positions of `image_mask` (B, T) bool when given: generated tokens are plain
+        tokens, so a decode step passes an all-False mask (see `no_images`).
         With `caches` (one per row), row b continues its sequence at position caches[b].length and the new
         keys/values are appended to it. Without, each row is a whole sequence from position 0: for packed
         training rows, `positions` (B, T) restarts at 0 per sample and `mask` (B, 1, T, T) bool (True = attend)
@@ -83,7 +94,7 @@ class Pixtral(nn.Module):
             if image_features is not None:
                 raise ValueError("pass images or image_features, not both")
             image_features = self.encode_images(images)
-        h = self.embed(token_ids, image_features)  # (B, T, dim)
+        h = self.embed(token_ids, image_features, image_mask)  # (B, T, dim)
         b, t = token_ids.shape
         if positions is None:
             starts = torch.tensor([c.length for c in caches] if caches else [0] * b, device=h.device)
@@ -98,3 +109,8 @@ class Pixtral(nn.Module):
         if last_only:
             h = h[:, -1:]
         return self.output(self.norm(h)).float()
+
+
+def no_images(token_ids: torch.Tensor) -> torch.Tensor:
+    """The image mask of generated tokens: (B, T) all False, whatever their ids (a sampled [IMG] included)."""
+    return torch.zeros_like(token_ids, dtype=torch.bool)

@@ -215,7 +215,7 @@ def _validate(state: ServerState, body: P.ChatCompletionRequest) -> int:
     unsupported = body.unsupported()
     if unsupported:
         raise bad_request(
-            f"'{unsupported}' is not supported by this server; leave it unset.",
+            f"'{unsupported}' is not supported by this server (it would not be honoured); leave it unset.",
             param=unsupported,
             code="unsupported_parameter",
         )

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import socket
 import sys
 import threading
+from errno import EADDRINUSE
 from pathlib import Path
 from typing import Any
 
@@ -152,9 +155,11 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    """Listen first, then load the engine in a thread while /health answers "loading". Any failure before
+    serving (a bad flag, a port that cannot be bound, a load that raises, whatever its type) ends the process
+    with one `error: ...` line (or one ERROR log line for the load) and a non-zero status, never a traceback."""
     import uvicorn
 
-    from pixtral.errors import PixtralError
     from pixtral.serve.app import create_app
 
     logging.basicConfig(
@@ -164,9 +169,13 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     try:
         settings = settings_from_args(args)
-    except ValueError as e:
-        print(f"pixtral serve: {e}", file=sys.stderr)
+        sock = _listen(args.host, args.port)
+    except ValueError as e:  # a bad setting, port or address
+        print(f"error: {e}", file=sys.stderr)
         return 2
+    log.info(
+        "listening on http://%s:%d; /health says 'loading' until the model is loaded", args.host, args.port
+    )
     if settings.served_model_name is None and args.model:
         # a local folder is served under its name ("pixtral-12b"), a hub id as it is
         local = Path(args.model).expanduser()
@@ -187,19 +196,13 @@ def run_serve(args: argparse.Namespace) -> int:
     )
 
     def load() -> None:
-        from pixtral.engine import Engine
-
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(args.threads)
         try:
-            engine = Engine.load(
-                model=args.model, dtype=args.dtype, device=args.device, quantize=args.quantize
-            )
-        except (PixtralError, OSError) as e:
+            engine = _load_engine(args)
+        # Whatever the type (AssertionError from torch for a missing CUDA, ...): a failed load must stop the
+        # server, never leave /health answering "loading".
+        except Exception as e:
             failed.append(e)
-            log.error("cannot load the model: %s", e)
+            log.error("cannot load the model: %s", _describe(e))
             server.should_exit = True
             return
         app.state.server.set_engine(engine)
@@ -211,9 +214,66 @@ def run_serve(args: argparse.Namespace) -> int:
             args.port,
         )
 
-    threading.Thread(target=load, name="pixtral-load", daemon=True).start()
-    server.run()
+    loader = threading.Thread(target=load, name="pixtral-load", daemon=True)
+    loader.start()
+    try:
+        server.run(sockets=[sock])
+    except BaseException as e:  # Ctrl-C re-raised by uvicorn, or its own sys.exit on a startup failure
+        if loader.is_alive():
+            _exit_while_loading(130 if isinstance(e, KeyboardInterrupt) else 1)
+        raise
+    if loader.is_alive():  # SIGTERM before the model was loaded
+        _exit_while_loading(0)
     return 1 if failed else 0
+
+
+def _load_engine(args: argparse.Namespace) -> Any:
+    from pixtral.engine import Engine
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return Engine.load(model=args.model, dtype=args.dtype, device=args.device, quantize=args.quantize)
+
+
+def _describe(error: BaseException) -> str:
+    """Our own errors and OS errors say what to fix; anything else is named by its type too."""
+    from pixtral.errors import PixtralError
+
+    if isinstance(error, (PixtralError, OSError)) or not str(error):
+        return str(error) or type(error).__name__
+    return f"{type(error).__name__}: {error}"
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind host:port before the model loads (as uvicorn's Config.bind_socket does), so that a bad or busy port
+    fails at once with a ValueError that says what to change, instead of uvicorn's sys.exit mid-load."""
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port must be between 1 and 65535, got {port}")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        hint = (
+            " (another server is using it: stop it or choose another --port)" if e.errno == EADDRINUSE else ""
+        )
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}{hint}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _exit_while_loading(code: int) -> None:
+    """The server stopped (a signal) while the weights still load. The loading thread cannot be interrupted,
+    and the interpreter's teardown under a thread inside torch aborts the process ("terminate called without
+    an active exception", SIGABRT): leave without that teardown, after flushing what was written."""
+    log.warning("stopped while the model was loading")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _draining_server(config: Any) -> Any:

@@ -70,6 +70,12 @@ def bad_request(message: str, *, param: str | None = None, code: str | None = No
     return APIError(400, message, param=param, code=code)
 
 
+def input_error(error: InputError) -> APIError:
+    """The engine's InputError as a 400; a subclass that names its OpenAI `code`/`param`
+    (ContextLengthError: `context_length_exceeded`) keeps them."""
+    return bad_request(str(error), param=getattr(error, "param", None), code=getattr(error, "code", None))
+
+
 def _loc_to_param(loc: tuple) -> str:
     parts = [str(p) for p in loc if p not in ("body",)]
     # pydantic adds the union member tag (e.g. "text", "image_url", "str") to the path; keep it: it helps.
@@ -110,7 +116,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(InputError)
     async def _input(_: Request, exc: InputError) -> JSONResponse:
-        return bad_request(str(exc)).response()
+        return input_error(exc).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -1,10 +1,16 @@
-"""Pydantic models of the OpenAI chat-completions protocol (the subset Pixtral serves)."""
+"""Pydantic models of the OpenAI chat-completions protocol (the subset Pixtral serves).
+
+Every parameter is honoured or refused, never accepted and ignored: a request model keeps the fields it does
+not declare (extra="allow") and `first_unsupported` names the first one set to anything but null, or a
+declared field listed in its NEUTRAL_ONLY set to a value this server would not honour (penalties, vLLM's
+sampling extras, ...); the route answers that with 400 `unsupported_parameter`.
+"""
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -20,13 +26,40 @@ def _utf8(value: str) -> str:
     return value
 
 
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class _Checked(BaseModel):
+    """A request part: undeclared fields are kept for `first_unsupported`; NEUTRAL_ONLY maps a declared field
+    this server cannot honour to the values that ask for nothing (accepted for compatibility)."""
+
+    model_config = ConfigDict(extra="allow")
+    NEUTRAL_ONLY: ClassVar[dict[str, tuple]] = {}
 
 
-class ImageURL(_Lenient):
+def first_unsupported(model: BaseModel, path: str = "") -> str | None:
+    """The dotted path ("repetition_penalty", "messages.0.tool_calls") of the first field set to a value this
+    server would not honour: an undeclared field that is not null, or a NEUTRAL_ONLY field off its neutral
+    values. None when every field is honoured."""
+    for name, value in (model.model_extra or {}).items():
+        if value is not None:
+            return path + name
+    for name, neutral in getattr(model, "NEUTRAL_ONLY", {}).items():
+        if getattr(model, name) not in neutral:
+            return path + name
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        items = enumerate(value) if isinstance(value, list) else [(None, value)]
+        for i, child in items:
+            if isinstance(child, BaseModel):
+                found = first_unsupported(child, f"{path}{name}." if i is None else f"{path}{name}.{i}.")
+                if found is not None:
+                    return found
+    return None
+
+
+class ImageURL(_Checked):
     url: str = Field(min_length=1, description="A data: URL, an http(s) URL (if enabled) or a local file")
+    # Images are always used at full resolution (up to the model's limit): "low" would not be honoured.
     detail: Literal["auto", "low", "high"] | None = None
+    NEUTRAL_ONLY: ClassVar[dict[str, tuple]] = {"detail": (None, "auto", "high")}
 
     @field_validator("url")
     @classmethod
@@ -34,7 +67,7 @@ class ImageURL(_Lenient):
         return _utf8(v)
 
 
-class TextPart(_Lenient):
+class TextPart(_Checked):
     type: Literal["text"]
     text: str
 
@@ -44,7 +77,7 @@ class TextPart(_Lenient):
         return _utf8(v)
 
 
-class ImagePart(_Lenient):
+class ImagePart(_Checked):
     type: Literal["image_url"]
     image_url: ImageURL
 
@@ -57,10 +90,11 @@ class ImagePart(_Lenient):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
-class ChatMessage(_Lenient):
+class ChatMessage(_Checked):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ContentPart] | None = None
-    name: str | None = None
+    name: str | None = None  # the prompt format has no participant names
+    NEUTRAL_ONLY: ClassVar[dict[str, tuple]] = {"name": (None,)}
 
     @field_validator("content")
     @classmethod
@@ -79,11 +113,11 @@ class ChatMessage(_Lenient):
         return self
 
 
-class StreamOptions(_Lenient):
+class StreamOptions(_Checked):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(_Lenient):
+class ChatCompletionRequest(_Checked):
     model: str | None = Field(default=None, description="The served model name (see /v1/models)")
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
@@ -96,7 +130,7 @@ class ChatCompletionRequest(_Lenient):
     n: int = Field(default=1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    # Accepted for compatibility; only their neutral values are supported.
+    # Accepted for compatibility; only their neutral values are supported (NEUTRAL_ONLY).
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logprobs: bool | None = None
@@ -105,7 +139,27 @@ class ChatCompletionRequest(_Lenient):
     response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
     tool_choice: Any = None
-    user: str | None = None
+    user: str | None = None  # an end-user id for the provider's records: it asks nothing of the generation
+    # vLLM's sampling extras (`extra_body`), not implemented yet: likewise neutral values only.
+    repetition_penalty: float | None = None
+    min_p: float | None = None
+    min_tokens: int | None = None
+    ignore_eos: bool | None = None
+    stop_token_ids: list[int] | None = None
+    NEUTRAL_ONLY: ClassVar[dict[str, tuple]] = {
+        "frequency_penalty": (None, 0.0),
+        "presence_penalty": (None, 0.0),
+        "logprobs": (None, False),
+        "top_logprobs": (None, 0),
+        "logit_bias": (None, {}),
+        "tools": (None, []),
+        "tool_choice": (None, "none", "auto"),
+        "repetition_penalty": (None, 1.0),
+        "min_p": (None, 0.0),
+        "min_tokens": (None, 0),
+        "ignore_eos": (None, False),
+        "stop_token_ids": (None, []),
+    }
 
     @field_validator("stop")
     @classmethod
@@ -124,24 +178,10 @@ class ChatCompletionRequest(_Lenient):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
     def unsupported(self) -> str | None:
-        """The first parameter set to a value this server cannot honour, or None."""
-        if self.frequency_penalty:
-            return "frequency_penalty"
-        if self.presence_penalty:
-            return "presence_penalty"
-        if self.logprobs:
-            return "logprobs"
-        if self.top_logprobs:
-            return "top_logprobs"
-        if self.logit_bias:
-            return "logit_bias"
-        if self.tools:
-            return "tools"
-        if self.tool_choice not in (None, "none", "auto"):
-            return "tool_choice"
+        """The first parameter set to a value this server cannot honour (a dotted path), or None."""
         if self.response_format and self.response_format.get("type", "text") != "text":
             return "response_format"
-        return None
+        return first_unsupported(self)
 
 
 # --- responses ---------------------------------------------------------------------------------------

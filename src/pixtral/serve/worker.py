@@ -16,8 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from pixtral.engine.sampling import GREEDY_BELOW_TEMPERATURE
 from pixtral.errors import InputError
-from pixtral.serve.errors import APIError, bad_request
+from pixtral.serve.errors import APIError, input_error
 from pixtral.serve.metrics import ServerMetrics
 
 log = logging.getLogger("pixtral.serve")
@@ -81,9 +82,8 @@ class Ticket:
             self._worker._release()
 
 
-# Below these, sampling is greedy: dividing logits by ~0 overflows, and a top_p this small keeps only the
-# most likely token anyway.
-GREEDY_BELOW_TEMPERATURE = 1e-5
+# Below this, sampling is greedy: a top_p this small keeps only the most likely token anyway (the engine's
+# own threshold for the temperature is GREEDY_BELOW_TEMPERATURE).
 GREEDY_BELOW_TOP_P = 1e-6
 
 
@@ -187,7 +187,7 @@ class EngineWorker:
                 return
             self._generate(job)
         except InputError as e:
-            job.emit(Event("error", error=bad_request(str(e))))
+            job.emit(Event("error", error=input_error(e)))
         except APIError as e:
             job.emit(Event("error", error=e))
         except Exception:
