@@ -7,7 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from pixtral.argtypes import add_threads_option
 from pixtral.benchmark import add_bench_parser
+from pixtral.engine.quantize import GROUP_SIZES
 from pixtral.errors import InputError, PixtralError
 from pixtral.evals.cli import add_eval_parser
 from pixtral.serve.cli import add_serve_parser
@@ -47,12 +49,20 @@ def main(argv: list[str] | None = None) -> int:
     except PixtralError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except FileExistsError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except OSError as e:  # permission denied, not a directory, disk full...: the user's file system
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def describe_os_error(e: OSError) -> str:
+    """'PATH: Permission denied' (the path first, as the user named it), not '[Errno 13] ...'."""
+    if e.filename is None:
+        return e.strerror or str(e)
+    path = str(e.filename) if e.filename2 is None else f"{e.filename} -> {e.filename2}"
+    return f"{path}: {e.strerror or e}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,11 +102,15 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         choices=["int8", "int4"],
         help="weight-only quantization of the decoder's linear layers, applied while loading",
     )
-    p.add_argument("--group-size", type=int, default=128, help="int4 group size: 32, 64 or 128 (default 128)")
     p.add_argument(
-        "--threads",
+        "--group-size",
         type=int,
-        help="CPU threads for torch (default: torch's choice; on a busy machine fewer is often faster)",
+        choices=GROUP_SIZES,
+        default=128,
+        help=f"int4 group size: {', '.join(map(str, GROUP_SIZES))} (default 128)",
+    )
+    add_threads_option(
+        p, "CPU threads for torch (default: torch's choice; on a busy machine fewer is often faster)"
     )
 
 

@@ -15,3 +15,7 @@ class CheckpointError(PixtralError):
 
 class InputError(PixtralError):
     """A request the model cannot serve: bad messages, images, or sampling parameters."""
+
+
+class MissingDependencyError(PixtralError, ImportError):
+    """An optional package a feature needs is not installed; the message says what to `pip install`."""

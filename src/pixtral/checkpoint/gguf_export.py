@@ -30,6 +30,7 @@ import torch
 
 from pixtral.checkpoint.loader import Checkpoint, open_checkpoint
 from pixtral.config import PixtralConfig
+from pixtral.errors import MissingDependencyError
 
 DTYPES = ("f32", "f16", "q8_0")
 CHAT_TEMPLATE = "mistral-v3-tekken"  # llama.cpp's built-in template name for tekken v3 (Pixtral-12B-2409)
@@ -40,7 +41,9 @@ def _gguf():
     try:
         import gguf
     except ImportError as e:  # an optional dependency: only this exporter needs it
-        raise ImportError("GGUF export needs the `gguf` package: pip install 'gguf>=0.17'") from e
+        raise MissingDependencyError(
+            "GGUF export needs the optional `gguf` package: pip install 'pixtral[gguf]'"
+        ) from e
     return gguf
 
 

@@ -26,8 +26,11 @@ def written_atomically(folder: str | Path) -> Iterator[Path]:
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise FileExistsError(f"{folder}: exists and is not empty")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    except OSError as e:  # name the folder asked for, not the scratch folder beside it
+        raise type(e)(e.errno, f"cannot create this folder ({e.strerror})", str(folder)) from e
     try:
         yield tmp
         if folder.exists():

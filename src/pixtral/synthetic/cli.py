@@ -77,23 +77,19 @@ def handle_synth(args: argparse.Namespace) -> int:
         args.split, args.n, seed=args.seed, max_side=args.max_side, tasks=tasks, start=args.start
     )
     samples = tqdm(samples, total=args.n, desc=f"synth {args.split}", unit="sample", disable=args.no_progress)
-    try:
-        if args.format == "jsonl":
-            path = write_jsonl(args.out, samples, name=args.split)
-        else:
-            path = write_parquet(args.out / f"{args.split}.parquet", samples)
-    except OSError as e:
-        print(f"error: cannot write to {args.out}: {e}", file=sys.stderr)
-        return 1
+    if args.format == "jsonl":  # an OSError (not a folder, permission denied) is the main CLI's one line
+        path = write_jsonl(args.out, samples, name=args.split)
+    else:
+        path = write_parquet(args.out / f"{args.split}.parquet", samples)
     print(f"wrote {args.n} samples to {path}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pixtral synth", epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    _add_arguments(parser)
-    return handle_synth(parser.parse_args(argv))
+    """`python -m pixtral.synthetic.cli ARGS` is `pixtral synth ARGS` (same errors, same exit codes)."""
+    from pixtral.cli import main as pixtral_main
+
+    return pixtral_main(["synth", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
