@@ -190,3 +190,15 @@ def test_unreadable_sources_are_refused(source, message):
 def test_directory_is_refused(tmp_path):
     with pytest.raises(InputError, match="is a directory"):
         load_image(str(tmp_path))
+
+
+def test_unreadable_image_message_names_the_source_not_a_python_object(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image\n")
+    for source, what in [(str(notes), "notes.txt"), (b"plain text", "the image data"),
+                         ("data:image/png;base64," + base64.b64encode(b"text").decode(), "the data: URL")]:  # fmt: skip
+        with pytest.raises(InputError) as refused:
+            load_image(source)
+        message = str(refused.value)
+        assert what in message and "not a readable image" in message
+        assert "BytesIO" not in message and " at 0x" not in message

@@ -109,7 +109,12 @@ def decode_image_bytes(data: bytes, limits: ImageLimits, what: str = "the image"
         image = Image.open(io.BytesIO(data))  # reads the header only
     except Image.DecompressionBombError as e:
         raise InputError(f"{what} declares too many pixels ({e}): send a smaller image") from e
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except UnidentifiedImageError as e:  # PIL's message only names its file object: "<_io.BytesIO ...>"
+        raise InputError(
+            f"{what} is not a readable image (an unknown format, or truncated): send a complete "
+            f"{_formats(limits)} file"
+        ) from e
+    except (OSError, ValueError, SyntaxError) as e:
         raise InputError(
             f"{what} is not a readable image, or is truncated ({_reason(e)}): "
             f"send a complete {_formats(limits)} file"
