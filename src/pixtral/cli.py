@@ -226,12 +226,20 @@ def _generate(args: argparse.Namespace) -> int:
 # ---- chat ---------------------------------------------------------------------------------------
 
 
+CHAT_HELP = """commands:
+  /image PATH   attach an image to your next message (it is checked now)
+  /reset        forget the conversation and start over
+  /help         this list
+  /quit         leave (also /exit, quit, exit, or Ctrl-D)
+A line that starts with // is sent as a message starting with /."""
+
+
 def _add_chat(sub) -> None:
     p = sub.add_parser(
         "chat",
         help="interactive multi-turn chat in the terminal",
-        description="Type a message and press Enter. Commands: /image PATH attaches an image to "
-        "your next message, /reset starts over, /quit (or Ctrl-D) leaves.",
+        description="Type a message and press Enter.\n" + CHAT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _model_options(p)
     p.add_argument("--system", help="system prompt")
@@ -240,48 +248,86 @@ def _add_chat(sub) -> None:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    params = _sampling_params(args)
-    engine = _load_engine(args)
-    history: list[dict] = []
-    images: list[str] = []
+    chat = TerminalChat(_load_engine(args), _sampling_params(args), args.system)
     interactive = sys.stdin.isatty()
+    if interactive:
+        print("(type /help for the commands)")
     while True:
         try:
             line = input("you> " if interactive else "")
         except EOFError:
             print()
             return 0
-        line = line.strip()
-        if not line:
-            continue
-        if line in ("/quit", "/exit"):
+        if not chat.handle(line.strip()):
             return 0
-        if line == "/reset":
-            history, images = [], []
+
+
+class TerminalChat:
+    """The state of `pixtral chat`: the conversation so far and the images waiting for the next message.
+
+    A message the engine refuses is not added to the conversation, and its images are dropped, so one bad
+    message never breaks the ones after it."""
+
+    QUIT = ("/quit", "/exit", "quit", "exit")
+
+    def __init__(self, engine, params, system: str | None = None) -> None:
+        self.engine, self.params = engine, params
+        self.system = [{"role": "system", "content": system}] if system else []
+        self.history: list[dict] = []
+        self.images: list = []  # decoded PIL images for the next user message
+
+    def handle(self, line: str) -> bool:
+        """Act on one input line; False when the user leaves."""
+        if line in self.QUIT:
+            return False
+        if line.startswith("/") and not line.startswith("//"):
+            self._command(*line.partition(" ")[::2])
+        elif line:
+            self._send(line.removeprefix("/"))
+        return True
+
+    def _command(self, name: str, arg: str) -> None:
+        if name == "/image":
+            self._attach(arg.strip())
+        elif name == "/reset":
+            self.history, self.images = [], []
             print("(conversation cleared)")
-            continue
-        if line.startswith("/image"):
-            path = line[len("/image") :].strip()
-            if not path or not Path(path).expanduser().is_file():
-                print(f"(no such image file: {path!r})")
-                continue
-            images.append(str(Path(path).expanduser()))
-            print(f"(image attached to your next message: {path})")
-            continue
-        message = user_message(line, images) if images else {"role": "user", "content": line}
-        system = [{"role": "system", "content": args.system}] if args.system else []
+        elif name == "/help":
+            print(CHAT_HELP)
+        else:
+            print(f"(unknown command {name}: nothing was sent; /help lists the commands)")
+
+    def _attach(self, path: str) -> None:
+        from pixtral.prompt.images import load_image
+
+        if not path:
+            print("(usage: /image PATH)")
+            return
+        try:
+            image = load_image(str(Path(path).expanduser()), self.engine.limits)
+        except InputError as e:
+            print(f"(not attached: {e})")
+            return
+        self.images.append(image)
+        print(f"(image attached to your next message: {path})")
+
+    def _send(self, text: str) -> None:
+        parts = [{"type": "image", "image": image} for image in self.images]
+        message = {"role": "user", "content": [*parts, {"type": "text", "text": text}] if parts else text}
         print("pixtral> ", end="", flush=True)
         answer = []
         try:
-            for event in engine.stream(system + history + [message], params):
+            for event in self.engine.stream(self.system + self.history + [message], self.params):
                 print(event.text, end="", flush=True)
                 answer.append(event.text)
         except PixtralError as e:
-            print(f"\n(error: {e})")
-            continue
+            dropped = f"; its {len(parts)} image(s) were dropped" if parts else ""
+            print(f"\n(error: {e}. The message was not sent{dropped}: the conversation goes on without it)")
+            self.images = []
+            return
         print()
-        history += [message, {"role": "assistant", "content": "".join(answer)}]
-        images = []
+        self.history += [message, {"role": "assistant", "content": "".join(answer)}]
+        self.images = []
 
 
 # ---- init / convert / info -----------------------------------------------------------------------
