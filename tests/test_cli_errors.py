@@ -16,6 +16,7 @@ import pytest
 
 from pixtral.cli import main
 from pixtral.default_model import BUNDLED_MODEL
+from tests.prompt.prompt_helpers import png_declaring
 
 DRIVER = r"""
 import contextlib, io, json, signal, sys, traceback
@@ -65,6 +66,8 @@ def wrong_inputs(tmp: Path) -> list[list[str]]:
     full.mkdir()
     (full / "x").write_text("x")
     model = str(BUNDLED_MODEL)
+    bomb = tmp / "bomb.png"  # declares 10,000 x 10,000 pixels: past Pillow's warning threshold and ours
+    bomb.write_bytes(png_declaring(10_000, 10_000))
     return [
         ["generate", "--prompt", "hi", "--threads", "-3"],
         ["generate", "--prompt", "hi", "--threads", "0"],
@@ -73,6 +76,7 @@ def wrong_inputs(tmp: Path) -> list[list[str]]:
         ["generate", "--prompt", "hi", "--temperature", "-1"],
         ["generate", "--prompt", "hi", "--image", str(text)],
         ["generate", "--prompt", "hi", "--image", str(full)],
+        ["generate", "--prompt", "hi", "--image", str(bomb)],
         ["generate", "--prompt", "hi", "--model", str(tmp / "missing")],
         ["generate", "--prompt", "hi", "--model", str(text)],
         ["generate", "--prompt", "hi", "--model", str(full)],
@@ -113,7 +117,8 @@ def test_every_subcommand_refuses_wrong_inputs_in_one_line(tmp_path):
     bad = []
     for r in run_cases(wrong_inputs(tmp_path), cwd=tmp_path):
         lines = r["stderr"].strip().splitlines()
-        if r["rc"] != 2 or "Traceback" in r["stderr"] or not lines or "error:" not in lines[-1]:
+        leaked = "Traceback" in r["stderr"] or "Warning" in r["stderr"]
+        if r["rc"] != 2 or leaked or not lines or "error:" not in lines[-1]:
             bad.append(f"{r['argv']} -> rc {r['rc']}:\n{r['stderr'][-600:]}")
     assert not bad, "\n\n".join(bad)
 
