@@ -194,3 +194,40 @@ def test_chat_message_the_engine_refuses_is_dropped_with_its_images(capsys):
         in out
     )
     assert "pixtral> seen 1\n" in out and chat.history[0] == {"role": "user", "content": "second"}
+
+
+def test_version_is_the_installed_package_version(capsys):
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"pixtral {importlib.metadata.version('pixtral')}\n"
+    child = subprocess.run([sys.executable, "-m", "pixtral", "--version"], capture_output=True, text=True)
+    assert child.returncode == 0 and child.stdout.startswith("pixtral ")
+
+
+@pytest.mark.parametrize(
+    "command", ["generate", "chat", "init", "convert", "info", "serve", "eval", "bench", "synth"]
+)
+def test_every_command_help_has_examples(command, capsys):
+    import re
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert re.search(rf"^\s+pixtral {command}\b", capsys.readouterr().out, re.MULTILINE)
+
+
+def test_serve_help_shows_every_flag_with_one_default(capsys):
+    from pixtral.cli import build_parser
+
+    (commands,) = [a for a in build_parser()._actions if a.dest == "==SUPPRESS==" and a.choices]
+    flags = [a for a in commands.choices["serve"]._actions if a.option_strings and a.dest != "help"]
+    assert [a.option_strings[0] for a in flags if not a.help] == []
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    model_help = out[out.index("--model MODEL ") : out.index("--host HOST ")]
+    assert "(default: None)" not in out and model_help.count("default") == 1

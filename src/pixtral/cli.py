@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import sys
 from pathlib import Path
@@ -65,6 +66,27 @@ def describe_os_error(e: OSError) -> str:
     return f"{path}: {e.strerror or e}"
 
 
+def package_version() -> str:
+    """The installed distribution's version (what pip sees), else the source tree's."""
+    try:
+        return importlib.metadata.version("pixtral")
+    except importlib.metadata.PackageNotFoundError:
+        from pixtral import __version__
+
+        return __version__
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _subparser(sub, name: str, examples: str, **kwargs) -> argparse.ArgumentParser:
+    """A sub-command whose --help ends with its examples (descriptions keep their line breaks)."""
+    return sub.add_parser(
+        name, epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pixtral",
@@ -72,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_generate(sub)
     _add_chat(sub)
@@ -165,8 +188,16 @@ def _load_engine(args: argparse.Namespace):
 
 
 def _add_generate(sub) -> None:
-    p = sub.add_parser(
+    p = _subparser(
+        sub,
         "generate",
+        _examples(
+            'pixtral generate --prompt "Hello"                       # the bundled demo model',
+            'pixtral generate --image examples/sample.png --prompt "Describe the image."',
+            'pixtral generate --model ./pixtral-12b --image a.png --image b.jpg --prompt "Compare them." \\',
+            "    --dtype bfloat16 --max-tokens 512",
+            'pixtral generate --model ./pixtral-12b --quantize int8 --threads 2 --prompt "Hi" --json',
+        ),
         help="answer one prompt (with images) and exit",
         description="One user message: the images in the given order, then the prompt text.",
     )
@@ -235,11 +266,16 @@ A line that starts with // is sent as a message starting with /."""
 
 
 def _add_chat(sub) -> None:
-    p = sub.add_parser(
+    p = _subparser(
+        sub,
         "chat",
+        _examples(
+            "pixtral chat                                  # the bundled demo model",
+            'pixtral chat --model ./pixtral-12b --dtype bfloat16 --system "Answer briefly."',
+            "echo 'What is 2+2?' | pixtral chat --temperature 0   # one message from a pipe",
+        ),
         help="interactive multi-turn chat in the terminal",
         description="Type a message and press Enter.\n" + CHAT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _model_options(p)
     p.add_argument("--system", help="system prompt")
@@ -334,17 +370,30 @@ class TerminalChat:
 
 
 def _add_init(sub) -> None:
-    p = sub.add_parser(
+    p = _subparser(
+        sub,
         "init",
+        _examples(
+            "pixtral init --out ./tiny                     # the tiny preset, seconds",
+            "pixtral init --out ./small --preset small --format hf",
+            "pixtral init --out ./pixtral-12b-random --preset 12b   # ~25 GB of bfloat16 noise",
+        ),
         help="write a model of random weights in a named shape",
-        description="tiny: for tests and demos (real tokenizer, tiny layers); "
-        "small: about 1.1 B parameters, for benchmarks; 12b: the exact Pixtral-12B shapes, streamed to disk "
-        "(about 25 GB in bfloat16, never held in memory).",
+        description="tiny: for tests and demos (real tokenizer, tiny layers)\n"
+        "small: about 1.1 B parameters, for benchmarks\n"
+        "12b: the exact Pixtral-12B shapes, streamed to disk (about 25 GB in bfloat16, never held in memory)",
     )
-    p.add_argument("--out", required=True, type=Path, help="folder to create")
-    p.add_argument("--preset", choices=["tiny", "small", "12b"], default="tiny")
-    p.add_argument("--format", choices=["native", "hf"], default="native")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, type=Path, help="folder to create (must not exist or be empty)")
+    p.add_argument(
+        "--preset", choices=["tiny", "small", "12b"], default="tiny", help="the shape (default tiny)"
+    )
+    p.add_argument(
+        "--format",
+        choices=["native", "hf"],
+        default="native",
+        help="Mistral native or Hugging Face (default native)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed of the weights (default 0)")
     p.add_argument(
         "--dtype", choices=["float32", "bfloat16"], help="stored dtype (default float32; bfloat16 for 12b)"
     )
@@ -374,11 +423,18 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _add_convert(sub) -> None:
-    p = sub.add_parser(
+    p = _subparser(
+        sub,
         "convert",
+        _examples(
+            "pixtral convert ./tiny ./tiny-hf --to hf",
+            "pixtral convert mistralai/Pixtral-12B-2409 ./pixtral-12b-native --to native",
+            "pixtral convert ./tiny ./tiny.gguf --to gguf --gguf-type q8_0   # needs pip install 'pixtral[gguf]'",
+            "pixtral convert ./tiny ./tiny-tuned --to native --merge-lora runs/lora/final",
+        ),
         help="rewrite a checkpoint in another format (bit-exact)",
-        description="Converts between the Mistral native and Hugging Face layouts, renaming tensors "
-        "and permuting q/k rows for the RoPE convention. Dtypes are kept as stored.",
+        description="Converts between the Mistral native and Hugging Face layouts, renaming tensors\n"
+        "and permuting q/k rows for the RoPE convention.\nDtypes are kept as stored.",
     )
     p.add_argument("src", help="source model folder or hub id")
     p.add_argument("dst", type=Path, help="destination folder (must not exist or be empty)")
@@ -435,7 +491,12 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="print a checkpoint's config, parameter counts and format")
+    p = _subparser(
+        sub,
+        "info",
+        _examples("pixtral info ./tiny-hf", "pixtral info mistralai/Pixtral-12B-2409 --json"),
+        help="print a checkpoint's config, parameter counts and format",
+    )
     p.add_argument("model", help="model folder or hub id")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=_info)
