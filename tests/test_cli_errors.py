@@ -110,6 +110,7 @@ def wrong_inputs(tmp: Path) -> list[list[str]]:
         ["synth", "--out", "/proc/forbidden", "--n", "2", "--no-progress"],
         ["synth", "--out", str(tmp / "s"), "--n", "0"],
         ["synth", "--out", str(tmp / "s"), "--tasks", "nope"],
+        ["synth", "--out", str(full), "--n", "2", "--no-progress"],
     ]
 
 
