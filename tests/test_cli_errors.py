@@ -106,6 +106,11 @@ def wrong_inputs(tmp: Path) -> list[list[str]]:
         ["train", "--config", str(tmp / "missing.toml")],
         ["train", "--config", str(text)],
         ["bench", "--preset", "tiny", "--tokens", "0"],
+        ["bench", "--preset", "tiny", "--tokens", "1"],
+        ["eval", "--task", "synthetic", "--concurrency", "0", "--output-dir", str(tmp / "runs")],
+        ["eval", "--task", "synthetic", "--timeout", "-1", "--output-dir", str(tmp / "runs")],
+        ["eval", "--task", "synthetic", "--limit", "0", "--output-dir", str(tmp / "runs")],
+        ["eval", "compare", str(full), str(full), "--bootstrap", "0"],
         ["synth", "--out", str(text / "sub"), "--n", "2", "--no-progress"],
         ["synth", "--out", "/proc/forbidden", "--n", "2", "--no-progress"],
         ["synth", "--out", str(tmp / "s"), "--n", "0"],
@@ -144,3 +149,27 @@ def test_group_size_help_choices_and_quantizer_agree(capsys):
         main(["generate", "--prompt", "hi", "--quantize", "int4", "--group-size", "7"])
     assert refused.value.code == 2
     assert f"choose from {', '.join(map(str, GROUP_SIZES))}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["generate", "--prompt", "hi", "--threads", "0"],
+        ["chat", "--threads", "-1"],
+        ["serve", "--threads", "0"],
+        ["serve", "--port", "65536"],
+        ["serve", "--max-queue", "-1"],
+        ["serve", "--remote-timeout", "0"],
+        ["bench", "--tokens", "1"],
+        ["eval", "--task", "x", "--concurrency", "0"],
+        ["eval", "--task", "x", "--timeout", "nan"],
+        ["eval", "--task", "x", "--limit", "0"],
+        ["eval", "--task", "x", "--retries", "-1"],
+        ["eval", "compare", "a", "b", "--bootstrap", "0"],
+    ],
+)
+def test_out_of_range_numbers_are_refused_while_parsing(argv, capsys):
+    flag = next(a for a in argv if a.startswith("--") and a not in ("--task", "--prompt"))
+    with pytest.raises(SystemExit) as refused:
+        main(argv)
+    assert refused.value.code == 2 and f"argument {flag}: expected " in capsys.readouterr().err

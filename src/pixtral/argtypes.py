@@ -20,14 +20,17 @@ def _parse(text: str, kind: type, ok: Callable[[float], bool], what: str):
     return value
 
 
-def positive_int(text: str) -> int:
-    """A whole number >= 1."""
-    return _parse(text, int, lambda v: v >= 1, "a whole number of at least 1")
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """A `type=` for whole numbers >= minimum."""
+
+    def parse(text: str) -> int:
+        return _parse(text, int, lambda v: v >= minimum, f"a whole number of at least {minimum}")
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """A whole number >= 0."""
-    return _parse(text, int, lambda v: v >= 0, "a whole number of at least 0")
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
 
 
 def positive_float(text: str) -> float:
