@@ -284,7 +284,8 @@ def _add_chat(sub) -> None:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    chat = TerminalChat(_load_engine(args), _sampling_params(args), args.system)
+    params = _sampling_params(args)  # a bad sampling value is refused before the model loads
+    chat = TerminalChat(_load_engine(args), params, args.system)
     interactive = sys.stdin.isatty()
     if interactive:
         print("(type /help for the commands)")
