@@ -98,3 +98,13 @@ def test_a_bar_reaches_stderr_only_after_its_delay(capsys):
         bar.advance(10)
         time.sleep(0.2)
     assert "slow" in capsys.readouterr().err
+
+
+def test_gguf_export_reports_every_byte(native_dir, tmp_path, bars):
+    pytest.importorskip("gguf")
+    from pixtral.checkpoint.gguf_export import export_gguf
+
+    result = export_gguf(native_dir, tmp_path / "m.gguf", "f16")
+    assert [d for d, _, _ in bars] == ["writing m.gguf", "writing mmproj-m.gguf"]
+    assert all(done == total > 0 for _, done, total in bars)
+    assert result.model_path.stat().st_size > bars[0][1]  # the tensor data plus the header

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from pixtral.checkpoint.loader import Checkpoint, open_checkpoint
+from pixtral.checkpoint.progress import track
 from pixtral.config import PixtralConfig
 from pixtral.errors import MissingDependencyError
 
@@ -280,7 +281,8 @@ def _write(
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    for _, _, qtype, read in items:
+    sizes = [_nbytes(gguf, shape, qtype) for _, shape, qtype, _ in items]
+    for _, _, qtype, read in track(items, f"writing {path.name}", sizes, sum(sizes)):
         writer.write_tensor_data(_encode(gguf, read(), qtype))
     writer.close()
 
