@@ -111,7 +111,25 @@ def test_chat_multi_turn_with_an_image(tiny_dir, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert out.count("pixtral> ") == 3
     assert f"(image attached to your next message: {SAMPLE})" in out
-    assert "(no such image file: 'missing.png')" in out and "(conversation cleared)" in out
+    assert "(not attached: the image file 'missing.png' does not exist" in out
+    assert "(conversation cleared)" in out
+
+
+@pytest.mark.parametrize("leave", ["/quit", "/exit", "quit", "exit"])
+def test_chat_refuses_a_bad_attachment_and_stays_usable(tiny_dir, tmp_path, monkeypatch, capsys, leave):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image\n")
+    script = f"/image {notes}\nHello\n/help\n/bogus thing\n//etc is a folder\nAgain\n{leave}\nnever sent\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(script))
+    assert main(["chat", "--model", str(tiny_dir), "--max-tokens", "3", "--temperature", "0"]) == 0
+    out = capsys.readouterr().out
+    assert f"(not attached: the image file '{notes}' is not a readable image" in out
+    assert "image attached" not in out and "(error" not in out
+    assert (
+        out.count("pixtral> ") == 3
+    )  # Hello, "/etc is a folder", Again; /bogus and the line after quit never
+    assert "/image PATH" in out and "/reset" in out  # /help lists the commands
+    assert "(unknown command /bogus: nothing was sent" in out
 
 
 def test_bad_input_is_one_line_with_exit_code_2(tiny_dir, capsys):
@@ -148,3 +166,68 @@ def test_threads_option_sets_torch_threads(tiny_dir, capsys):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_chat_message_the_engine_refuses_is_dropped_with_its_images(capsys):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from pixtral.cli import TerminalChat
+    from pixtral.errors import InputError
+    from pixtral.prompt.images import DEFAULT_LIMITS
+
+    class Engine:
+        limits = DEFAULT_LIMITS
+
+        def stream(self, messages, params):
+            if any(isinstance(m["content"], list) for m in messages):
+                raise InputError("message 0 (user) part 0: refused")
+            yield SimpleNamespace(text=f"seen {len(messages)}")
+
+    chat = TerminalChat(Engine(), params=None)
+    chat.images = [Image.new("RGB", (4, 4))]
+    assert chat.handle("first") and chat.handle("second")
+    out = capsys.readouterr().out
+    assert (
+        "(error: message 0 (user) part 0: refused. The message was not sent; its 1 image(s) were dropped"
+        in out
+    )
+    assert "pixtral> seen 1\n" in out and chat.history[0] == {"role": "user", "content": "second"}
+
+
+def test_version_is_the_installed_package_version(capsys):
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"pixtral {importlib.metadata.version('pixtral')}\n"
+    child = subprocess.run([sys.executable, "-m", "pixtral", "--version"], capture_output=True, text=True)
+    assert child.returncode == 0 and child.stdout.startswith("pixtral ")
+
+
+@pytest.mark.parametrize(
+    "command", ["generate", "chat", "init", "convert", "info", "serve", "eval", "bench", "synth"]
+)
+def test_every_command_help_has_examples(command, capsys):
+    import re
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert re.search(rf"^\s+pixtral {command}\b", capsys.readouterr().out, re.MULTILINE)
+
+
+def test_serve_help_shows_every_flag_with_one_default(capsys):
+    from pixtral.cli import build_parser
+
+    (commands,) = [a for a in build_parser()._actions if a.dest == "==SUPPRESS==" and a.choices]
+    flags = [a for a in commands.choices["serve"]._actions if a.option_strings and a.dest != "help"]
+    assert [a.option_strings[0] for a in flags if not a.help] == []
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    model_help = out[out.index("--model MODEL ") : out.index("--host HOST ")]
+    assert "(default: None)" not in out and model_help.count("default") == 1

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pixtral.argtypes import int_at_least
 from pixtral.checkpoint.loader import convert, load_model
 from pixtral.checkpoint.random_init import create_random_checkpoint
 from pixtral.config import preset
@@ -283,7 +284,12 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
 def _add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--preset", choices=["tiny", "small"], default="small")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    ap.add_argument("--tokens", type=int, default=32, help="decoded tokens per measurement")
+    ap.add_argument(
+        "--tokens",
+        type=int_at_least(2),
+        default=32,
+        help="decoded tokens per measurement, at least 2 (default 32)",
+    )
     ap.add_argument("--no-peer", action="store_true", help="skip transformers")
     ap.add_argument("--json", type=Path, help="also write the results here")
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import sys
 from pathlib import Path
 
+from pixtral.argtypes import add_threads_option
 from pixtral.benchmark import add_bench_parser
+from pixtral.engine.quantize import GROUP_SIZES
 from pixtral.errors import InputError, PixtralError
 from pixtral.evals.cli import add_eval_parser
 from pixtral.serve.cli import add_serve_parser
@@ -47,12 +50,41 @@ def main(argv: list[str] | None = None) -> int:
     except PixtralError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except FileExistsError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except OSError as e:  # permission denied, not a directory, disk full...: the user's file system
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def describe_os_error(e: OSError) -> str:
+    """'PATH: Permission denied' (the path first, as the user named it), not '[Errno 13] ...'."""
+    if e.filename is None:
+        return e.strerror or str(e)
+    path = str(e.filename) if e.filename2 is None else f"{e.filename} -> {e.filename2}"
+    return f"{path}: {e.strerror or e}"
+
+
+def package_version() -> str:
+    """The installed distribution's version (what pip sees), else the source tree's."""
+    try:
+        return importlib.metadata.version("pixtral")
+    except importlib.metadata.PackageNotFoundError:
+        from pixtral import __version__
+
+        return __version__
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _subparser(sub, name: str, examples: str, **kwargs) -> argparse.ArgumentParser:
+    """A sub-command whose --help ends with its examples (descriptions keep their line breaks)."""
+    return sub.add_parser(
+        name, epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_generate(sub)
     _add_chat(sub)
@@ -92,11 +125,15 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         choices=["int8", "int4"],
         help="weight-only quantization of the decoder's linear layers, applied while loading",
     )
-    p.add_argument("--group-size", type=int, default=128, help="int4 group size: 32, 64 or 128 (default 128)")
     p.add_argument(
-        "--threads",
+        "--group-size",
         type=int,
-        help="CPU threads for torch (default: torch's choice; on a busy machine fewer is often faster)",
+        choices=GROUP_SIZES,
+        default=128,
+        help=f"int4 group size: {', '.join(map(str, GROUP_SIZES))} (default 128)",
+    )
+    add_threads_option(
+        p, "CPU threads for torch (default: torch's choice; on a busy machine fewer is often faster)"
     )
 
 
@@ -151,8 +188,16 @@ def _load_engine(args: argparse.Namespace):
 
 
 def _add_generate(sub) -> None:
-    p = sub.add_parser(
+    p = _subparser(
+        sub,
         "generate",
+        _examples(
+            'pixtral generate --prompt "Hello"                       # the bundled demo model',
+            'pixtral generate --image examples/sample.png --prompt "Describe the image."',
+            'pixtral generate --model ./pixtral-12b --image a.png --image b.jpg --prompt "Compare them." \\',
+            "    --dtype bfloat16 --max-tokens 512",
+            'pixtral generate --model ./pixtral-12b --quantize int8 --threads 2 --prompt "Hi" --json',
+        ),
         help="answer one prompt (with images) and exit",
         description="One user message: the images in the given order, then the prompt text.",
     )
@@ -212,12 +257,25 @@ def _generate(args: argparse.Namespace) -> int:
 # ---- chat ---------------------------------------------------------------------------------------
 
 
+CHAT_HELP = """commands:
+  /image PATH   attach an image to your next message (it is checked now)
+  /reset        forget the conversation and start over
+  /help         this list
+  /quit         leave (also /exit, quit, exit, or Ctrl-D)
+A line that starts with // is sent as a message starting with /."""
+
+
 def _add_chat(sub) -> None:
-    p = sub.add_parser(
+    p = _subparser(
+        sub,
         "chat",
+        _examples(
+            "pixtral chat                                  # the bundled demo model",
+            'pixtral chat --model ./pixtral-12b --dtype bfloat16 --system "Answer briefly."',
+            "echo 'What is 2+2?' | pixtral chat --temperature 0   # one message from a pipe",
+        ),
         help="interactive multi-turn chat in the terminal",
-        description="Type a message and press Enter. Commands: /image PATH attaches an image to "
-        "your next message, /reset starts over, /quit (or Ctrl-D) leaves.",
+        description="Type a message and press Enter.\n" + CHAT_HELP,
     )
     _model_options(p)
     p.add_argument("--system", help="system prompt")
@@ -226,65 +284,117 @@ def _add_chat(sub) -> None:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    params = _sampling_params(args)
-    engine = _load_engine(args)
-    history: list[dict] = []
-    images: list[str] = []
+    params = _sampling_params(args)  # a bad sampling value is refused before the model loads
+    chat = TerminalChat(_load_engine(args), params, args.system)
     interactive = sys.stdin.isatty()
+    if interactive:
+        print("(type /help for the commands)")
     while True:
         try:
             line = input("you> " if interactive else "")
         except EOFError:
             print()
             return 0
-        line = line.strip()
-        if not line:
-            continue
-        if line in ("/quit", "/exit"):
+        if not chat.handle(line.strip()):
             return 0
-        if line == "/reset":
-            history, images = [], []
+
+
+class TerminalChat:
+    """The state of `pixtral chat`: the conversation so far and the images waiting for the next message.
+
+    A message the engine refuses is not added to the conversation, and its images are dropped, so one bad
+    message never breaks the ones after it."""
+
+    QUIT = ("/quit", "/exit", "quit", "exit")
+
+    def __init__(self, engine, params, system: str | None = None) -> None:
+        self.engine, self.params = engine, params
+        self.system = [{"role": "system", "content": system}] if system else []
+        self.history: list[dict] = []
+        self.images: list = []  # decoded PIL images for the next user message
+
+    def handle(self, line: str) -> bool:
+        """Act on one input line; False when the user leaves."""
+        if line in self.QUIT:
+            return False
+        if line.startswith("/") and not line.startswith("//"):
+            self._command(*line.partition(" ")[::2])
+        elif line:
+            self._send(line.removeprefix("/"))
+        return True
+
+    def _command(self, name: str, arg: str) -> None:
+        if name == "/image":
+            self._attach(arg.strip())
+        elif name == "/reset":
+            self.history, self.images = [], []
             print("(conversation cleared)")
-            continue
-        if line.startswith("/image"):
-            path = line[len("/image") :].strip()
-            if not path or not Path(path).expanduser().is_file():
-                print(f"(no such image file: {path!r})")
-                continue
-            images.append(str(Path(path).expanduser()))
-            print(f"(image attached to your next message: {path})")
-            continue
-        message = user_message(line, images) if images else {"role": "user", "content": line}
-        system = [{"role": "system", "content": args.system}] if args.system else []
+        elif name == "/help":
+            print(CHAT_HELP)
+        else:
+            print(f"(unknown command {name}: nothing was sent; /help lists the commands)")
+
+    def _attach(self, path: str) -> None:
+        from pixtral.prompt.images import load_image
+
+        if not path:
+            print("(usage: /image PATH)")
+            return
+        try:
+            image = load_image(str(Path(path).expanduser()), self.engine.limits)
+        except InputError as e:
+            print(f"(not attached: {e})")
+            return
+        self.images.append(image)
+        print(f"(image attached to your next message: {path})")
+
+    def _send(self, text: str) -> None:
+        parts = [{"type": "image", "image": image} for image in self.images]
+        message = {"role": "user", "content": [*parts, {"type": "text", "text": text}] if parts else text}
         print("pixtral> ", end="", flush=True)
         answer = []
         try:
-            for event in engine.stream(system + history + [message], params):
+            for event in self.engine.stream(self.system + self.history + [message], self.params):
                 print(event.text, end="", flush=True)
                 answer.append(event.text)
         except PixtralError as e:
-            print(f"\n(error: {e})")
-            continue
+            dropped = f"; its {len(parts)} image(s) were dropped" if parts else ""
+            print(f"\n(error: {e}. The message was not sent{dropped}: the conversation goes on without it)")
+            self.images = []
+            return
         print()
-        history += [message, {"role": "assistant", "content": "".join(answer)}]
-        images = []
+        self.history += [message, {"role": "assistant", "content": "".join(answer)}]
+        self.images = []
 
 
 # ---- init / convert / info -----------------------------------------------------------------------
 
 
 def _add_init(sub) -> None:
-    p = sub.add_parser(
+    p = _subparser(
+        sub,
         "init",
+        _examples(
+            "pixtral init --out ./tiny                     # the tiny preset, seconds",
+            "pixtral init --out ./small --preset small --format hf",
+            "pixtral init --out ./pixtral-12b-random --preset 12b   # ~25 GB of bfloat16 noise",
+        ),
         help="write a model of random weights in a named shape",
-        description="tiny: for tests and demos (real tokenizer, tiny layers); "
-        "small: about 1.1 B parameters, for benchmarks; 12b: the exact Pixtral-12B shapes, streamed to disk "
-        "(about 25 GB in bfloat16, never held in memory).",
+        description="tiny: for tests and demos (real tokenizer, tiny layers)\n"
+        "small: about 1.1 B parameters, for benchmarks\n"
+        "12b: the exact Pixtral-12B shapes, streamed to disk (about 25 GB in bfloat16, never held in memory)",
     )
-    p.add_argument("--out", required=True, type=Path, help="folder to create")
-    p.add_argument("--preset", choices=["tiny", "small", "12b"], default="tiny")
-    p.add_argument("--format", choices=["native", "hf"], default="native")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, type=Path, help="folder to create (must not exist or be empty)")
+    p.add_argument(
+        "--preset", choices=["tiny", "small", "12b"], default="tiny", help="the shape (default tiny)"
+    )
+    p.add_argument(
+        "--format",
+        choices=["native", "hf"],
+        default="native",
+        help="Mistral native or Hugging Face (default native)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed of the weights (default 0)")
     p.add_argument(
         "--dtype", choices=["float32", "bfloat16"], help="stored dtype (default float32; bfloat16 for 12b)"
     )
@@ -314,11 +424,18 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _add_convert(sub) -> None:
-    p = sub.add_parser(
+    p = _subparser(
+        sub,
         "convert",
+        _examples(
+            "pixtral convert ./tiny ./tiny-hf --to hf",
+            "pixtral convert mistralai/Pixtral-12B-2409 ./pixtral-12b-native --to native",
+            "pixtral convert ./tiny ./tiny.gguf --to gguf --gguf-type q8_0   # needs pip install 'pixtral[gguf]'",
+            "pixtral convert ./tiny ./tiny-tuned --to native --merge-lora runs/lora/final",
+        ),
         help="rewrite a checkpoint in another format (bit-exact)",
-        description="Converts between the Mistral native and Hugging Face layouts, renaming tensors "
-        "and permuting q/k rows for the RoPE convention. Dtypes are kept as stored.",
+        description="Converts between the Mistral native and Hugging Face layouts, renaming tensors\n"
+        "and permuting q/k rows for the RoPE convention.\nDtypes are kept as stored.",
     )
     p.add_argument("src", help="source model folder or hub id")
     p.add_argument("dst", type=Path, help="destination folder (must not exist or be empty)")
@@ -375,7 +492,12 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="print a checkpoint's config, parameter counts and format")
+    p = _subparser(
+        sub,
+        "info",
+        _examples("pixtral info ./tiny-hf", "pixtral info mistralai/Pixtral-12B-2409 --json"),
+        help="print a checkpoint's config, parameter counts and format",
+    )
     p.add_argument("model", help="model folder or hub id")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=_info)

@@ -22,3 +22,7 @@ class ContextLengthError(InputError):
 
     code = "context_length_exceeded"  # the OpenAI error code the server answers with
     param = "messages"
+
+
+class MissingDependencyError(PixtralError, ImportError):
+    """An optional package a feature needs is not installed; the message says what to `pip install`."""

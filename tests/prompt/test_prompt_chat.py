@@ -345,3 +345,18 @@ def test_structure_is_checked_before_any_image_is_fetched(tokenizer):
     ]
     with pytest.raises(InputError, match="message 1 is from the assistant"):
         encode_chat(messages, tokenizer, fetch_remote=fetch)
+
+
+def test_unreadable_image_error_names_message_and_part(tokenizer, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image\n")
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": [{"type": "text", "text": "Look:"}, image_part(str(notes))]},
+    ]
+    with pytest.raises(InputError) as refused:
+        encode_chat(messages, tokenizer)
+    message = str(refused.value)
+    assert message.startswith("message 2 (user) part 1: the image file") and "notes.txt" in message
+    assert "BytesIO" not in message and " at 0x" not in message

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -12,16 +10,7 @@ from PIL import Image, PngImagePlugin
 
 from pixtral.errors import InputError
 from pixtral.prompt.images import ImageLimits, load_image
-from tests.prompt.prompt_helpers import data_url, encode, noise_image
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims width x height pixels (a decompression bomb's calling card)."""
-    data = bytearray(encode(Image.new("L", (1, 1))))
-    assert data[12:16] == b"IHDR"
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
+from tests.prompt.prompt_helpers import data_url, encode, noise_image, png_declaring
 
 
 @pytest.fixture
@@ -190,3 +179,29 @@ def test_unreadable_sources_are_refused(source, message):
 def test_directory_is_refused(tmp_path):
     with pytest.raises(InputError, match="is a directory"):
         load_image(str(tmp_path))
+
+
+def test_unreadable_image_message_names_the_source_not_a_python_object(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image\n")
+    for source, what in [(str(notes), "notes.txt"), (b"plain text", "the image data"),
+                         ("data:image/png;base64," + base64.b64encode(b"text").decode(), "the data: URL")]:  # fmt: skip
+        with pytest.raises(InputError) as refused:
+            load_image(source)
+        message = str(refused.value)
+        assert what in message and "not a readable image" in message
+        assert "BytesIO" not in message and " at 0x" not in message
+
+
+def test_local_file_is_bounded_by_pixels_not_bytes(tmp_path):
+    from pixtral.serve.media import image_limits
+    from pixtral.serve.settings import ServeSettings
+
+    path = tmp_path / "scan.bmp"
+    Image.new("RGB", (3000, 2400), "white").save(path)  # uncompressed: 21.6 MB, 7.2 M pixels
+    assert path.stat().st_size > 20 * 1024 * 1024
+    assert load_image(str(path)).size == (3000, 2400)  # the CLI's, the engine's and the Python API's default
+    with pytest.raises(InputError, match="more than the 20.0 MiB limit"):  # a server keeps its byte limit
+        load_image(str(path), image_limits(ServeSettings()))
+    with pytest.raises(InputError, match="pixel limit"):
+        load_image(str(path), ImageLimits(max_pixels=1_000_000))

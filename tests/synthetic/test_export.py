@@ -121,3 +121,24 @@ def test_cli_mounts_on_a_parent_parser():
     add_synthetic_parser(parser.add_subparsers())
     args = parser.parse_args(["synth", "--out", "d", "--split", "test", "--n", "5", "--format", "parquet"])
     assert args.handler is handle_synth and args.n == 5 and args.max_side == 1024
+
+
+def test_cli_refuses_a_non_empty_folder_and_overwrite_leaves_no_orphans(tmp_path: Path, capsys):
+    out = tmp_path / "s"
+    args = ["--out", str(out), "--max-side", "128", "--no-progress"]
+    assert synth_main([*args, "--n", "12"]) == 0
+    before = sorted(p.name for p in (out / "images").iterdir())
+    assert synth_main([*args, "--n", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and err[0].startswith("error: ") and "not empty" in err[0] and "--overwrite" in err[0]
+    )
+    assert sorted(p.name for p in (out / "images").iterdir()) == before  # nothing was touched
+    (out / "notes.md").write_text("mine")
+    assert synth_main([*args, "--n", "3", "--overwrite"]) == 0
+    rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    referenced = {p["image_url"]["url"] for r in rows for m in r["messages"] if isinstance(m["content"], list)
+                  for p in m["content"] if p["type"] == "image_url"}  # fmt: skip
+    assert len(rows) == 3
+    assert {f"images/{p.name}" for p in (out / "images").iterdir()} == referenced  # no orphan images
+    assert (out / "notes.md").read_text() == "mine"  # only the data set's own files are removed

@@ -9,13 +9,13 @@ native tensor names, q/k rows laid out for interleaved RoPE, tensors in their st
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from pixtral.checkpoint.hf_names import (
     half_to_interleaved,
@@ -24,7 +24,8 @@ from pixtral.checkpoint.hf_names import (
     native_to_hf_name,
     rope_heads,
 )
-from pixtral.checkpoint.safetensors_file import SafetensorsFile
+from pixtral.checkpoint.progress import ByteProgress
+from pixtral.checkpoint.safetensors_file import SafetensorsFile, write_tensors
 from pixtral.config import PixtralConfig
 from pixtral.errors import CheckpointError, ConfigError
 
@@ -56,6 +57,10 @@ class TensorSource:
     @property
     def dtype(self) -> torch.dtype:
         return self.file.tensors[self.stored_name].torch_dtype
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
 
     def read(self) -> torch.Tensor:
         t = self.file.read(self.stored_name)
@@ -146,13 +151,15 @@ def write_checkpoint(
     tensors: Iterable[tuple[str, torch.Tensor]],
     max_shard_bytes: int = 5 * 1024**3,
 ) -> None:
-    """Write native-convention tensors in `fmt`. Tensors are written in their own dtype (no cast)."""
+    """Write native-convention tensors in `fmt`. Tensors are written in their own dtype (no cast).
+
+    The tensors are gathered first (`tensors` may be a lazy reader with its own progress bar), then written
+    file by file behind one "writing" progress bar."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
     folder.mkdir(parents=True, exist_ok=True)
     if fmt == "native":
-        state = {name: t.contiguous() for name, t in tensors}
-        save_file(state, str(folder / NATIVE_WEIGHTS), metadata={"format": "pt"})
+        _write_files(folder, {NATIVE_WEIGHTS: dict(tensors)})
         (folder / NATIVE_PARAMS).write_text(json.dumps(config.to_params_json(), indent=2) + "\n")
         return
     shards: list[dict[str, torch.Tensor]] = [{}]
@@ -165,18 +172,24 @@ def write_checkpoint(
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append({})
             size = 0
-        shards[-1][native_to_hf_name(name)] = t.contiguous()
+        shards[-1][native_to_hf_name(name)] = t
         size += nbytes
     if len(shards) == 1:
-        save_file(shards[0], str(folder / HF_WEIGHTS), metadata={"format": "pt"})
+        _write_files(folder, {HF_WEIGHTS: shards[0]})
     else:
-        weight_map, total = {}, 0
-        for i, shard in enumerate(shards):
-            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, str(folder / fname), metadata={"format": "pt"})
-            for name, t in shard.items():
-                weight_map[name] = fname
-                total += t.numel() * t.element_size()
+        files = {
+            f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors": shard for i, shard in enumerate(shards)
+        }
+        _write_files(folder, files)
+        weight_map = {name: fname for fname, shard in files.items() for name in shard}
+        total = sum(t.numel() * t.element_size() for shard in shards for t in shard.values())
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (folder / HF_INDEX).write_text(json.dumps(index, indent=2) + "\n")
     (folder / HF_CONFIG).write_text(json.dumps(config.to_hf_config(), indent=2) + "\n")
+
+
+def _write_files(folder: Path, files: dict[str, dict[str, torch.Tensor]]) -> None:
+    total = sum(t.numel() * t.element_size() for tensors in files.values() for t in tensors.values())
+    with ByteProgress("writing weights", total) as bar:
+        for fname, tensors in files.items():
+            write_tensors(folder / fname, tensors, metadata={"format": "pt"}, on_bytes=bar.advance)

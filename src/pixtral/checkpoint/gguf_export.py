@@ -29,7 +29,9 @@ import numpy as np
 import torch
 
 from pixtral.checkpoint.loader import Checkpoint, open_checkpoint
+from pixtral.checkpoint.progress import track
 from pixtral.config import PixtralConfig
+from pixtral.errors import MissingDependencyError
 
 DTYPES = ("f32", "f16", "q8_0")
 CHAT_TEMPLATE = "mistral-v3-tekken"  # llama.cpp's built-in template name for tekken v3 (Pixtral-12B-2409)
@@ -40,7 +42,9 @@ def _gguf():
     try:
         import gguf
     except ImportError as e:  # an optional dependency: only this exporter needs it
-        raise ImportError("GGUF export needs the `gguf` package: pip install 'gguf>=0.17'") from e
+        raise MissingDependencyError(
+            "GGUF export needs the optional `gguf` package: pip install 'pixtral[gguf]'"
+        ) from e
     return gguf
 
 
@@ -277,7 +281,8 @@ def _write(
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    for _, _, qtype, read in items:
+    sizes = [_nbytes(gguf, shape, qtype) for _, shape, qtype, _ in items]
+    for _, _, qtype, read in track(items, f"writing {path.name}", sizes, sum(sizes)):
         writer.write_tensor_data(_encode(gguf, read(), qtype))
     writer.close()
 

@@ -19,6 +19,7 @@ from pixtral.checkpoint.formats import (
     write_checkpoint,
 )
 from pixtral.checkpoint.hub import resolve_model_path
+from pixtral.checkpoint.progress import track
 from pixtral.config import PixtralConfig
 from pixtral.errors import CheckpointError
 from pixtral.model.pixtral import Pixtral
@@ -33,10 +34,22 @@ class Checkpoint:
     config: PixtralConfig
     sources: dict[str, TensorSource]  # native name -> where to read it
 
-    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(native name, tensor in native layout and stored dtype), one at a time."""
-        for name, src in self.sources.items():
+    def tensors(self, progress: str | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """(native name, tensor in native layout and stored dtype), one at a time; with `progress`, behind a
+        progress bar of that description."""
+        for name, src in self.tracked_sources(progress) if progress else self.sources.items():
             yield name, src.read()
+
+    def tracked_sources(self, description: str) -> Iterator[tuple[str, TensorSource]]:
+        """The sources in order behind a byte progress bar (progress.py) that advances by each tensor's
+        stored size as the caller moves on to the next: a loop over it shows how far a load has come."""
+        sizes = [src.nbytes for src in self.sources.values()]
+        return track(self.sources.items(), description, sizes, sum(sizes))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all tensors as stored."""
+        return sum(src.nbytes for src in self.sources.values())
 
     @property
     def stored_dtype(self) -> torch.dtype:
@@ -91,7 +104,7 @@ def load_model(
     with torch.device("meta"):
         model = Pixtral(ckpt.config)
     state = {}
-    for name, tensor in ckpt.tensors():
+    for name, tensor in ckpt.tensors(progress=f"loading {ckpt.folder.name}"):
         state[name] = tensor.to(device=device, dtype=torch_dtype)
         del tensor
     model.load_state_dict(state, strict=True, assign=True)
@@ -109,6 +122,6 @@ def convert(src: str | Path, dst: str | Path, to: str) -> Checkpoint:
     dst = Path(dst)
     if dst.exists() and any(dst.iterdir()):
         raise CheckpointError(f"{dst}: destination exists and is not empty")
-    write_checkpoint(dst, to, ckpt.config, ckpt.tensors())
+    write_checkpoint(dst, to, ckpt.config, ckpt.tensors(progress=f"reading {ckpt.folder.name}"))
     copy_tokenizer_files(ckpt.folder, dst)
     return ckpt

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from pixtral.checkpoint.loader import save_model
+from pixtral.checkpoint.progress import ByteProgress
 from pixtral.config import PixtralConfig
 from pixtral.default_model import UNTRAINED_MARKER
 from pixtral.model.init import init_random_weights_
@@ -26,8 +27,11 @@ def written_atomically(folder: str | Path) -> Iterator[Path]:
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise FileExistsError(f"{folder}: exists and is not empty")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    except OSError as e:  # name the folder asked for, not the scratch folder beside it
+        raise type(e)(e.errno, f"cannot create this folder ({e.strerror})", str(folder)) from e
     try:
         yield tmp
         if folder.exists():
@@ -53,7 +57,10 @@ def create_random_checkpoint(
 ) -> Path:
     """Random weights, saved atomically (written beside the target, then renamed), marked untrained."""
     with written_atomically(folder) as tmp:
-        model = init_random_weights_(Pixtral(config), seed=seed).to(dtype)
-        save_model(model, tmp, fmt)
+        with ByteProgress("building the model"):  # no total: these steps report no progress of their own
+            model = Pixtral(config)
+        with ByteProgress("drawing random weights"):
+            model = init_random_weights_(model, seed=seed).to(dtype)
+        save_model(model, tmp, fmt)  # with its own "writing weights" bar
         write_untrained_marker(tmp, f"Random weights (seed {seed})")
     return Path(folder)

@@ -3,7 +3,9 @@
 The whole header is checked before any tensor is read (dtype, shape, offsets inside the file), so a truncated
 or corrupt file fails at once with its name and the tensor at fault, never half-way through a load. Each tensor
 is read with plain reads into its own buffer, so the file's pages are never mapped into the process: loading
-costs the final weights plus, when casting, one tensor in flight. Writing uses the `safetensors` library.
+costs the final weights plus, when casting, one tensor in flight. Writing is streamed too: the header is
+computed from the shapes, then each tensor's bytes are written in turn (no second copy of the weights in
+memory), with a callback per chunk for progress bars.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +33,10 @@ _DTYPES: dict[str, torch.dtype] = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+_DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 _MAX_HEADER = 256 * 1024 * 1024
+
+Entry = tuple[str, tuple[int, ...], torch.dtype]  # (name, shape, dtype) of a tensor to write
 
 
 @dataclass(frozen=True)
@@ -112,3 +118,64 @@ class SafetensorsFile:
                     )
                 done += n
         return out
+
+
+# ---- write --------------------------------------------------------------------------------------
+
+
+def safetensors_header(entries: list[Entry], metadata: dict[str, str] | None = None) -> bytes:
+    """The 8-byte length + JSON header of a safetensors file whose tensors follow in this order."""
+    header: dict[str, object] = {"__metadata__": metadata or {"format": "pt"}}
+    offset = 0
+    for name, shape, dtype in entries:
+        nbytes = math.prod(shape) * dtype.itemsize
+        header[name] = {
+            "dtype": _DTYPE_NAMES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def write_safetensors_streaming(
+    path: str | Path,
+    entries: list[Entry],
+    chunks: Callable[[str, tuple[int, ...], torch.dtype], Iterable],
+    on_bytes: Callable[[int], None] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> int:
+    """Write a safetensors file: header from `entries` (and `metadata`), then for each entry the byte chunks yielded by
+    `chunks(name, shape, dtype)` (each a bytes-like object; together exactly the tensor's size), calling
+    `on_bytes(n)` after each chunk. Returns the file size."""
+    head = safetensors_header(entries, metadata)
+    with open(path, "wb") as f:
+        f.write(head)
+        for name, shape, dtype in entries:
+            want, got = math.prod(shape) * dtype.itemsize, 0
+            for chunk in chunks(name, shape, dtype):
+                n = f.write(chunk)
+                got += n
+                if on_bytes is not None:
+                    on_bytes(n)
+            if got != want:
+                raise RuntimeError(f"{path}: tensor {name!r} wrote {got} bytes, expected {want}")
+        return f.tell()
+
+
+def write_tensors(
+    path: str | Path,
+    tensors: dict[str, torch.Tensor],
+    metadata: dict[str, str] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> int:
+    """Write in-memory tensors (any layout; each made contiguous in turn) as a safetensors file."""
+    entries = [(name, tuple(t.shape), t.dtype) for name, t in tensors.items()]
+
+    def chunks(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Iterable:
+        t = tensors[name].detach().cpu().contiguous()
+        return [t.view(-1).view(torch.uint8).numpy().data] if t.numel() else []
+
+    return write_safetensors_streaming(path, entries, chunks, on_bytes, metadata)

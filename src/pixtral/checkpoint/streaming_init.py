@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,51 +25,17 @@ import torch
 from pixtral.checkpoint.formats import HF_CONFIG, HF_WEIGHTS, NATIVE_PARAMS, NATIVE_WEIGHTS
 from pixtral.checkpoint.hf_names import native_to_hf_name
 from pixtral.checkpoint.loader import expected_shapes
+from pixtral.checkpoint.progress import ByteProgress
 from pixtral.checkpoint.random_init import write_untrained_marker, written_atomically
+from pixtral.checkpoint.safetensors_file import (  # noqa: F401 (safetensors_header: tests import it from here)
+    safetensors_header,
+    write_safetensors_streaming,
+)
 from pixtral.config import PixtralConfig
 
-_ST_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+_ST_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}  # what the fill supports
 _BLOCK = 1_048_573  # prime number of random values tiled into every tensor
 _CHUNK = _BLOCK  # elements written per write() call (2 MiB in bfloat16)
-
-
-def safetensors_header(
-    entries: list[tuple[str, tuple[int, ...], torch.dtype]], metadata: dict[str, str] | None = None
-) -> bytes:
-    """The 8-byte length + JSON header of a safetensors file whose tensors follow in this order."""
-    header: dict[str, object] = {"__metadata__": metadata or {"format": "pt"}}
-    offset = 0
-    for name, shape, dtype in entries:
-        nbytes = _numel(shape) * torch.empty((), dtype=dtype).element_size()
-        header[name] = {
-            "dtype": _ST_DTYPES[dtype],
-            "shape": list(shape),
-            "data_offsets": [offset, offset + nbytes],
-        }
-        offset += nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
-    return struct.pack("<Q", len(raw)) + raw
-
-
-def write_safetensors_streaming(
-    path: str | Path,
-    entries: list[tuple[str, tuple[int, ...], torch.dtype]],
-    chunks: Callable[[str, tuple[int, ...], torch.dtype], object],
-) -> int:
-    """Write a safetensors file: header from `entries`, then for each entry the byte chunks yielded by
-    `chunks(name, shape, dtype)` (each a bytes-like object; together exactly the tensor's size).
-    Returns the file size."""
-    head = safetensors_header(entries)
-    with open(path, "wb") as f:
-        f.write(head)
-        for name, shape, dtype in entries:
-            want, got = _numel(shape) * torch.empty((), dtype=dtype).element_size(), 0
-            for chunk in chunks(name, shape, dtype):
-                got += f.write(chunk)
-            if got != want:
-                raise RuntimeError(f"{path}: tensor {name!r} wrote {got} bytes, expected {want}")
-        return f.tell()
 
 
 class _RandomTiles:
@@ -129,7 +93,10 @@ def write_random_checkpoint_streaming(
         tiles = _RandomTiles(seed, std, dtype)
         back = {rename(n): n for n in shapes}  # chunks are chosen by native name: same data in both formats
         weights = NATIVE_WEIGHTS if fmt == "native" else HF_WEIGHTS
-        write_safetensors_streaming(tmp / weights, entries, lambda n, s, d: tiles(back[n], s, d))
+        with ByteProgress("writing weights", nbytes) as bar:
+            write_safetensors_streaming(
+                tmp / weights, entries, lambda n, s, d: tiles(back[n], s, d), on_bytes=bar.advance
+            )
         if fmt == "native":
             (tmp / NATIVE_PARAMS).write_text(json.dumps(config.to_params_json(), indent=2) + "\n")
         else:

@@ -391,7 +391,7 @@ def load_quantized(
     with torch.device("meta"):
         model = Pixtral(ckpt.config)
     done, skipped, nbytes = [], [], 0
-    for name, src in ckpt.sources.items():
+    for name, src in ckpt.tracked_sources(f"loading {ckpt.folder.name}, quantizing to {mode}"):
         module_name, _, leaf = name.rpartition(".")
         module = model.get_submodule(module_name) if module_name else model
         if isinstance(module, nn.Linear) and leaf == "weight" and is_target(module_name, include_output):

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from pixtral.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 from pixtral.errors import PixtralError
 
 EPILOG = """\
@@ -56,13 +57,20 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--engine-dtype", default=None, help="dtype for --in-process (float32, bfloat16)")
     g.add_argument("--engine-device", default=None, help="device for --in-process (cpu, cuda)")
-    g.add_argument("--concurrency", type=int, default=8, help="requests in flight to the model (default 8)")
-    g.add_argument("--timeout", type=float, default=600.0, help="seconds per request (default 600)")
-    g.add_argument("--retries", type=int, default=5, help="retries on 429/5xx/connection errors (default 5)")
     g.add_argument(
-        "--backoff", type=float, default=1.0, help="first retry delay in seconds, doubling (default 1)"
+        "--concurrency", type=positive_int, default=8, help="requests in flight to the model (default 8)"
     )
-    g.add_argument("--wait-for-endpoint", type=float, default=0.0, metavar="SECONDS",
+    g.add_argument("--timeout", type=positive_float, default=600.0, help="seconds per request (default 600)")
+    g.add_argument(
+        "--retries", type=non_negative_int, default=5, help="retries on 429/5xx/connection errors (default 5)"
+    )
+    g.add_argument(
+        "--backoff",
+        type=non_negative_float,
+        default=1.0,
+        help="first retry delay in seconds, doubling (default 1)",
+    )
+    g.add_argument("--wait-for-endpoint", type=non_negative_float, default=0.0, metavar="SECONDS",
                    help="wait up to SECONDS for GET /v1/models to answer before starting (a server still loading)")  # fmt: skip
     g = p.add_argument_group("data")
     g.add_argument("--data-dir", type=Path, default=None,
@@ -71,7 +79,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset-config", default=None, help="override the dataset config (docvqa: DocVQA)")
     g.add_argument("--split", default=None, help="override the split (defaults: the paper's)")
     g.add_argument("--revision", default=None, help="dataset revision (commit) to pin")
-    g.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows (after --shuffle)")
+    g.add_argument(
+        "--limit", type=positive_int, default=None, help="evaluate only the first N rows (after --shuffle)"
+    )
     g.add_argument("--shuffle", action="store_true", help="shuffle rows with --seed before --limit")
     g.add_argument("--sample", type=int, default=None, metavar="N",
                    help="a seeded random sample of N rows (= --shuffle --limit N); from the hub only the row "
@@ -83,7 +93,10 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scoring", default="fixed", choices=["fixed", "mistral-compat"],
                    help="fixed: the reference harness's bugs corrected (default); mistral-compat: its numbers")  # fmt: skip
     g.add_argument(
-        "--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (default 1000)"
+        "--bootstrap",
+        type=positive_int,
+        default=1000,
+        help="bootstrap resamples for the 95%% CIs (default 1000)",
     )
     g = p.add_argument_group("judge (mm_mt_bench)")
     g.add_argument(
@@ -93,12 +106,16 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="judge base URL (default https://api.openai.com/v1); repeat to load-balance")  # fmt: skip
     g.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", metavar="VAR",
                    help="environment variable holding the judge API key (default OPENAI_API_KEY)")  # fmt: skip
-    g.add_argument("--judge-concurrency", type=int, default=8, help="judge requests in flight (default 8)")
-    g.add_argument("--judge-attempts", type=int, default=3,
-                   help="judge replies per turn before it is recorded as unparseable (default 3)")  # fmt: skip
-    g.add_argument("--judge-max-tokens", type=int, default=2048, help="judge reply length (default 2048)")
     g.add_argument(
-        "--judge-timeout", type=float, default=300.0, help="seconds per judge request (default 300)"
+        "--judge-concurrency", type=positive_int, default=8, help="judge requests in flight (default 8)"
+    )
+    g.add_argument("--judge-attempts", type=positive_int, default=3,
+                   help="judge replies per turn before it is recorded as unparseable (default 3)")  # fmt: skip
+    g.add_argument(
+        "--judge-max-tokens", type=positive_int, default=2048, help="judge reply length (default 2048)"
+    )
+    g.add_argument(
+        "--judge-timeout", type=positive_float, default=300.0, help="seconds per judge request (default 300)"
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -126,7 +143,9 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     cmp.add_argument("run_a", type=Path)
     cmp.add_argument("run_b", type=Path)
     cmp.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    cmp.add_argument("--bootstrap", type=int, default=1000)
+    cmp.add_argument(
+        "--bootstrap", type=positive_int, default=1000, help="bootstrap resamples (default 1000)"
+    )
     actions.add_parser("tasks", help="list the tasks, their datasets, splits and metrics")
     parser.set_defaults(handler=handle_eval)
     return parser

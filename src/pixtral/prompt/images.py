@@ -1,8 +1,12 @@
 """Image sources -> validated, fully decoded PIL images.
 
-Sizes are checked before anything is decoded: the byte count first, then the pixel count that the file's
-header declares (a 50-byte PNG can declare 100 000 x 100 000 pixels). Only then is the image decoded, all
-of it, so a truncated file fails here and not deep inside preprocessing.
+Sizes are checked before anything is decoded: the byte count first (only where the caller sets a byte limit:
+a server does, for what it receives), then the pixel count that the file's header declares (a 50-byte PNG can
+declare 100 000 x 100 000 pixels). The pixel limit is the decompression-bomb guard and always applies; a
+user's own file is bounded by it alone (a scanned page or a 16-bit TIFF easily exceeds 20 MiB). Pillow's
+own DecompressionBombWarning is silenced: every image decoded here has passed `max_pixels` first, so the
+warning could only repeat (or contradict) that decision on stderr. Only then is the image decoded, all of
+it, so a truncated file fails here and not deep inside preprocessing.
 
 The image is returned as PIL decoded it: no EXIF orientation, no mode conversion. mistral-common does the
 RGB conversion (transparency -> white) and the resize itself, and it does not apply EXIF orientation
@@ -18,6 +22,7 @@ import os
 import re
 import urllib.parse
 import urllib.request
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,19 +40,23 @@ MiB = 1024 * 1024
 _FORMAT_ALIASES = {"MPO": "JPEG"}
 _URL_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*):")
 
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # see the module docstring
+
 
 @dataclass(frozen=True)
 class ImageLimits:
     """What an image may be. Checked before decoding, so an oversized image costs nothing."""
 
-    max_bytes: int = 20 * MiB  # of the encoded file (for a data: URL, of the decoded base64 payload)
+    # of the encoded data (for a data: URL, of the decoded base64 payload); None: no byte limit, the pixel
+    # count bounds the image (the default: a user's own file). A server sets one for what it receives.
+    max_bytes: int | None = None
     max_pixels: int = 50_000_000  # width * height as declared by the file's header
     allowed_formats: frozenset[str] = field(
         default_factory=lambda: frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"})
     )  # PIL's format names; MPO (multi-picture JPEG) counts as JPEG
 
     def __post_init__(self) -> None:
-        if self.max_bytes <= 0 or self.max_pixels <= 0:
+        if (self.max_bytes is not None and self.max_bytes <= 0) or self.max_pixels <= 0:
             raise ValueError(f"image limits must be positive, got {self.max_bytes=} and {self.max_pixels=}")
         object.__setattr__(self, "allowed_formats", frozenset(f.upper() for f in self.allowed_formats))
 
@@ -99,17 +108,19 @@ def load_image(
 
 def decode_image_bytes(data: bytes, limits: ImageLimits, what: str = "the image") -> Image.Image:
     """Check the size, header and format of an encoded image, then decode it fully."""
-    if len(data) > limits.max_bytes:
-        raise InputError(
-            f"{what} is {_mb(len(data))}, more than the {_mb(limits.max_bytes)} limit: send a smaller image"
-        )
+    _check_bytes(len(data), limits, what)
     if not data:
         raise InputError(f"{what} is empty: send the bytes of a {_formats(limits)} image")
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only
     except Image.DecompressionBombError as e:
         raise InputError(f"{what} declares too many pixels ({e}): send a smaller image") from e
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except UnidentifiedImageError as e:  # PIL's message only names its file object: "<_io.BytesIO ...>"
+        raise InputError(
+            f"{what} is not a readable image (an unknown format, or truncated): send a complete "
+            f"{_formats(limits)} file"
+        ) from e
+    except (OSError, ValueError, SyntaxError) as e:
         raise InputError(
             f"{what} is not a readable image, or is truncated ({_reason(e)}): "
             f"send a complete {_formats(limits)} file"
@@ -145,6 +156,13 @@ def _check_pil_image(image: Image.Image) -> Image.Image:
     return image
 
 
+def _check_bytes(n_bytes: int, limits: ImageLimits, what: str) -> None:
+    if limits.max_bytes is not None and n_bytes > limits.max_bytes:
+        raise InputError(
+            f"{what} is {_mb(n_bytes)}, more than the {_mb(limits.max_bytes)} limit: send a smaller image"
+        )
+
+
 def _check_pixels(size: tuple[int, int], limits: ImageLimits, what: str) -> None:
     width, height = size
     if width <= 0 or height <= 0:
@@ -165,11 +183,7 @@ def _data_url_payload(url: str, limits: ImageLimits) -> bytes:
             f"the data: URL {_shorten(url)} is not base64-encoded: use data:image/png;base64,<base64 bytes>"
         )
     payload = "".join(payload.split())  # tolerate line breaks in the base64 text
-    if len(payload) // 4 * 3 > limits.max_bytes:  # refuse before decoding the base64
-        raise InputError(
-            f"the data: URL holds about {_mb(len(payload) // 4 * 3)}, more than the "
-            f"{_mb(limits.max_bytes)} limit: send a smaller image"
-        )
+    _check_bytes(len(payload) // 4 * 3, limits, "the data: URL's image")  # before decoding the base64
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as e:
@@ -179,13 +193,9 @@ def _data_url_payload(url: str, limits: ImageLimits) -> bytes:
 def _load_path(path: Path, limits: ImageLimits) -> Image.Image:
     what = f"the image file {str(path)!r}"
     try:
-        size = os.stat(path).st_size
-        if size > limits.max_bytes:
-            raise InputError(
-                f"{what} is {_mb(size)}, more than the {_mb(limits.max_bytes)} limit: send a smaller image"
-            )
+        _check_bytes(os.stat(path).st_size, limits, what)
         with open(path, "rb") as file:
-            data = file.read(limits.max_bytes + 1)
+            data = file.read() if limits.max_bytes is None else file.read(limits.max_bytes + 1)
     except FileNotFoundError as e:
         raise InputError(f"{what} does not exist: check the path") from e
     except IsADirectoryError as e:

@@ -1,6 +1,6 @@
 """`pixtral serve --model PATH ...`: parse flags, start listening, load the engine, serve until SIGTERM.
 
-The lead's main CLI calls `add_serve_parser(subparsers)`; `python -m pixtral.serve ...` works standalone.
+`pixtral.cli` calls `add_serve_parser(subparsers)`; `python -m pixtral.serve ...` works standalone.
 """
 
 from __future__ import annotations
@@ -12,10 +12,19 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from errno import EADDRINUSE
 from pathlib import Path
 from typing import Any
 
+from pixtral.argtypes import (
+    add_threads_option,
+    non_negative_float,
+    non_negative_int,
+    port,
+    positive_float,
+    positive_int,
+)
 from pixtral.serve.settings import API_KEY_ENV, ServeSettings
 
 log = logging.getLogger("pixtral.serve")
@@ -26,14 +35,34 @@ def _default(name: str) -> Any:
     return _D[name].default
 
 
+EXAMPLES = """examples:
+  pixtral serve                                   # the bundled demo model on http://127.0.0.1:8000
+  pixtral serve --model ./pixtral-12b --dtype bfloat16 --port 8000 --threads 2
+  pixtral serve --model mistralai/Pixtral-12B-2409 --quantize int8 --api-key SECRET
+  pixtral serve --allowed-local-media-path ~/pictures --allow-remote-media --max-concurrency 4
+  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+      -d '{"messages": [{"role": "user", "content": "Hello"}]}'
+"""
+
+
+def _setting(
+    group: Any, flag: str, field: str, kind: Callable[[str], Any], help: str, metavar: str = "N"
+) -> None:
+    """A flag for one ServeSettings field: its default comes from the dataclass and is shown once in the help."""
+    default = _default(field)
+    shown = f"{default:,}" if isinstance(default, int) else f"{default:g}"
+    group.add_argument(flag, type=kind, default=default, metavar=metavar, help=f"{help} (default {shown})")
+
+
 def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `serve` sub-command; its handler is `args.func(args) -> int`."""
     p = subparsers.add_parser(
         "serve",
         help="serve the model over an OpenAI-compatible HTTP API with a chat page at /",
-        description="Serve a Pixtral model: POST /v1/chat/completions (OpenAI-compatible, images as "
+        description="Serve a Pixtral model: POST /v1/chat/completions (OpenAI-compatible, images as\n"
         "image_url parts), GET /v1/models, /health, /metrics, and a chat page at /.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_serve_arguments(p)
     p.set_defaults(func=run_serve)
@@ -41,92 +70,102 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags, each with its default in its help text (no ArgumentDefaultsHelpFormatter: it doubles them)."""
     p.add_argument("--model", default=None, help="model folder or hub id (default: the bundled model)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes the server)")
-    p.add_argument("--port", type=int, default=8000)
     p.add_argument(
-        "--api-key", default=None, help=f"require 'Authorization: Bearer KEY' on /v1/* (or set {API_KEY_ENV})"
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes the server)",
     )
-    p.add_argument("--served-model-name", default=None, help="the model id clients send (default: engine's)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--port", type=port, default=8000, help="TCP port (default 8000; 0: any free port)")
     p.add_argument(
-        "--quantize", choices=["int8", "int4"], help="weight-only quantization of the decoder linears"
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help=f"require 'Authorization: Bearer KEY' on /v1/* (or set {API_KEY_ENV}; default: no key)",
     )
-    p.add_argument("--device", default="cpu")
     p.add_argument(
-        "--threads",
-        type=int,
-        help="CPU threads for torch (default: torch's choice; 1 is often best on 2 busy cores)",
+        "--served-model-name",
+        default=None,
+        metavar="NAME",
+        help="the model id clients send (default: the model folder's name, or the hub id)",
     )
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="weights and activations dtype (default float32; bfloat16 halves memory)",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=["int8", "int4"],
+        help="weight-only quantization of the decoder's linear layers, applied while loading (default: off)",
+    )
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1... (default cpu)")
+    add_threads_option(p, "CPU threads for torch (default: torch's choice; 1 is often best on 2 busy cores)")
 
-    g = p.add_argument_group("limits")
-    g.add_argument("--max-body-bytes", type=int, default=_default("max_body_bytes"))
-    g.add_argument("--max-images-per-request", type=int, default=_default("max_images_per_request"))
-    g.add_argument("--max-image-bytes", type=int, default=_default("max_image_bytes"))
-    g.add_argument(
-        "--max-image-pixels",
-        type=int,
-        default=_default("max_image_pixels"),
-        help="width*height from the header, checked before decoding",
+    g = p.add_argument_group("limits (a request over one gets a 4xx that names it)")
+    _setting(g, "--max-body-bytes", "max_body_bytes", positive_int, "largest request body")
+    _setting(g, "--max-images-per-request", "max_images_per_request", positive_int, "images in one request")
+    _setting(g, "--max-image-bytes", "max_image_bytes", positive_int, "encoded size of one image")
+    _setting(g, "--max-image-pixels", "max_image_pixels", positive_int,
+             "width*height from the header, checked before decoding")  # fmt: skip
+    g.add_argument("--allowed-image-formats", default=",".join(_default("allowed_image_formats")),
+                   metavar="LIST", help=f"comma-separated (default {','.join(_default('allowed_image_formats'))})")  # fmt: skip
+    g.add_argument("--max-prompt-tokens", type=positive_int, default=None, metavar="N",
+                   help="prompt tokens of one request (default: the model's context)")  # fmt: skip
+    _setting(
+        g, "--max-tokens-limit", "max_tokens_limit", positive_int, "largest max_tokens a request may ask for"
     )
-    g.add_argument("--allowed-image-formats", default=",".join(_default("allowed_image_formats")))
-    g.add_argument("--max-prompt-tokens", type=int, default=None, help="default: the model's context")
-    g.add_argument(
-        "--max-tokens-limit",
-        type=int,
-        default=_default("max_tokens_limit"),
-        help="largest max_tokens a request may ask for",
+    _setting(
+        g,
+        "--default-max-tokens",
+        "default_max_tokens",
+        positive_int,
+        "max_tokens of a request that sends none",
     )
-    g.add_argument("--default-max-tokens", type=int, default=_default("default_max_tokens"))
-    g.add_argument("--max-n", type=int, default=_default("max_n"))
-    g.add_argument(
-        "--max-concurrency",
-        type=int,
-        default=_default("max_concurrency"),
-        help="requests generating at once; the engine batches them (1 if the engine is not thread-safe)",
-    )
-    g.add_argument(
+    _setting(g, "--max-n", "max_n", positive_int, "largest n (choices per request)")
+    _setting(g, "--max-concurrency", "max_concurrency", positive_int,
+             "requests generating at once; the engine batches them (1 if the engine is not thread-safe)")  # fmt: skip
+    _setting(
+        g,
         "--max-queue",
-        type=int,
-        default=_default("max_queue"),
-        help="requests waiting beyond --max-concurrency; more get 429",
+        "max_queue",
+        non_negative_int,
+        "requests waiting beyond --max-concurrency; more get 429",
     )
-    g.add_argument(
-        "--request-timeout",
-        type=float,
-        default=_default("request_timeout_s"),
-        help="seconds from arrival to the last token",
-    )
+    _setting(g, "--request-timeout", "request_timeout_s", positive_float, "seconds from arrival to the last token",
+             metavar="SECONDS")  # fmt: skip
 
     m = p.add_argument_group("media sources (data: URLs are always accepted)")
     m.add_argument(
         "--allow-remote-media",
         action="store_true",
-        help="fetch http(s) image URLs (public addresses only, checked after DNS and on redirects)",
+        help="fetch http(s) image URLs (public addresses only, checked after DNS and on redirects; default: off)",
     )
     m.add_argument(
         "--allowed-media-domains",
         default="",
-        help="comma-separated domains remote images may come from (subdomains included)",
+        metavar="LIST",
+        help="comma-separated domains remote images may come from, subdomains included (default: any)",
     )
-    m.add_argument("--remote-timeout", type=float, default=_default("remote_timeout_s"))
+    _setting(m, "--remote-timeout", "remote_timeout_s", positive_float, "seconds to fetch one remote image",
+             metavar="SECONDS")  # fmt: skip
     m.add_argument(
         "--allowed-local-media-path",
         action="append",
         default=[],
         type=Path,
-        help="a directory whose files image_url may name (file:// or a path); repeatable",
+        metavar="DIR",
+        help="a directory whose files image_url may name (file:// or a path); repeatable (default: none)",
     )
 
     s = p.add_argument_group("lifecycle and logs")
-    s.add_argument(
-        "--drain-timeout",
-        type=float,
-        default=_default("drain_timeout_s"),
-        help="seconds SIGTERM waits for in-flight requests",
-    )
-    s.add_argument("--no-access-log", action="store_true")
-    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _setting(s, "--drain-timeout", "drain_timeout_s", non_negative_float,
+             "seconds SIGTERM waits for in-flight requests", metavar="SECONDS")  # fmt: skip
+    s.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="default info")  # fmt: skip
 
 
 def settings_from_args(args: argparse.Namespace) -> ServeSettings:
@@ -173,6 +212,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as e:  # a bad setting, port or address
         print(f"error: {e}", file=sys.stderr)
         return 2
+    args.port = sock.getsockname()[1]  # --port 0: the one the system chose
     log.info(
         "listening on http://%s:%d; /health says 'loading' until the model is loaded", args.host, args.port
     )
@@ -249,8 +289,8 @@ def _describe(error: BaseException) -> str:
 def _listen(host: str, port: int) -> socket.socket:
     """Bind host:port before the model loads (as uvicorn's Config.bind_socket does), so that a bad or busy port
     fails at once with a ValueError that says what to change, instead of uvicorn's sys.exit mid-load."""
-    if not 1 <= port <= 65535:
-        raise ValueError(f"--port must be between 1 and 65535, got {port}")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port must be between 0 (any free port) and 65535, got {port}")
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -294,7 +334,7 @@ def _draining_server(config: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="pixtral serve", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog="pixtral serve", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_serve_arguments(parser)
     return run_serve(parser.parse_args(argv))

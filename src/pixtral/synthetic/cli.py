@@ -21,6 +21,8 @@ examples:
   pixtral synth --out data/synth/test --split test --n 500 --max-side 256 --format parquet
   # only the fine-grained tasks, full-size images
   pixtral synth --out data/fine --split validation --n 200 --tasks fine
+  # write again into a folder that holds a data set: --overwrite removes the old one first
+  pixtral synth --out data/synth/train --split train --n 20000 --max-side 256 --overwrite
 
 The same --split/--seed/--n/--max-side/--tasks always write the same files. Splits never share an image.
 """
@@ -53,13 +55,15 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="task names, or fine / coarse / warmup (default: every fine and coarse task, round-robin)")  # fmt: skip
     p.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl",
                    help="jsonl: OUT/SPLIT.jsonl + OUT/images/ (training); parquet: OUT/SPLIT.parquet (evaluation)")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the data set in a non-empty --out (its JSONL/parquet files and images/ are removed)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def handle_synth(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from pixtral.synthetic.export import write_jsonl, write_parquet
+    from pixtral.synthetic.export import prepare_folder, write_jsonl, write_parquet
     from pixtral.synthetic.generate import generate, resolve_tasks
 
     try:
@@ -73,27 +77,28 @@ def handle_synth(args: argparse.Namespace) -> int:
     if not MIN_MAX_SIDE <= args.max_side <= MAX_SIDE:
         print(f"error: --max-side must be in {MIN_MAX_SIDE}..{MAX_SIDE}", file=sys.stderr)
         return 2
+    removed = prepare_folder(args.out, overwrite=args.overwrite)
+    if removed:
+        print(
+            f"removed the previous data set in {args.out} ({len(removed)} files and folders)", file=sys.stderr
+        )
     samples = generate(
         args.split, args.n, seed=args.seed, max_side=args.max_side, tasks=tasks, start=args.start
     )
     samples = tqdm(samples, total=args.n, desc=f"synth {args.split}", unit="sample", disable=args.no_progress)
-    try:
-        if args.format == "jsonl":
-            path = write_jsonl(args.out, samples, name=args.split)
-        else:
-            path = write_parquet(args.out / f"{args.split}.parquet", samples)
-    except OSError as e:
-        print(f"error: cannot write to {args.out}: {e}", file=sys.stderr)
-        return 1
+    if args.format == "jsonl":  # an OSError (not a folder, permission denied) is the main CLI's one line
+        path = write_jsonl(args.out, samples, name=args.split)
+    else:
+        path = write_parquet(args.out / f"{args.split}.parquet", samples)
     print(f"wrote {args.n} samples to {path}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pixtral synth", epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    _add_arguments(parser)
-    return handle_synth(parser.parse_args(argv))
+    """`python -m pixtral.synthetic.cli ARGS` is `pixtral synth ARGS` (same errors, same exit codes)."""
+    from pixtral.cli import main as pixtral_main
+
+    return pixtral_main(["synth", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from pixtral.errors import InputError
 from pixtral.synthetic.core import Sample
+
+EXPORT_PATTERNS = ("*.jsonl", ".writing.jsonl", "*.parquet", ".*.parquet.tmp")  # and the images/ folder
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -53,6 +57,26 @@ def _map_images(messages: list[dict[str, Any]], fn) -> list[dict[str, Any]]:
 def _split_name(samples: list[Sample]) -> str:
     splits = {s.split for s in samples}
     return splits.pop() if len(splits) == 1 else "data"
+
+
+def prepare_folder(folder: Path | str, overwrite: bool = False) -> list[Path]:
+    """Make `folder` ready for an export: refuse it when it holds anything, unless `overwrite`, which removes
+    what an export writes there (*.jsonl, *.parquet, images/) so no stale rows or orphan images survive.
+    Returns what was removed; other files are left alone."""
+    folder = Path(folder)
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return []
+    if not overwrite:
+        raise InputError(
+            f"{folder} is not empty: choose a new folder, or pass --overwrite to replace the data set there"
+        )
+    removed = [p for pattern in EXPORT_PATTERNS for p in folder.glob(pattern) if p.is_file()]
+    for path in removed:
+        path.unlink()
+    if (folder / "images").is_dir():
+        shutil.rmtree(folder / "images")
+        removed.append(folder / "images")
+    return removed
 
 
 def write_jsonl(folder: Path | str, samples: Iterable[Sample], *, name: str | None = None) -> Path:
