@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -172,7 +173,10 @@ def assert_one_clear_error(result: subprocess.CompletedProcess, needle: str) -> 
     stderr = result.stderr
     assert result.returncode in (1, 2), (result.returncode, stderr)
     assert "Traceback" not in stderr and "terminate called" not in stderr, stderr
-    errors = [line for line in stderr.splitlines() if "error: " in line or " ERROR " in line]  # ours or argparse's
+    # ours ("error: ..."), argparse's ("pixtral serve: error: ...") or a logged ERROR (not uvicorn.error's INFO)
+    errors = [
+        line for line in stderr.splitlines() if re.match(r"^([\w ]+: )?error: ", line) or " ERROR " in line
+    ]
     assert len(errors) == 1 and needle in errors[0], stderr
 
 
