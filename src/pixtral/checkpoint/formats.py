@@ -149,6 +149,8 @@ def write_checkpoint(
     """Write native-convention tensors in `fmt`. Tensors are written in their own dtype (no cast)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
+    if config.text.tied_embeddings:  # the output matrix is the embedding matrix: not stored (both formats)
+        tensors = ((name, t) for name, t in tensors if name != "output.weight")
     folder.mkdir(parents=True, exist_ok=True)
     if fmt == "native":
         state = {name: t.contiguous() for name, t in tensors}
