@@ -167,3 +167,13 @@ def test_image_sides_that_do_not_merge_are_refused():
     ids, images = family_prompt([(2, 2)], MISTRAL3_CONFIG)
     with pytest.raises(ValueError, match="cannot be merged in 2x2 blocks"):
         model.encode_images([images[0][:, :42, :]])  # 3 patches tall
+
+
+@torch.no_grad()
+def test_quantized_loading_of_a_tied_model_keeps_the_tie(tmp_path):
+    from pixtral.engine.quantize import load_quantized
+
+    save_model(random_model(MINISTRAL3_CONFIG, seed=6), tmp_path, "native")
+    model, _, summary = load_quantized(tmp_path, "int8", dtype="float32")
+    assert model.output.weight is model.tok_embeddings.weight
+    assert len(summary.quantized) == 7 * MINISTRAL3_CONFIG.text.n_layers and "output" not in summary.quantized

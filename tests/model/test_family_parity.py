@@ -122,3 +122,35 @@ def test_loads_transformers_checkpoint_directly_and_converted_to_native(name, tm
     }
     print(f"\nmax abs diff [{name}, transformers' weights]: {diffs}")
     assert all(d <= TOL for d in diffs.values()), diffs
+
+
+@torch.no_grad()
+def test_pixtral_large_layout_matches_transformers_llava(tmp_path):
+    """Pixtral-Large-Instruct-2411: the 12B's structure with no adapter bias and [IMG_BREAK] / [IMG_END]
+    = 14 / 15; loaded by transformers' Llava from our HF writer, and by us from native and HF."""
+    from dataclasses import replace
+
+    from tests.factories import TEST_CONFIG, prompt_with_images
+
+    config = replace(
+        TEST_CONFIG,
+        vision=replace(
+            TEST_CONFIG.vision, adapter_bias=False, image_break_token_id=14, image_end_token_id=15
+        ),
+    )
+    ours = random_model(config, seed=9)
+    save_model(ours, tmp_path / "native", "native")
+    save_model(ours, tmp_path / "hf", "hf")
+    hf = transformers.LlavaForConditionalGeneration.from_pretrained(
+        tmp_path / "hf", dtype=torch.float32
+    ).eval()
+    assert not hf.config.multimodal_projector_bias
+    ids, images = prompt_with_images([(3, 5), (1, 4), (2, 1)], seed=2, config=config)
+    assert 14 in ids and 15 in ids
+    expected = hf(input_ids=ids, **hf_inputs(images)).logits
+    for fmt in ("native", "hf"):
+        model, ckpt = load_model(tmp_path / fmt)
+        assert ckpt.config == config
+        diff = max_diff(model(ids, images), expected)
+        print(f"\nmax abs diff [pixtral-large layout, {fmt}]: {diff}")
+        assert diff <= TOL

@@ -30,14 +30,34 @@ from pixtral.errors import CheckpointError, ConfigError
 
 NATIVE_PARAMS, NATIVE_WEIGHTS = "params.json", "consolidated.safetensors"
 HF_CONFIG, HF_WEIGHTS, HF_INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
-TOKENIZER_FILES = ("tekken.json",)
+TEKKEN_FILE = "tekken.json"
+SENTENCEPIECE_GLOB = (
+    "tokenizer.model.v*"  # Pixtral-Large: tokenizer.model.v7m1 (m1: image patch 16, max 1024)
+)
+SYSTEM_PROMPT_FILE = "SYSTEM_PROMPT.txt"
+TOKENIZER_FILES = (TEKKEN_FILE, SENTENCEPIECE_GLOB, SYSTEM_PROMPT_FILE)  # what travels with a model
 
 
 def copy_tokenizer_files(src: Path, dst: Path) -> None:
-    """Copy the tokenizer files `src` has (TOKENIZER_FILES) into the model folder `dst`."""
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copyfile(src / name, dst / name)
+    """Copy the tokenizer files and the system prompt `src` has (TOKENIZER_FILES) into the model folder `dst`."""
+    for pattern in TOKENIZER_FILES:
+        for path in sorted(src.glob(pattern)):
+            if path.is_file():
+                shutil.copyfile(path, dst / path.name)
+
+
+def tokenizer_file(folder: Path) -> Path | None:
+    """The model folder's own tokenizer: tekken.json, else its one tokenizer.model.v* (SentencePiece); None
+    when it has neither. Several SentencePiece files and no tekken.json are ambiguous: an error names them."""
+    if (folder / TEKKEN_FILE).is_file():
+        return folder / TEKKEN_FILE
+    candidates = sorted(p for p in folder.glob(SENTENCEPIECE_GLOB) if p.is_file())
+    if len(candidates) > 1:
+        raise CheckpointError(
+            f"{folder}: several tokenizer files ({', '.join(p.name for p in candidates)}): keep only the "
+            "model's own"
+        )
+    return candidates[0] if candidates else None
 
 
 FORMATS = ("native", "hf")

@@ -239,14 +239,17 @@ def _mmproj_metadata(writer, config: PixtralConfig, name: str, dtype: str, gguf)
 
 
 def _find_tokenizer(folder: Path):
-    """The folder's tekken.json, else mistral-common's packaged Pixtral tokenizer (as prompt/tokenizer.py;
-    read here directly so that the checkpoint layer does not import the prompt layer)."""
+    """The folder's own tokenizer (formats.tokenizer_file), else mistral-common's packaged Pixtral tokenizer
+    (as prompt/tokenizer.py; read here directly so that the checkpoint layer does not import the prompt layer)."""
     from importlib.resources import as_file, files
 
     from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-    if (folder / "tekken.json").is_file():
-        return MistralTokenizer.from_file(str(folder / "tekken.json"))
+    from pixtral.checkpoint.formats import tokenizer_file
+
+    own = tokenizer_file(folder)
+    if own is not None:
+        return MistralTokenizer.from_file(str(own))
     with as_file(files("mistral_common") / "data" / "tekken_240911.json") as path:
         return MistralTokenizer.from_file(str(path))
 
@@ -321,7 +324,12 @@ def export_gguf(
             source.read,
         )
         (mmproj_items if mm else model_items).append(item)
-    img_break = config.vision.image_break_token_id
+    tok = None
+    if tokenizer is not False:
+        tok = _find_tokenizer(ckpt.folder) if tokenizer is True else tokenizer
+    encoder = tok.instruct_tokenizer.image_encoder if tok is not None else None
+    # the [IMG_BREAK] row: the id the tokenizer writes (Pixtral-Large: 14), not a default
+    img_break = encoder.special_ids.img_break if encoder is not None else config.vision.image_break_token_id
     embed = ckpt.sources["tok_embeddings.weight"]
     mmproj_items.append(
         (
@@ -334,8 +342,7 @@ def export_gguf(
 
     def model_metadata(writer) -> None:
         _decoder_metadata(writer, config, name, dtype, gguf)
-        if tokenizer is not False:
-            tok = _find_tokenizer(ckpt.folder) if tokenizer is True else tokenizer
+        if tok is not None:
             why = _tokenizer_metadata(writer, tok, config, gguf)
             if why:
                 notes.append(why)

@@ -21,6 +21,8 @@ ALLOW_PATTERNS = [
     "model-*-of-*.safetensors",
     "model.safetensors.index.json",
     "tekken.json",
+    "tokenizer.model.v*",  # SentencePiece (Pixtral-Large: tokenizer.model.v7m1)
+    "SYSTEM_PROMPT.txt",
 ]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 

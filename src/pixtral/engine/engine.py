@@ -22,7 +22,7 @@ from pixtral.model.pixtral import Pixtral
 from pixtral.prompt.chat import EncodedPrompt, encode_chat
 from pixtral.prompt.detokenize import StreamingDetokenizer
 from pixtral.prompt.images import DEFAULT_LIMITS, FetchRemote, ImageLimits
-from pixtral.prompt.tokenizer import load_tokenizer
+from pixtral.prompt.tokenizer import load_tokenizer, tokenizer_checked_config
 
 Messages = Sequence[Mapping[str, Any]]
 DEFAULT_SCHEDULER = SchedulerConfig()
@@ -98,6 +98,7 @@ class Engine:
             raise InputError(
                 f"{ckpt.folder}: the tokenizer has {vocab} tokens but the model only {net.config.text.vocab_size}"
             )
+        net.config = tokenizer_checked_config(tokenizer, net.config, str(ckpt.folder))  # image ids, settings
         return cls(
             net,
             tokenizer,

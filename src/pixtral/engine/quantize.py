@@ -411,6 +411,7 @@ def load_quantized(
         tensor = src.read()
         module._parameters[leaf] = nn.Parameter(tensor.to(torch_dtype), requires_grad=False)
         del tensor
+    model.tie_embeddings_()  # a tied output matrix is not in the checkpoint: it is the embedding matrix
     left = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
     if left:
         raise RuntimeError(f"not loaded from the checkpoint: {', '.join(left[:5])}")
