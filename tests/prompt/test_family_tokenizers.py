@@ -197,3 +197,33 @@ def test_sentencepiece_stream_equals_decode_and_never_splits_a_character(v7m1, t
 def test_sentencepiece_any_ids_stream_to_exactly_decode(v7m1, ids):
     """Byte pieces (invalid UTF-8 likely), control tokens, <unk> and words in any order."""
     assert "".join(sp_stream(v7m1, ids)) == v7m1.instruct_tokenizer.tokenizer.decode(ids)
+
+
+def test_engine_runs_pixtral_large_layout_with_its_sentencepiece_tokenizer(pixtral_large_folder):
+    """A tiny Pixtral-Large-shaped model whose params.json has the default ids: the engine takes 14 / 15
+    from tokenizer.model.v7m1, encodes an image chat, and streams text through the SentencePiece path."""
+    from pixtral.checkpoint.loader import save_model
+    from pixtral.engine.engine import Engine
+    from pixtral.engine.sampling import SamplingParams
+    from tests.factories import random_model
+
+    config = with_text(
+        replace(TEST_CONFIG, vision=replace(TEST_CONFIG.vision, adapter_bias=False, image_size=1024)),
+        vocab_size=32768,
+    )
+    save_model(random_model(config), pixtral_large_folder, "native")
+    engine = Engine.load(pixtral_large_folder)
+    try:
+        v = engine.model.config.vision
+        assert (v.image_break_token_id, v.image_end_token_id) == (14, 15)
+        messages = [
+            {
+                "role": "user",
+                "content": [{"type": "image", "image": noise_image(40, 33)}, {"type": "text", "text": "?"}],
+            }
+        ]
+        result = engine.generate(messages, SamplingParams(max_tokens=5))
+        assert len(result.token_ids) == 5
+        assert result.text == engine.tokenizer.instruct_tokenizer.tokenizer.decode(result.token_ids)
+    finally:
+        engine.close()
