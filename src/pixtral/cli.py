@@ -274,15 +274,19 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def _add_init(sub) -> None:
+    from pixtral.config import PRESETS
+
     p = sub.add_parser(
         "init",
         help="write a model of random weights in a named shape",
         description="tiny: for tests and demos (real tokenizer, tiny layers); "
         "small: about 1.1 B parameters, for benchmarks; 12b: the exact Pixtral-12B shapes, streamed to disk "
-        "(about 25 GB in bfloat16, never held in memory).",
+        "(about 25 GB in bfloat16, never held in memory); mistral-small-3.1 (also 3.2 and Magistral Small) and "
+        "ministral-3-8b: those models' shapes, streamed; tiny-mistral3, tiny-ministral3, tiny-pixtral-large: "
+        "tiny versions of each family shape, with a matching tokenizer file.",
     )
     p.add_argument("--out", required=True, type=Path, help="folder to create")
-    p.add_argument("--preset", choices=["tiny", "small", "12b"], default="tiny")
+    p.add_argument("--preset", choices=list(PRESETS), default="tiny")
     p.add_argument("--format", choices=["native", "hf"], default="native")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -294,10 +298,11 @@ def _add_init(sub) -> None:
 def _init(args: argparse.Namespace) -> int:
     from pixtral.checkpoint.loader import DTYPES
     from pixtral.checkpoint.random_init import create_random_checkpoint
-    from pixtral.config import preset
+    from pixtral.config import STREAMED_PRESETS, preset
+    from pixtral.prompt.tokenizer import write_tokenizer_for
 
     config = preset(args.preset)
-    if args.preset == "12b":
+    if args.preset in STREAMED_PRESETS:
         from pixtral.checkpoint.streaming_init import write_random_checkpoint_streaming
 
         dtype = DTYPES[args.dtype or "bfloat16"]
@@ -306,6 +311,7 @@ def _init(args: argparse.Namespace) -> int:
         create_random_checkpoint(
             args.out, config, fmt=args.format, seed=args.seed, dtype=DTYPES[args.dtype or "float32"]
         )
+    write_tokenizer_for(config, args.out)  # a tokenizer with the preset's image settings (family shapes)
     n = config.num_parameters()["total"]
     print(
         f"wrote {args.out} ({args.preset}, {n / 1e6:.1f} M parameters, {args.format} format, random weights)"
@@ -385,6 +391,7 @@ def _info(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from pixtral.checkpoint.loader import open_checkpoint
+    from pixtral.config import family_member
     from pixtral.default_model import UNTRAINED_MARKER
 
     ckpt = open_checkpoint(args.model)
@@ -396,6 +403,7 @@ def _info(args: argparse.Namespace) -> int:
         "tensors": len(ckpt.sources),
         "parameters": counts,
         "untrained": (ckpt.folder / UNTRAINED_MARKER).exists(),
+        "family": family_member(ckpt.config),
         "config": asdict(ckpt.config),
     }
     if args.json:
@@ -418,6 +426,7 @@ def _info(args: argparse.Namespace) -> int:
     print(
         f"  tokens:  [IMG] {v.image_token_id}, [IMG_BREAK] {v.image_break_token_id}, [IMG_END] {v.image_end_token_id}"
     )
+    print(f"  family:  {family_member(ckpt.config)}")
     return 0
 
 

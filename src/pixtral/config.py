@@ -478,6 +478,92 @@ PRESETS: dict[str, PixtralConfig] = {
     "12b": PixtralConfig(),
 }
 
+# The family (issue #18; docs/architecture.md, "The Pixtral family"). The real decoder and vision shapes are
+# those of transformers' Mistral3Config / Ministral3Config defaults and its params.json conversion tests.
+_MISTRAL3_VISION = VisionConfig(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    image_size=1540,
+    patch_size=14,
+    adapter_bias=False,
+    add_pre_mm_projector_layer_norm=True,
+    mm_projector_id="patch_merge",
+    spatial_merge_size=2,
+)
+_MINISTRAL3_ROPE = {
+    "rope_theta": 1_000_000.0,
+    "max_seq_len": 262144,
+    "yarn": YarnConfig(factor=16.0, original_max_position_embeddings=16384),
+    "llama_4_scaling": Llama4Scaling(original_max_position_embeddings=16384, beta=0.1),
+}
+_TINY_TEXT = TextConfig(dim=64, n_layers=2, head_dim=16, hidden_dim=128, n_heads=4, n_kv_heads=2)
+_TINY_VISION = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+PRESETS.update(
+    {
+        # Mistral Small 3.1 / 3.2, Magistral Small 2506 / 2509: 24 B, projector norm + 2x2 patch merger
+        "mistral-small-3.1": PixtralConfig(
+            text=TextConfig(dim=5120, n_layers=40, head_dim=128, hidden_dim=32768, n_heads=32, n_kv_heads=8),
+            vision=_MISTRAL3_VISION,
+        ),
+        # Ministral 3 8B: the Mistral Small vision side, a YaRN + llama-4-scaled decoder
+        "ministral-3-8b": PixtralConfig(
+            text=TextConfig(
+                dim=4096,
+                n_layers=34,
+                head_dim=128,
+                hidden_dim=14336,
+                n_heads=32,
+                n_kv_heads=8,
+                **_MINISTRAL3_ROPE,
+            ),
+            vision=_MISTRAL3_VISION,
+        ),
+        # tiny versions of each shape, with the real tokenizers' vocabularies
+        "tiny-mistral3": PixtralConfig(text=_TINY_TEXT, vision=replace(_MISTRAL3_VISION, **_TINY_VISION)),
+        "tiny-ministral3": PixtralConfig(
+            text=replace(_TINY_TEXT, tied_embeddings=True, **_MINISTRAL3_ROPE),
+            vision=replace(_MISTRAL3_VISION, **_TINY_VISION),
+        ),
+        # Pixtral-Large-Instruct-2411's layout: the 12B's structure, no adapter bias, SentencePiece v7 ids
+        "tiny-pixtral-large": PixtralConfig(
+            text=replace(_TINY_TEXT, vocab_size=32768, rope_theta=1_000_000.0),
+            vision=VisionConfig(
+                **_TINY_VISION, adapter_bias=False, image_break_token_id=14, image_end_token_id=15
+            ),
+        ),
+    }
+)
+STREAMED_PRESETS = frozenset({"12b", "mistral-small-3.1", "ministral-3-8b"})  # too big to build in memory
+
+
+def family_member(config: PixtralConfig) -> str:
+    """Which member of the Pixtral family this config has the shape of (the preset name when the dims
+    are exactly a released model's)."""
+    t, v = config.text, config.vision
+    ids = {"image_token_id", "image_break_token_id", "image_end_token_id"}
+
+    def same(a: PixtralConfig) -> bool:
+        strip = lambda c: replace(c, vision=replace(c.vision, **{k: 0 for k in ids}))  # noqa: E731
+        return strip(a) == strip(config)
+
+    for name, released in [
+        ("Pixtral-12B-2409", "12b"),
+        ("Mistral Small 3.1/3.2, Magistral Small", "mistral-small-3.1"),
+        ("Ministral 3 8B", "ministral-3-8b"),
+    ]:
+        if same(PRESETS[released]):
+            return name
+    if v.has_patch_merger:
+        kind = "Ministral 3 / Devstral Small 2" if t.yarn else "Mistral Small 3.1+ / Magistral"
+    elif t.vocab_size == 32768:
+        kind = "Pixtral-Large"
+    else:
+        kind = "Pixtral-12B"
+    extras = [x for x, on in [("tied embeddings", t.tied_embeddings), ("YaRN", t.yarn is not None)] if on]
+    return f"{kind} shape (other dims{', ' + ', '.join(extras) if extras else ''})"
+
 
 def preset(name: str) -> PixtralConfig:
     if name not in PRESETS:

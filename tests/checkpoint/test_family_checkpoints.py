@@ -177,3 +177,44 @@ def test_quantized_loading_of_a_tied_model_keeps_the_tie(tmp_path):
     model, _, summary = load_quantized(tmp_path, "int8", dtype="float32")
     assert model.output.weight is model.tok_embeddings.weight
     assert len(summary.quantized) == 7 * MINISTRAL3_CONFIG.text.n_layers and "output" not in summary.quantized
+
+
+@pytest.mark.parametrize("name", ["tiny-mistral3", "tiny-ministral3", "tiny-pixtral-large"])
+def test_init_family_preset_writes_a_model_with_a_matching_tokenizer(name, tmp_path, capsys):
+    """`pixtral init --preset` for each tiny family shape: the folder loads in the engine (its tokenizer's
+    image settings match the config) and `info` names the family member."""
+    from pixtral.cli import main as cli
+    from pixtral.config import PRESETS
+    from pixtral.engine.engine import Engine
+
+    assert cli(["init", "--out", str(tmp_path / name), "--preset", name]) == 0
+    capsys.readouterr()
+    assert cli(["info", str(tmp_path / name), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["family"].startswith(
+        {
+            "tiny-mistral3": "Mistral Small",
+            "tiny-ministral3": "Ministral 3",
+            "tiny-pixtral-large": "Pixtral-Large",
+        }[name]
+    )
+    engine = Engine.load(tmp_path / name)
+    try:
+        assert engine.model.config == PRESETS[name]  # ids included: the tokenizer agrees with the preset
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "billions"), [("mistral-small-3.1", 24.0), ("ministral-3-8b", 8.9), ("12b", 12.7)]
+)
+def test_real_family_presets_have_the_released_sizes(name, billions):
+    """Counted on a meta-device model (no memory); `init` streams these to disk like the 12B."""
+    from pixtral.checkpoint.loader import expected_shapes
+    from pixtral.config import PRESETS, STREAMED_PRESETS, family_member
+
+    config = PRESETS[name]
+    total = sum(int(torch.Size(s).numel()) for s in expected_shapes(config).values())
+    assert total == config.num_parameters()["total"]
+    assert round(total / 1e9, 1) == billions and name in STREAMED_PRESETS
+    assert "other dims" not in family_member(config)

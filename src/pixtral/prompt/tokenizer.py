@@ -10,6 +10,7 @@ config and takes the second from the tokenizer (Pixtral-Large's v7 SentencePiece
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import replace
 from importlib.resources import as_file, files
 from pathlib import Path
@@ -102,3 +103,38 @@ def tokenizer_checked_config(
         ),
     )
     return out.validated(source)
+
+
+SENTENCEPIECE_V7M1 = "mistral_instruct_tokenizer_241114.model.v7m1"  # Pixtral-Large-Instruct-2411's tokenizer
+
+
+def write_tokenizer_for(config: PixtralConfig, folder: Path | str) -> Path | None:
+    """Give a random-weight model folder (`pixtral init`) a tokenizer that matches its config, built from the
+    ones mistral-common bundles: Pixtral-Large's tokenizer.model.v7m1 for a 32768-id vocabulary, else the
+    Pixtral tekken vocabulary as a v7 tekken.json with the config's image settings (patch, max size, merge).
+    Nothing is written when the packaged tokenizer already fits, or when no bundled vocabulary has the
+    config's size. Returns the file written."""
+    folder, v = Path(folder), config.vision
+    merge = v.spatial_merge_size if v.has_patch_merger else 1
+    if config.text.vocab_size == 32768:
+        if (v.patch_size, merge) != (16, 1) or v.image_size < 1024:
+            raise ConfigError(
+                "the bundled v7m1 tokenizer cuts images in 16 px patches up to 1024 px, unmerged"
+            )
+        target = folder / "tokenizer.model.v7m1"
+        with as_file(files("mistral_common") / "data" / SENTENCEPIECE_V7M1) as path:
+            target.write_bytes(path.read_bytes())
+        return target
+    if config.text.vocab_size != 131072 or (v.patch_size, merge, v.image_size) == (16, 1, 1024):
+        return None
+    with as_file(files("mistral_common") / "data" / PACKAGED_TOKENIZER) as path:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    data["config"]["version"] = "v7"  # Mistral Small 3.1's: [SYSTEM_PROMPT] blocks
+    data["image"] = {
+        "image_patch_size": v.patch_size,
+        "max_image_size": v.image_size,
+        "spatial_merge_size": merge,
+    }
+    target = folder / TOKENIZER_FILE
+    target.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return target
