@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from pixtral.checkpoint import fp8
 from pixtral.checkpoint.hf_names import (
     half_to_interleaved,
     hf_to_native_name,
@@ -68,6 +69,7 @@ class TensorSource:
     file: SafetensorsFile
     stored_name: str
     to_native: Callable[[torch.Tensor], torch.Tensor] | None = None  # layout change on read
+    scale: TensorSource | None = None  # FP8 weights: their per-tensor scale (checkpoint/fp8.py)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -75,10 +77,13 @@ class TensorSource:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.file.tensors[self.stored_name].torch_dtype
+        """The dtype read() returns: the stored one, or float32 for a dequantized FP8 weight."""
+        return torch.float32 if self.scale is not None else self.file.tensors[self.stored_name].torch_dtype
 
     def read(self) -> torch.Tensor:
         t = self.file.read(self.stored_name)
+        if self.scale is not None:
+            t = fp8.dequantize(t, self.scale.read(), f"{self.file.path}: tensor '{self.stored_name}'")
         return self.to_native(t) if self.to_native else t
 
 
@@ -116,9 +121,16 @@ def read_config(folder: Path, fmt: str) -> PixtralConfig:
 def read_sources(folder: Path, fmt: str, config: PixtralConfig) -> dict[str, TensorSource]:
     """Native name -> where to read it. Unknown or duplicated tensors are errors naming file and tensor."""
     sources: dict[str, TensorSource] = {}
+    scales: dict[str, TensorSource] = {}  # FP8: stored weight name -> its scale
     for file in _weight_files(folder, fmt):
         sf = SafetensorsFile(file)
         for stored in sf.tensors:
+            if fp8.is_activation_scale(stored):
+                continue  # static FP8 activation scales: we compute in higher precision
+            target = fp8.scale_target(stored)
+            if target is not None:
+                scales[target] = TensorSource(sf, stored)
+                continue
             name = stored if fmt == "native" else hf_to_native_name(stored)
             if name is None:
                 raise CheckpointError(f"{file}: unexpected tensor '{stored}' (not part of a Pixtral model)")
@@ -129,6 +141,26 @@ def read_sources(folder: Path, fmt: str, config: PixtralConfig) -> dict[str, Ten
             if heads is not None:
                 to_native = _permute(half_to_interleaved, *heads)
             sources[name] = TensorSource(sf, stored, to_native)
+    return _attach_fp8_scales(sources, scales)
+
+
+def _attach_fp8_scales(
+    sources: dict[str, TensorSource], scales: dict[str, TensorSource]
+) -> dict[str, TensorSource]:
+    by_stored = {src.stored_name: name for name, src in sources.items()}
+    for target, scale in scales.items():
+        if target not in by_stored:
+            raise CheckpointError(
+                f"{scale.file.path}: FP8 scale '{scale.stored_name}' has no weight '{target}'"
+            )
+        name = by_stored[target]
+        sources[name] = replace(sources[name], scale=scale)
+    for src in sources.values():
+        stored_dtype = src.file.tensors[src.stored_name].torch_dtype
+        if stored_dtype in fp8.FP8_DTYPES and src.scale is None:
+            raise CheckpointError(
+                f"{src.file.path}: FP8 tensor '{src.stored_name}' has no scale tensor (qscale_weight / weight_scale_inv)"
+            )
     return sources
 
 
