@@ -22,6 +22,7 @@ from pixtral.model.pixtral import Pixtral
 from pixtral.prompt.chat import EncodedPrompt, encode_chat
 from pixtral.prompt.detokenize import StreamingDetokenizer
 from pixtral.prompt.images import DEFAULT_LIMITS, FetchRemote, ImageLimits
+from pixtral.prompt.system_prompt import load_system_prompt, with_default_system
 from pixtral.prompt.tokenizer import load_tokenizer, tokenizer_checked_config
 
 Messages = Sequence[Mapping[str, Any]]
@@ -66,6 +67,7 @@ class Engine:
         self.fetch_remote = fetch_remote
         self.eos_id = model.config.eos_id
         self.scheduler = Scheduler(model, scheduler)
+        self.system_prompt: str | None = None  # the model folder's SYSTEM_PROMPT.txt, for chats without one
 
     @classmethod
     def load(
@@ -99,7 +101,8 @@ class Engine:
                 f"{ckpt.folder}: the tokenizer has {vocab} tokens but the model only {net.config.text.vocab_size}"
             )
         net.config = tokenizer_checked_config(tokenizer, net.config, str(ckpt.folder))  # image ids, settings
-        return cls(
+        system_prompt = load_system_prompt(ckpt.folder, Path(str(path)).name)  # {name}: as the model cards
+        engine = cls(
             net,
             tokenizer,
             model_name=str(model) if model is not None else "default",
@@ -109,6 +112,8 @@ class Engine:
             scheduler=scheduler,
             max_image_tokens=max_image_tokens,
         )
+        engine.system_prompt = system_prompt
+        return engine
 
     def close(self) -> None:
         """Stop the scheduler's thread (also done at interpreter exit); the engine takes no requests after."""
@@ -124,7 +129,7 @@ class Engine:
 
     def encode(self, messages: Messages) -> EncodedPrompt:
         prompt = encode_chat(
-            messages,
+            with_default_system(messages, self.system_prompt),
             self.tokenizer,
             limits=self.limits,
             fetch_remote=self.fetch_remote,
