@@ -30,6 +30,7 @@ import torch
 
 from pixtral.checkpoint.loader import Checkpoint, open_checkpoint
 from pixtral.config import PixtralConfig
+from pixtral.errors import CheckpointError
 
 DTYPES = ("f32", "f16", "q8_0")
 CHAT_TEMPLATE = "mistral-v3-tekken"  # llama.cpp's built-in template name for tekken v3 (Pixtral-12B-2409)
@@ -89,6 +90,10 @@ _VISION_TOP = {
     "vision_language_adapter.w_in.bias": "mm.1.bias",
     "vision_language_adapter.w_out.weight": "mm.2.weight",
     "vision_language_adapter.w_out.bias": "mm.2.bias",
+    # Mistral Small 3.1+: llama.cpp's names for the projector norm and the patch merger (gguf-py's
+    # tensor_mapping: V_MM_INP_NORM, V_MM_PATCH_MERGER); the merger's input stays channel-major, as stored
+    "pre_mm_projector_norm.weight": "mm.input_norm.weight",
+    "patch_merger.merging_layer.weight": "mm.patch_merger.weight",
 }
 IMG_BREAK_TENSOR = "v.token_embd.img_break"
 
@@ -211,7 +216,9 @@ def _tokenizer_metadata(writer, tokenizer, config: PixtralConfig, gguf) -> str |
     writer.add_token_types(types)
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
-    writer.add_chat_template(CHAT_TEMPLATE)
+    # llama.cpp's template names: v3 (Pixtral-12B), v7 for the later tekken versions ([SYSTEM_PROMPT] blocks)
+    version = getattr(tekken.version, "value", str(tekken.version))
+    writer.add_chat_template(CHAT_TEMPLATE if version == "v3" else "mistral-v7-tekken")
     return None
 
 
@@ -236,6 +243,8 @@ def _mmproj_metadata(writer, config: PixtralConfig, name: str, dtype: str, gguf)
     writer.add_vision_image_std(list(DATASET_STD))
     writer.add_vision_use_silu(True)
     writer.add_rope_freq_base(v.rope_theta)
+    if v.has_patch_merger:
+        writer.add_vision_spatial_merge_size(v.spatial_merge_size)
 
 
 def _find_tokenizer(folder: Path):
@@ -308,6 +317,11 @@ def export_gguf(
         raise ValueError(f"unknown GGUF dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
     config = ckpt.config
+    if config.text.yarn or config.text.llama_4_scaling:
+        raise CheckpointError(
+            f"{ckpt.folder}: GGUF export of a YaRN / llama-4-scaled decoder (Ministral 3, Devstral Small 2) is "
+            "not supported: the 'llama' architecture written here has no keys for them"
+        )
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     name = name or ckpt.folder.name
