@@ -166,6 +166,7 @@ def _add_generate(sub) -> None:
     )
     p.add_argument("--prompt", required=True, help="the user's text")
     p.add_argument("--system", help="system prompt")
+    _show_thinking_option(p)
     _sampling_options(p, temperature=0.0)
     p.add_argument(
         "--json",
@@ -173,6 +174,14 @@ def _add_generate(sub) -> None:
         help="print one JSON object: text, token_ids, prompt_tokens, completion_tokens, finish_reason",
     )
     p.set_defaults(handler=_generate)
+
+
+def _show_thinking_option(p) -> None:
+    p.add_argument(
+        "--show-thinking",
+        action="store_true",
+        help="reasoning models (Magistral): print the [THINK] text to stderr (hidden by default)",
+    )
 
 
 def user_message(text: str, images: list[str]) -> dict:
@@ -198,12 +207,15 @@ def _generate(args: argparse.Namespace) -> int:
                     "finish_reason": c.finish_reason,
                     "model": engine.model_name,
                     "untrained": engine.untrained,
+                    **({"reasoning": c.reasoning} if args.show_thinking else {}),
                 },
                 ensure_ascii=False,
             )
         )
         return 0
     for event in engine.stream(messages, params):
+        if args.show_thinking and event.reasoning:
+            print(event.reasoning, end="", file=sys.stderr, flush=True)
         print(event.text, end="", flush=True)
     print()
     return 0
@@ -221,6 +233,7 @@ def _add_chat(sub) -> None:
     )
     _model_options(p)
     p.add_argument("--system", help="system prompt")
+    _show_thinking_option(p)
     _sampling_options(p, temperature=0.35)
     p.set_defaults(handler=_chat)
 
@@ -260,6 +273,8 @@ def _chat(args: argparse.Namespace) -> int:
         answer = []
         try:
             for event in engine.stream(system + history + [message], params):
+                if args.show_thinking and event.reasoning:
+                    print(event.reasoning, end="", file=sys.stderr, flush=True)
                 print(event.text, end="", flush=True)
                 answer.append(event.text)
         except PixtralError as e:
