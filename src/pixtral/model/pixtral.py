@@ -31,6 +31,8 @@ class ImageTokenMismatch(ValueError):
 
 
 class Pixtral(nn.Module):
+    TIED_NAMES = ("output.weight",)  # absent from checkpoints of models with tied embeddings
+
     def __init__(self, config: PixtralConfig) -> None:
         super().__init__()
         self.config = config
@@ -46,8 +48,6 @@ class Pixtral(nn.Module):
         self.norm = RMSNorm(t.dim, t.norm_eps)
         self.output = nn.Linear(t.dim, t.vocab_size, bias=False)
         self.tie_embeddings_()
-
-    TIED_NAMES = ("output.weight",)  # absent from checkpoints of models with tied embeddings
 
     def tie_embeddings_(self) -> None:
         """With tied embeddings, make output.weight the embedding matrix itself (again after a load that
