@@ -218,3 +218,51 @@ def test_real_family_presets_have_the_released_sizes(name, billions):
     assert total == config.num_parameters()["total"]
     assert round(total / 1e9, 1) == billions and name in STREAMED_PRESETS
     assert "other dims" not in family_member(config)
+
+
+def test_hub_download_fetches_one_format_of_a_repo_with_both(monkeypatch, tmp_path):
+    """Mistral Small 3.1's repo holds params.json + consolidated.safetensors and config.json + shards: the
+    configs come first, then only the native weights."""
+    import huggingface_hub
+
+    from pixtral.checkpoint import hub
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, revision=None, allow_patterns=None, local_files_only=False):
+        calls.append(list(allow_patterns))
+        (tmp_path / "params.json").write_text("{}")
+        (tmp_path / "config.json").write_text("{}")
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert hub.download("mistralai/Mistral-Small-3.1-24B-Instruct-2503") == tmp_path
+    first, second = calls
+    assert not any("safetensors" in p and "index" not in p for p in first)
+    assert "SYSTEM_PROMPT.txt" in first and "tokenizer.model.v*" in first
+    assert "consolidated.safetensors" in second and not any(
+        p.startswith("model") and "index" not in p for p in second
+    )
+
+
+@torch.no_grad()
+def test_sharded_native_checkpoint_loads(tmp_path):
+    """Pixtral-Large's native release is consolidated-XXXXX-of-YYYYY.safetensors shards."""
+    from safetensors.torch import save_file
+
+    save_model(random_model(MISTRAL3_CONFIG, seed=2), tmp_path / "one", "native")
+    tensors = load_file(str(tmp_path / "one" / NATIVE_WEIGHTS))
+    names = sorted(tensors)
+    (tmp_path / "sharded").mkdir()
+    (tmp_path / "sharded" / NATIVE_PARAMS).write_text((tmp_path / "one" / NATIVE_PARAMS).read_text())
+    for i, part in enumerate((names[::2], names[1::2])):
+        save_file(
+            {n: tensors[n] for n in part},
+            str(tmp_path / "sharded" / f"consolidated-{i + 1:05d}-of-00002.safetensors"),
+        )
+    a, _ = load_model(tmp_path / "one")
+    b, ckpt = load_model(tmp_path / "sharded")
+    assert ckpt.format == "native"
+    ids, images = family_prompt([(2, 1)], MISTRAL3_CONFIG)
+    assert torch.equal(a(ids, images), b(ids, images))

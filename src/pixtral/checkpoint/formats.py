@@ -1,7 +1,8 @@
 """The two published checkpoint formats, each a (read, write) pair around one in-memory convention:
 native tensor names, q/k rows laid out for interleaved RoPE, tensors in their stored dtype.
 
-- native: `params.json` + `consolidated.safetensors` (mistralai/Pixtral-12B-2409)
+- native: `params.json` + `consolidated.safetensors` (mistralai/Pixtral-12B-2409) or, read only,
+          `consolidated-XXXXX-of-YYYYY.safetensors` shards (Pixtral-Large-Instruct-2411)
 - hf:     `config.json` + `model.safetensors` or `model-XXXXX-of-YYYYY.safetensors` + index
           (mistral-community/pixtral-12b, LlavaForConditionalGeneration)
 """
@@ -30,6 +31,7 @@ from pixtral.config import PixtralConfig
 from pixtral.errors import CheckpointError, ConfigError
 
 NATIVE_PARAMS, NATIVE_WEIGHTS = "params.json", "consolidated.safetensors"
+NATIVE_SHARDS = "consolidated-*-of-*.safetensors"  # large native releases (Pixtral-Large: 51 shards)
 HF_CONFIG, HF_WEIGHTS, HF_INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 TEKKEN_FILE = "tekken.json"
 SENTENCEPIECE_GLOB = (
@@ -87,8 +89,14 @@ class TensorSource:
         return self.to_native(t) if self.to_native else t
 
 
+def _native_weight_files(folder: Path) -> list[Path]:
+    if (folder / NATIVE_WEIGHTS).is_file():
+        return [folder / NATIVE_WEIGHTS]
+    return sorted(p for p in folder.glob(NATIVE_SHARDS) if p.is_file())
+
+
 def detect_format(folder: Path) -> str:
-    if (folder / NATIVE_PARAMS).is_file() and (folder / NATIVE_WEIGHTS).is_file():
+    if (folder / NATIVE_PARAMS).is_file() and _native_weight_files(folder):
         return "native"
     if (folder / HF_CONFIG).is_file():
         return "hf"
@@ -166,7 +174,7 @@ def _attach_fp8_scales(
 
 def _weight_files(folder: Path, fmt: str) -> list[Path]:
     if fmt == "native":
-        return [folder / NATIVE_WEIGHTS]
+        return _native_weight_files(folder)
     if (folder / HF_INDEX).is_file():
         index = read_json(folder / HF_INDEX)
         weight_map = index.get("weight_map")
