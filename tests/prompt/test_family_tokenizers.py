@@ -227,3 +227,12 @@ def test_engine_runs_pixtral_large_layout_with_its_sentencepiece_tokenizer(pixtr
         assert result.text == engine.tokenizer.instruct_tokenizer.tokenizer.decode(result.token_ids)
     finally:
         engine.close()
+
+
+def test_a_32768_id_model_without_its_own_tokenizer_gets_pixtral_large_s(tmp_path):
+    """mistral-community/Pixtral-Large-Instruct-2411 (HF format) has only an HF tokenizer.json."""
+    pytest.importorskip("sentencepiece")
+    config = with_text(TEST_CONFIG, vocab_size=32768)
+    inner = load_tokenizer(tmp_path, config).instruct_tokenizer.tokenizer
+    assert inner.n_words == 32768 and type(inner).__name__ == "SentencePieceTokenizer"
+    assert load_tokenizer(tmp_path, TEST_CONFIG).instruct_tokenizer.tokenizer.n_words == 131072

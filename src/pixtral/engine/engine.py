@@ -98,7 +98,7 @@ class Engine:
             net, ckpt, _ = load_quantized(path, quantize, dtype=dtype, group_size=group_size)
         else:
             net, ckpt = load_model(path, dtype=dtype, device=device)
-        tokenizer = load_tokenizer(ckpt.folder)
+        tokenizer = load_tokenizer(ckpt.folder, net.config)
         vocab = tokenizer.instruct_tokenizer.tokenizer.n_words
         if vocab > net.config.text.vocab_size:
             raise InputError(

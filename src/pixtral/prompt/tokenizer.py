@@ -23,10 +23,15 @@ from pixtral.errors import CheckpointError, ConfigError
 
 TOKENIZER_FILE = TEKKEN_FILE  # name of the tekken tokenizer inside a model folder
 PACKAGED_TOKENIZER = "tekken_240911.json"  # inside the mistral_common package's data/
+SENTENCEPIECE_V7M1 = "mistral_instruct_tokenizer_241114.model.v7m1"  # Pixtral-Large-Instruct-2411's tokenizer
 
 
-def load_tokenizer(model_dir: Path | str | None = None) -> MistralTokenizer:
-    """The folder's own tokenizer when it has one, else the packaged Pixtral tokenizer (loaded once, cached).
+def load_tokenizer(
+    model_dir: Path | str | None = None, config: PixtralConfig | None = None
+) -> MistralTokenizer:
+    """The folder's own tokenizer when it has one, else a bundled one: Pixtral-Large's SentencePiece v7m1 for
+    a model `config` with its 32768-id vocabulary (its HF-format repos carry only an HF tokenizer.json), else
+    the packaged Pixtral tokenizer (loaded once, cached).
 
     Raises ConfigError when model_dir is not a folder or its tokenizer file cannot be loaded.
     """
@@ -39,6 +44,9 @@ def load_tokenizer(model_dir: Path | str | None = None) -> MistralTokenizer:
         except CheckpointError as e:
             raise ConfigError(str(e)) from None
         if path is not None:
+            return _load_file(path)
+    if config is not None and config.text.vocab_size == 32768:
+        with as_file(files("mistral_common") / "data" / SENTENCEPIECE_V7M1) as path:
             return _load_file(path)
     return packaged_tokenizer()
 
@@ -103,9 +111,6 @@ def tokenizer_checked_config(
         ),
     )
     return out.validated(source)
-
-
-SENTENCEPIECE_V7M1 = "mistral_instruct_tokenizer_241114.model.v7m1"  # Pixtral-Large-Instruct-2411's tokenizer
 
 
 def write_tokenizer_for(config: PixtralConfig, folder: Path | str) -> Path | None:
