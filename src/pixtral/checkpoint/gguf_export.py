@@ -342,6 +342,8 @@ def export_gguf(
     if tokenizer is not False:
         tok = _find_tokenizer(ckpt.folder) if tokenizer is True else tokenizer
     encoder = tok.instruct_tokenizer.image_encoder if tok is not None else None
+    if encoder is not None and tok.instruct_tokenizer.tokenizer.n_words != config.text.vocab_size:
+        encoder = None  # a fallback tokenizer of another vocabulary: its ids say nothing about this model
     # the [IMG_BREAK] row: the id the tokenizer writes (Pixtral-Large: 14), not a default
     img_break = encoder.special_ids.img_break if encoder is not None else config.vision.image_break_token_id
     embed = ckpt.sources["tok_embeddings.weight"]
