@@ -71,9 +71,8 @@ class YarnConfig:
     original_max_position_embeddings: int
     beta_fast: float = 32.0
     beta_slow: float = 1.0
-    apply_scale: bool = (
-        False  # True: cos/sin scaled by 0.1 ln(factor) + 1 (HF mscale_all_dim 0); Mistral's: False
-    )
+    # True: rotations scaled by 0.1 ln(factor) + 1 (HF mscale_all_dim 0); Mistral's releases: False
+    apply_scale: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,9 +95,8 @@ class TextConfig:
     norm_eps: float = 1e-5
     rope_theta: float = 1_000_000_000.0
     max_seq_len: int = 131072  # advertised context (128K)
-    tied_embeddings: bool = (
-        False  # output matrix = token embeddings (Ministral 3 3B); no output weight stored
-    )
+    # the output matrix is the token embedding matrix (Ministral 3 3B); no output weight is stored
+    tied_embeddings: bool = False
     yarn: YarnConfig | None = None
     llama_4_scaling: Llama4Scaling | None = None
 

@@ -32,14 +32,10 @@ def yarn_inverse_frequencies(head_dim: int, theta: float, yarn: YarnConfig) -> t
     (head_dim,) -> (head_dim // 2,) float32"""
     base = inverse_frequencies(head_dim, theta)
 
-    def pair_index(
-        rotations: float,
-    ) -> float:  # the pair that turns `rotations` times over the original length
-        return (
-            head_dim
-            * math.log(yarn.original_max_position_embeddings / (rotations * 2 * math.pi))
-            / (2 * math.log(theta))
-        )
+    def pair_index(rotations: float) -> float:
+        """The (fractional) pair that turns `rotations` times over the original length."""
+        n = yarn.original_max_position_embeddings / (rotations * 2 * math.pi)
+        return head_dim * math.log(n) / (2 * math.log(theta))
 
     low = max(math.floor(pair_index(yarn.beta_fast)), 0)
     high = min(math.ceil(pair_index(yarn.beta_slow)), head_dim - 1)
