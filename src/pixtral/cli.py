@@ -211,6 +211,7 @@ def _add_generate(sub) -> None:
     )
     p.add_argument("--prompt", required=True, help="the user's text")
     p.add_argument("--system", help="system prompt")
+    _show_thinking_option(p)
     _sampling_options(p, temperature=0.0)
     p.add_argument(
         "--json",
@@ -218,6 +219,14 @@ def _add_generate(sub) -> None:
         help="print one JSON object: text, token_ids, prompt_tokens, completion_tokens, finish_reason",
     )
     p.set_defaults(handler=_generate)
+
+
+def _show_thinking_option(p) -> None:
+    p.add_argument(
+        "--show-thinking",
+        action="store_true",
+        help="reasoning models (Magistral): print the [THINK] text to stderr (hidden by default)",
+    )
 
 
 def user_message(text: str, images: list[str]) -> dict:
@@ -243,12 +252,15 @@ def _generate(args: argparse.Namespace) -> int:
                     "finish_reason": c.finish_reason,
                     "model": engine.model_name,
                     "untrained": engine.untrained,
+                    **({"reasoning": c.reasoning} if args.show_thinking else {}),
                 },
                 ensure_ascii=False,
             )
         )
         return 0
     for event in engine.stream(messages, params):
+        if args.show_thinking and event.reasoning:
+            print(event.reasoning, end="", file=sys.stderr, flush=True)
         print(event.text, end="", flush=True)
     print()
     return 0
@@ -279,13 +291,14 @@ def _add_chat(sub) -> None:
     )
     _model_options(p)
     p.add_argument("--system", help="system prompt")
+    _show_thinking_option(p)
     _sampling_options(p, temperature=0.35)
     p.set_defaults(handler=_chat)
 
 
 def _chat(args: argparse.Namespace) -> int:
     params = _sampling_params(args)  # a bad sampling value is refused before the model loads
-    chat = TerminalChat(_load_engine(args), params, args.system)
+    chat = TerminalChat(_load_engine(args), params, args.system, args.show_thinking)
     interactive = sys.stdin.isatty()
     if interactive:
         print("(type /help for the commands)")
@@ -307,8 +320,8 @@ class TerminalChat:
 
     QUIT = ("/quit", "/exit", "quit", "exit")
 
-    def __init__(self, engine, params, system: str | None = None) -> None:
-        self.engine, self.params = engine, params
+    def __init__(self, engine, params, system: str | None = None, show_thinking: bool = False) -> None:
+        self.engine, self.params, self.show_thinking = engine, params, show_thinking
         self.system = [{"role": "system", "content": system}] if system else []
         self.history: list[dict] = []
         self.images: list = []  # decoded PIL images for the next user message
@@ -355,6 +368,8 @@ class TerminalChat:
         answer = []
         try:
             for event in self.engine.stream(self.system + self.history + [message], self.params):
+                if self.show_thinking and event.reasoning:
+                    print(event.reasoning, end="", file=sys.stderr, flush=True)
                 print(event.text, end="", flush=True)
                 answer.append(event.text)
         except PixtralError as e:
@@ -371,6 +386,8 @@ class TerminalChat:
 
 
 def _add_init(sub) -> None:
+    from pixtral.config import PRESETS
+
     p = _subparser(
         sub,
         "init",
@@ -382,12 +399,13 @@ def _add_init(sub) -> None:
         help="write a model of random weights in a named shape",
         description="tiny: for tests and demos (real tokenizer, tiny layers)\n"
         "small: about 1.1 B parameters, for benchmarks\n"
-        "12b: the exact Pixtral-12B shapes, streamed to disk (about 25 GB in bfloat16, never held in memory)",
+        "12b: the exact Pixtral-12B shapes, streamed to disk (about 25 GB in bfloat16, never held in memory)\n"
+        "mistral-small-3.1 (also 3.2 and Magistral Small), ministral-3-8b: those models' shapes, streamed\n"
+        "tiny-mistral3, tiny-ministral3, tiny-pixtral-large: tiny versions of each family shape, with a\n"
+        "matching tokenizer file",
     )
     p.add_argument("--out", required=True, type=Path, help="folder to create (must not exist or be empty)")
-    p.add_argument(
-        "--preset", choices=["tiny", "small", "12b"], default="tiny", help="the shape (default tiny)"
-    )
+    p.add_argument("--preset", choices=list(PRESETS), default="tiny", help="the shape (default tiny)")
     p.add_argument(
         "--format",
         choices=["native", "hf"],
@@ -404,10 +422,11 @@ def _add_init(sub) -> None:
 def _init(args: argparse.Namespace) -> int:
     from pixtral.checkpoint.loader import DTYPES
     from pixtral.checkpoint.random_init import create_random_checkpoint
-    from pixtral.config import preset
+    from pixtral.config import STREAMED_PRESETS, preset
+    from pixtral.prompt.tokenizer import write_tokenizer_for
 
     config = preset(args.preset)
-    if args.preset == "12b":
+    if args.preset in STREAMED_PRESETS:
         from pixtral.checkpoint.streaming_init import write_random_checkpoint_streaming
 
         dtype = DTYPES[args.dtype or "bfloat16"]
@@ -416,6 +435,7 @@ def _init(args: argparse.Namespace) -> int:
         create_random_checkpoint(
             args.out, config, fmt=args.format, seed=args.seed, dtype=DTYPES[args.dtype or "float32"]
         )
+    write_tokenizer_for(config, args.out)  # a tokenizer with the preset's image settings (family shapes)
     n = config.num_parameters()["total"]
     print(
         f"wrote {args.out} ({args.preset}, {n / 1e6:.1f} M parameters, {args.format} format, random weights)"
@@ -507,6 +527,7 @@ def _info(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from pixtral.checkpoint.loader import open_checkpoint
+    from pixtral.config import family_member
     from pixtral.default_model import UNTRAINED_MARKER
 
     ckpt = open_checkpoint(args.model)
@@ -518,6 +539,7 @@ def _info(args: argparse.Namespace) -> int:
         "tensors": len(ckpt.sources),
         "parameters": counts,
         "untrained": (ckpt.folder / UNTRAINED_MARKER).exists(),
+        "family": family_member(ckpt.config),
         "config": asdict(ckpt.config),
     }
     if args.json:
@@ -540,6 +562,7 @@ def _info(args: argparse.Namespace) -> int:
     print(
         f"  tokens:  [IMG] {v.image_token_id}, [IMG_BREAK] {v.image_break_token_id}, [IMG_END] {v.image_end_token_id}"
     )
+    print(f"  family:  {family_member(ckpt.config)}")
     return 0
 
 

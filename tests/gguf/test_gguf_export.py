@@ -300,3 +300,41 @@ def test_tekken_tokenizer_metadata(tiny_f32_export):
     tekken = packaged_tokenizer().instruct_tokenizer.tokenizer
     (hello,) = tekken.encode(" hello", bos=False, eos=False)
     assert tokens[hello] == "Ġhello"
+
+
+def test_patch_merger_model_exports_llama_cpp_merger_keys(tmp_path):
+    """Mistral Small 3.1+ shape: mm.input_norm / mm.patch_merger (stored as is, channel-major) and
+    clip.vision.spatial_merge_size; the tekken v7 tokenizer gets llama.cpp's v7 template."""
+    from pixtral.config import with_text
+    from tests.factories import MISTRAL3_CONFIG
+    from tests.prompt.family_tekken import VOCAB, write_family_tekken
+
+    config = with_text(MISTRAL3_CONFIG, vocab_size=VOCAB)
+    model = random_model(config, seed=4)
+    save_model(model, tmp_path / "m", "native")
+    write_family_tekken(tmp_path / "m", "v7", 14, 280, 2)
+    result = export_gguf(tmp_path / "m", tmp_path / "out" / "m.gguf", "f32")
+    mm = gguf.GGUFReader(result.mmproj_path)
+    t = tensors(mm)
+    state = model.state_dict()
+    np.testing.assert_array_equal(
+        values(t["mm.input_norm.weight"]), state["pre_mm_projector_norm.weight"].numpy()
+    )
+    np.testing.assert_array_equal(
+        values(t["mm.patch_merger.weight"]), state["patch_merger.merging_layer.weight"].numpy()
+    )
+    assert fields(mm)["clip.vision.spatial_merge_size"] == 2 and fields(mm)["clip.vision.patch_size"] == 14
+    assert "output.weight" in tensors(gguf.GGUFReader(result.model_path))
+    assert (
+        result.tokenizer
+        and fields(gguf.GGUFReader(result.model_path))["tokenizer.chat_template"] == "mistral-v7-tekken"
+    )
+
+
+def test_yarn_decoders_are_refused_with_a_reason(tmp_path):
+    from pixtral.errors import CheckpointError
+    from tests.factories import MINISTRAL3_CONFIG
+
+    save_model(random_model(MINISTRAL3_CONFIG), tmp_path / "m", "native")
+    with pytest.raises(CheckpointError, match="YaRN / llama-4-scaled decoder"):
+        export_gguf(tmp_path / "m", tmp_path / "m.gguf")

@@ -1,7 +1,8 @@
 """The two published checkpoint formats, each a (read, write) pair around one in-memory convention:
 native tensor names, q/k rows laid out for interleaved RoPE, tensors in their stored dtype.
 
-- native: `params.json` + `consolidated.safetensors` (mistralai/Pixtral-12B-2409)
+- native: `params.json` + `consolidated.safetensors` (mistralai/Pixtral-12B-2409) or, read only,
+          `consolidated-XXXXX-of-YYYYY.safetensors` shards (Pixtral-Large-Instruct-2411)
 - hf:     `config.json` + `model.safetensors` or `model-XXXXX-of-YYYYY.safetensors` + index
           (mistral-community/pixtral-12b, LlavaForConditionalGeneration)
 """
@@ -12,11 +13,12 @@ import json
 import math
 import shutil
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+from pixtral.checkpoint import fp8
 from pixtral.checkpoint.hf_names import (
     half_to_interleaved,
     hf_to_native_name,
@@ -30,15 +32,36 @@ from pixtral.config import PixtralConfig
 from pixtral.errors import CheckpointError, ConfigError
 
 NATIVE_PARAMS, NATIVE_WEIGHTS = "params.json", "consolidated.safetensors"
+NATIVE_SHARDS = "consolidated-*-of-*.safetensors"  # large native releases (Pixtral-Large: 51 shards)
 HF_CONFIG, HF_WEIGHTS, HF_INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
-TOKENIZER_FILES = ("tekken.json",)
+TEKKEN_FILE = "tekken.json"
+SENTENCEPIECE_GLOB = (
+    "tokenizer.model.v*"  # Pixtral-Large: tokenizer.model.v7m1 (m1: image patch 16, max 1024)
+)
+SYSTEM_PROMPT_FILE = "SYSTEM_PROMPT.txt"
+TOKENIZER_FILES = (TEKKEN_FILE, SENTENCEPIECE_GLOB, SYSTEM_PROMPT_FILE)  # what travels with a model
 
 
 def copy_tokenizer_files(src: Path, dst: Path) -> None:
-    """Copy the tokenizer files `src` has (TOKENIZER_FILES) into the model folder `dst`."""
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copyfile(src / name, dst / name)
+    """Copy the tokenizer files and the system prompt `src` has (TOKENIZER_FILES) into the model folder `dst`."""
+    for pattern in TOKENIZER_FILES:
+        for path in sorted(src.glob(pattern)):
+            if path.is_file():
+                shutil.copyfile(path, dst / path.name)
+
+
+def tokenizer_file(folder: Path) -> Path | None:
+    """The model folder's own tokenizer: tekken.json, else its one tokenizer.model.v* (SentencePiece); None
+    when it has neither. Several SentencePiece files and no tekken.json are ambiguous: an error names them."""
+    if (folder / TEKKEN_FILE).is_file():
+        return folder / TEKKEN_FILE
+    candidates = sorted(p for p in folder.glob(SENTENCEPIECE_GLOB) if p.is_file())
+    if len(candidates) > 1:
+        raise CheckpointError(
+            f"{folder}: several tokenizer files ({', '.join(p.name for p in candidates)}): keep only the "
+            "model's own"
+        )
+    return candidates[0] if candidates else None
 
 
 FORMATS = ("native", "hf")
@@ -49,6 +72,7 @@ class TensorSource:
     file: SafetensorsFile
     stored_name: str
     to_native: Callable[[torch.Tensor], torch.Tensor] | None = None  # layout change on read
+    scale: TensorSource | None = None  # FP8 weights: their per-tensor scale (checkpoint/fp8.py)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -56,7 +80,8 @@ class TensorSource:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.file.tensors[self.stored_name].torch_dtype
+        """The dtype read() returns: the stored one, or float32 for a dequantized FP8 weight."""
+        return torch.float32 if self.scale is not None else self.file.tensors[self.stored_name].torch_dtype
 
     @property
     def nbytes(self) -> int:
@@ -64,11 +89,19 @@ class TensorSource:
 
     def read(self) -> torch.Tensor:
         t = self.file.read(self.stored_name)
+        if self.scale is not None:
+            t = fp8.dequantize(t, self.scale.read(), f"{self.file.path}: tensor '{self.stored_name}'")
         return self.to_native(t) if self.to_native else t
 
 
+def _native_weight_files(folder: Path) -> list[Path]:
+    if (folder / NATIVE_WEIGHTS).is_file():
+        return [folder / NATIVE_WEIGHTS]
+    return sorted(p for p in folder.glob(NATIVE_SHARDS) if p.is_file())
+
+
 def detect_format(folder: Path) -> str:
-    if (folder / NATIVE_PARAMS).is_file() and (folder / NATIVE_WEIGHTS).is_file():
+    if (folder / NATIVE_PARAMS).is_file() and _native_weight_files(folder):
         return "native"
     if (folder / HF_CONFIG).is_file():
         return "hf"
@@ -101,9 +134,16 @@ def read_config(folder: Path, fmt: str) -> PixtralConfig:
 def read_sources(folder: Path, fmt: str, config: PixtralConfig) -> dict[str, TensorSource]:
     """Native name -> where to read it. Unknown or duplicated tensors are errors naming file and tensor."""
     sources: dict[str, TensorSource] = {}
+    scales: dict[str, TensorSource] = {}  # FP8: stored weight name -> its scale
     for file in _weight_files(folder, fmt):
         sf = SafetensorsFile(file)
         for stored in sf.tensors:
+            if fp8.is_activation_scale(stored):
+                continue  # static FP8 activation scales: we compute in higher precision
+            target = fp8.scale_target(stored)
+            if target is not None:
+                scales[target] = TensorSource(sf, stored)
+                continue
             name = stored if fmt == "native" else hf_to_native_name(stored)
             if name is None:
                 raise CheckpointError(f"{file}: unexpected tensor '{stored}' (not part of a Pixtral model)")
@@ -114,12 +154,32 @@ def read_sources(folder: Path, fmt: str, config: PixtralConfig) -> dict[str, Ten
             if heads is not None:
                 to_native = _permute(half_to_interleaved, *heads)
             sources[name] = TensorSource(sf, stored, to_native)
+    return _attach_fp8_scales(sources, scales)
+
+
+def _attach_fp8_scales(
+    sources: dict[str, TensorSource], scales: dict[str, TensorSource]
+) -> dict[str, TensorSource]:
+    by_stored = {src.stored_name: name for name, src in sources.items()}
+    for target, scale in scales.items():
+        if target not in by_stored:
+            raise CheckpointError(
+                f"{scale.file.path}: FP8 scale '{scale.stored_name}' has no weight '{target}'"
+            )
+        name = by_stored[target]
+        sources[name] = replace(sources[name], scale=scale)
+    for src in sources.values():
+        stored_dtype = src.file.tensors[src.stored_name].torch_dtype
+        if stored_dtype in fp8.FP8_DTYPES and src.scale is None:
+            raise CheckpointError(
+                f"{src.file.path}: FP8 tensor '{src.stored_name}' has no scale tensor (qscale_weight / weight_scale_inv)"
+            )
     return sources
 
 
 def _weight_files(folder: Path, fmt: str) -> list[Path]:
     if fmt == "native":
-        return [folder / NATIVE_WEIGHTS]
+        return _native_weight_files(folder)
     if (folder / HF_INDEX).is_file():
         index = read_json(folder / HF_INDEX)
         weight_map = index.get("weight_map")
@@ -157,6 +217,8 @@ def write_checkpoint(
     file by file behind one "writing" progress bar."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
+    if config.text.tied_embeddings:  # the output matrix is the embedding matrix: not stored (both formats)
+        tensors = ((name, t) for name, t in tensors if name != "output.weight")
     folder.mkdir(parents=True, exist_ok=True)
     if fmt == "native":
         _write_files(folder, {NATIVE_WEIGHTS: dict(tensors)})

@@ -31,7 +31,7 @@ import torch
 from pixtral.checkpoint.loader import Checkpoint, open_checkpoint
 from pixtral.checkpoint.progress import track
 from pixtral.config import PixtralConfig
-from pixtral.errors import MissingDependencyError
+from pixtral.errors import CheckpointError, MissingDependencyError
 
 DTYPES = ("f32", "f16", "q8_0")
 CHAT_TEMPLATE = "mistral-v3-tekken"  # llama.cpp's built-in template name for tekken v3 (Pixtral-12B-2409)
@@ -93,6 +93,10 @@ _VISION_TOP = {
     "vision_language_adapter.w_in.bias": "mm.1.bias",
     "vision_language_adapter.w_out.weight": "mm.2.weight",
     "vision_language_adapter.w_out.bias": "mm.2.bias",
+    # Mistral Small 3.1+: llama.cpp's names for the projector norm and the patch merger (gguf-py's
+    # tensor_mapping: V_MM_INP_NORM, V_MM_PATCH_MERGER); the merger's input stays channel-major, as stored
+    "pre_mm_projector_norm.weight": "mm.input_norm.weight",
+    "patch_merger.merging_layer.weight": "mm.patch_merger.weight",
 }
 IMG_BREAK_TENSOR = "v.token_embd.img_break"
 
@@ -215,7 +219,9 @@ def _tokenizer_metadata(writer, tokenizer, config: PixtralConfig, gguf) -> str |
     writer.add_token_types(types)
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
-    writer.add_chat_template(CHAT_TEMPLATE)
+    # llama.cpp's template names: v3 (Pixtral-12B), v7 for the later tekken versions ([SYSTEM_PROMPT] blocks)
+    version = getattr(tekken.version, "value", str(tekken.version))
+    writer.add_chat_template(CHAT_TEMPLATE if version == "v3" else "mistral-v7-tekken")
     return None
 
 
@@ -240,17 +246,22 @@ def _mmproj_metadata(writer, config: PixtralConfig, name: str, dtype: str, gguf)
     writer.add_vision_image_std(list(DATASET_STD))
     writer.add_vision_use_silu(True)
     writer.add_rope_freq_base(v.rope_theta)
+    if v.has_patch_merger:
+        writer.add_vision_spatial_merge_size(v.spatial_merge_size)
 
 
 def _find_tokenizer(folder: Path):
-    """The folder's tekken.json, else mistral-common's packaged Pixtral tokenizer (as prompt/tokenizer.py;
-    read here directly so that the checkpoint layer does not import the prompt layer)."""
+    """The folder's own tokenizer (formats.tokenizer_file), else mistral-common's packaged Pixtral tokenizer
+    (as prompt/tokenizer.py; read here directly so that the checkpoint layer does not import the prompt layer)."""
     from importlib.resources import as_file, files
 
     from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-    if (folder / "tekken.json").is_file():
-        return MistralTokenizer.from_file(str(folder / "tekken.json"))
+    from pixtral.checkpoint.formats import tokenizer_file
+
+    own = tokenizer_file(folder)
+    if own is not None:
+        return MistralTokenizer.from_file(str(own))
     with as_file(files("mistral_common") / "data" / "tekken_240911.json") as path:
         return MistralTokenizer.from_file(str(path))
 
@@ -310,6 +321,11 @@ def export_gguf(
         raise ValueError(f"unknown GGUF dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
     config = ckpt.config
+    if config.text.yarn or config.text.llama_4_scaling:
+        raise CheckpointError(
+            f"{ckpt.folder}: GGUF export of a YaRN / llama-4-scaled decoder (Ministral 3, Devstral Small 2) is "
+            "not supported: the 'llama' architecture written here has no keys for them"
+        )
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     name = name or ckpt.folder.name
@@ -326,7 +342,14 @@ def export_gguf(
             source.read,
         )
         (mmproj_items if mm else model_items).append(item)
-    img_break = config.vision.image_break_token_id
+    tok = None
+    if tokenizer is not False:
+        tok = _find_tokenizer(ckpt.folder) if tokenizer is True else tokenizer
+    encoder = tok.instruct_tokenizer.image_encoder if tok is not None else None
+    if encoder is not None and tok.instruct_tokenizer.tokenizer.n_words != config.text.vocab_size:
+        encoder = None  # a fallback tokenizer of another vocabulary: its ids say nothing about this model
+    # the [IMG_BREAK] row: the id the tokenizer writes (Pixtral-Large: 14), not a default
+    img_break = encoder.special_ids.img_break if encoder is not None else config.vision.image_break_token_id
     embed = ckpt.sources["tok_embeddings.weight"]
     mmproj_items.append(
         (
@@ -339,8 +362,7 @@ def export_gguf(
 
     def model_metadata(writer) -> None:
         _decoder_metadata(writer, config, name, dtype, gguf)
-        if tokenizer is not False:
-            tok = _find_tokenizer(ckpt.folder) if tokenizer is True else tokenizer
+        if tok is not None:
             why = _tokenizer_metadata(writer, tok, config, gguf)
             if why:
                 notes.append(why)

@@ -1,4 +1,4 @@
-"""Hugging Face (Llava) tensor names and the q/k permutation between RoPE layouts (spec §6.2, §6.3).
+"""Hugging Face (Llava, Mistral3) tensor names and the q/k permutation between RoPE layouts (spec §6.2, §6.3).
 
 Our in-memory convention is the Mistral native one: native names, q/k rows laid out for interleaved RoPE.
 HF checkpoints come in two spellings — the hub's legacy `language_model.model.*` / `vision_tower.*` /
@@ -70,6 +70,9 @@ _NAME_PAIRS: list[tuple[str, str]] = [
     ("vision_language_adapter.w_in.bias", "multi_modal_projector.linear_1.bias"),
     ("vision_language_adapter.w_out.weight", "multi_modal_projector.linear_2.weight"),
     ("vision_language_adapter.w_out.bias", "multi_modal_projector.linear_2.bias"),
+    # Mistral3 (Mistral Small 3.1+): the projector norm and the patch merger
+    ("pre_mm_projector_norm.weight", "multi_modal_projector.norm.weight"),
+    ("patch_merger.merging_layer.weight", "multi_modal_projector.patch_merger.merging_layer.weight"),
 ]
 
 # transformers >= 5 in-memory spelling <- legacy hub spelling

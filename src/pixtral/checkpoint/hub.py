@@ -12,16 +12,19 @@ from pathlib import Path
 
 from pixtral.errors import CheckpointError
 
-# Files of either format plus the tokenizer; everything else in a hub repo is skipped.
-ALLOW_PATTERNS = [
+# The small files: configs, index, tokenizer, system prompt. Fetched first, to choose the format.
+META_PATTERNS = [
     "params.json",
-    "consolidated.safetensors",
     "config.json",
-    "model.safetensors",
-    "model-*-of-*.safetensors",
     "model.safetensors.index.json",
     "tekken.json",
+    "tokenizer.model.v*",  # SentencePiece (Pixtral-Large: tokenizer.model.v7m1)
+    "SYSTEM_PROMPT.txt",  # Mistral Small 3.1+, Magistral, Ministral 3
 ]
+NATIVE_PATTERNS = ["consolidated.safetensors", "consolidated-*-of-*.safetensors"]
+HF_PATTERNS = ["model.safetensors", "model-*-of-*.safetensors"]
+# Files of either format plus the tokenizer; everything else in a hub repo is skipped.
+ALLOW_PATTERNS = [*META_PATTERNS, *NATIVE_PATTERNS, *HF_PATTERNS]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -43,8 +46,21 @@ def download(repo_id: str, revision: str | None = None) -> Path:
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     try:
+        # Repos of the family (Mistral Small 3.1, Magistral...) hold both formats: fetch the configs first and
+        # then the weights of one format only (native when params.json is there), not twice 48 GB.
+        meta = Path(
+            snapshot_download(
+                repo_id, revision=revision, allow_patterns=META_PATTERNS, local_files_only=offline
+            )
+        )
+        if (meta / "params.json").is_file():
+            weights = NATIVE_PATTERNS
+        elif (meta / "config.json").is_file():
+            weights = HF_PATTERNS
+        else:
+            weights = ALLOW_PATTERNS
         folder = snapshot_download(
-            repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS, local_files_only=offline
+            repo_id, revision=revision, allow_patterns=[*META_PATTERNS, *weights], local_files_only=offline
         )
     except LocalEntryNotFoundError:
         raise CheckpointError(

@@ -68,9 +68,11 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
 
 
 def expected_shapes(config: PixtralConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a checkpoint of this config holds (a tied output matrix is not stored)."""
     with torch.device("meta"):
         model = Pixtral(config)
-    return {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    skip = Pixtral.TIED_NAMES if config.text.tied_embeddings else ()
+    return {name: tuple(p.shape) for name, p in model.state_dict().items() if name not in skip}
 
 
 def _check_against(config: PixtralConfig, sources: dict[str, TensorSource], folder: Path) -> None:
@@ -107,8 +109,18 @@ def load_model(
     for name, tensor in ckpt.tensors(progress=f"loading {ckpt.folder.name}"):
         state[name] = tensor.to(device=device, dtype=torch_dtype)
         del tensor
-    model.load_state_dict(state, strict=True, assign=True)
+    load_state(model, state)
     return model.eval(), ckpt
+
+
+def load_state(model: Pixtral, state: dict[str, torch.Tensor]) -> None:
+    """load_state_dict(strict, assign) that accepts the absence of a tied output matrix and re-ties it."""
+    tied = Pixtral.TIED_NAMES if model.config.text.tied_embeddings else ()
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    missing = [n for n in missing if n not in tied]
+    if missing or unexpected:
+        raise RuntimeError(f"state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.tie_embeddings_()
 
 
 def save_model(model: Pixtral, folder: str | Path, fmt: str = "native") -> None:

@@ -22,7 +22,9 @@ from pixtral.model.pixtral import Pixtral
 from pixtral.prompt.chat import EncodedPrompt, encode_chat
 from pixtral.prompt.detokenize import StreamingDetokenizer
 from pixtral.prompt.images import DEFAULT_LIMITS, FetchRemote, ImageLimits
-from pixtral.prompt.tokenizer import load_tokenizer
+from pixtral.prompt.system_prompt import load_system_prompt, with_default_system
+from pixtral.prompt.thinking import think_token_ids
+from pixtral.prompt.tokenizer import load_tokenizer, tokenizer_checked_config
 
 Messages = Sequence[Mapping[str, Any]]
 DEFAULT_SCHEDULER = SchedulerConfig()
@@ -34,6 +36,7 @@ class Completion:
     token_ids: list[int]  # generated ids, EOS excluded
     prompt_tokens: int
     finish_reason: str  # "stop" (EOS or a stop string) | "length" | "cancelled" (the engine was closed)
+    reasoning: str = ""  # Magistral: the text of the [THINK] ... [/THINK] blocks (not part of `text`)
 
 
 @dataclass
@@ -42,6 +45,7 @@ class StreamEvent:
     token_ids: list[int] = field(default_factory=list)  # ids generated since the last event
     finish_reason: str | None = None  # set on the last event only
     prompt_tokens: int = 0
+    reasoning: str = ""  # new [THINK]-block text since the last event (prompt/thinking.py)
 
 
 class Engine:
@@ -66,6 +70,8 @@ class Engine:
         self.fetch_remote = fetch_remote
         self.eos_id = model.config.eos_id
         self.scheduler = Scheduler(model, scheduler)
+        self.system_prompt: str | None = None  # the model folder's SYSTEM_PROMPT.txt, for chats without one
+        self.think_ids = think_token_ids(tokenizer)  # ([THINK], [/THINK]) of reasoning models, else None
 
     @classmethod
     def load(
@@ -92,13 +98,15 @@ class Engine:
             net, ckpt, _ = load_quantized(path, quantize, dtype=dtype, group_size=group_size)
         else:
             net, ckpt = load_model(path, dtype=dtype, device=device)
-        tokenizer = load_tokenizer(ckpt.folder)
+        tokenizer = load_tokenizer(ckpt.folder, net.config)
         vocab = tokenizer.instruct_tokenizer.tokenizer.n_words
         if vocab > net.config.text.vocab_size:
             raise InputError(
                 f"{ckpt.folder}: the tokenizer has {vocab} tokens but the model only {net.config.text.vocab_size}"
             )
-        return cls(
+        net.config = tokenizer_checked_config(tokenizer, net.config, str(ckpt.folder))  # image ids, settings
+        system_prompt = load_system_prompt(ckpt.folder, Path(str(path)).name)  # {name}: as the model cards
+        engine = cls(
             net,
             tokenizer,
             model_name=str(model) if model is not None else "default",
@@ -108,6 +116,8 @@ class Engine:
             scheduler=scheduler,
             max_image_tokens=max_image_tokens,
         )
+        engine.system_prompt = system_prompt
+        return engine
 
     def close(self) -> None:
         """Stop the scheduler's thread (also done at interpreter exit); the engine takes no requests after."""
@@ -123,7 +133,7 @@ class Engine:
 
     def encode(self, messages: Messages) -> EncodedPrompt:
         prompt = encode_chat(
-            messages,
+            with_default_system(messages, self.system_prompt),
             self.tokenizer,
             limits=self.limits,
             fetch_remote=self.fetch_remote,
@@ -137,13 +147,14 @@ class Engine:
         return prompt
 
     def generate(self, messages: Messages, params: SamplingParams | None = None) -> Completion:
-        text, ids, finish, n_prompt = [], [], "length", 0
+        text, reasoning, ids, finish, n_prompt = [], [], [], "length", 0
         for event in self.stream(messages, params):
             text.append(event.text)
+            reasoning.append(event.reasoning)
             ids += event.token_ids
             n_prompt = event.prompt_tokens
             finish = event.finish_reason or finish
-        return Completion("".join(text), ids, n_prompt, finish)
+        return Completion("".join(text), ids, n_prompt, finish, "".join(reasoning))
 
     def stream(self, messages: Messages, params: SamplingParams | None = None) -> Iterator[StreamEvent]:
         """Events as text becomes final. Closing the iterator cancels the request and frees its memory."""
@@ -161,6 +172,7 @@ class Engine:
         detok = StreamingDetokenizer(self.tokenizer)
         stops = StopStrings(params.stop)
         pending_ids: list[int] = []
+        thinking = False  # inside a [THINK] block
         while True:
             item = request.events.get()
             if isinstance(item, Finished):
@@ -171,6 +183,15 @@ class Engine:
                 finish = item.reason
                 break
             pending_ids.append(item)
+            if self.think_ids and (item in self.think_ids or thinking):
+                # reasoning text bypasses the stop strings; the markers are control tokens (no text)
+                piece = detok.push(item)
+                if item in self.think_ids:
+                    thinking = item == self.think_ids[0]
+                if piece or not thinking:
+                    yield StreamEvent("", pending_ids, None, n_prompt, reasoning=piece)
+                    pending_ids = []
+                continue
             safe, stopped = stops.feed(detok.push(item))
             if stopped:
                 finish = "stop"

@@ -350,9 +350,9 @@ def quantize_model_(
 
 def _row_reader(src: TensorSource) -> RowReader | None:
     """Read rows [a, b) of a stored 2-D tensor with plain reads (like SafetensorsFile.read, for a slice);
-    None when the tensor needs a layout change on read (HF q/k), which needs the whole tensor."""
-    if src.to_native is not None or len(src.shape) != 2:
-        return None
+    None when the tensor needs a layout change on read (HF q/k) or FP8 scaling, which need the whole tensor."""
+    if src.to_native is not None or src.scale is not None or len(src.shape) != 2:
+        return None  # a layout change or an FP8 dequantization needs the whole tensor
     info = src.file.tensors[src.stored_name]
     n, k = info.shape
     row_bytes = (info.end - info.start) // n
@@ -411,6 +411,7 @@ def load_quantized(
         tensor = src.read()
         module._parameters[leaf] = nn.Parameter(tensor.to(torch_dtype), requires_grad=False)
         del tensor
+    model.tie_embeddings_()  # a tied output matrix is not in the checkpoint: it is the embedding matrix
     left = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
     if left:
         raise RuntimeError(f"not loaded from the checkpoint: {', '.join(left[:5])}")

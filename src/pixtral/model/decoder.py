@@ -1,7 +1,8 @@
 """The Mistral NeMo decoder block: pre-norm, GQA attention with 1-D RoPE and a KV cache, SwiGLU (spec §1).
 
 head_dim is given explicitly (NeMo: 128, while dim / n_heads = 160). No biases, no embedding scaling,
-no sliding window: plain causal attention over the whole text + image sequence.
+no sliding window: plain causal attention over the whole text + image sequence. Ministral 3 multiplies the
+queries by a per-position factor after RoPE (`q_scale`, the llama-4 scaling; docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -33,12 +34,15 @@ class DecoderAttention(nn.Module):
         rope: torch.Tensor,
         caches: list[SequenceKVCache] | None,
         mask: torch.Tensor | None = None,
+        q_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.wq(x).view(b, t, self.n_heads, self.head_dim)  # (B, T, dim) -> (B, T, H, hd)
         k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim)  # (B, T, dim) -> (B, T, KV, hd)
         v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim)
         q, k = apply_rope(q, rope), apply_rope(k, rope)
+        if q_scale is not None:  # (B, T, 1, 1) float32
+            q = q * q_scale.to(q.dtype)
         if caches is None:  # the whole sequence at once (prefill from empty, training)
             if mask is None:
                 mask = causal_mask(t, t, x.device)
@@ -84,6 +88,7 @@ class DecoderBlock(nn.Module):
         rope: torch.Tensor,
         caches: list[SequenceKVCache] | None,
         mask: torch.Tensor | None = None,
+        q_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), rope, caches, mask)
+        h = x + self.attention(self.attention_norm(x), rope, caches, mask, q_scale)
         return h + self.feed_forward(self.ffn_norm(h))

@@ -8,6 +8,10 @@ Merge rule: adapter outputs replace the embeddings of `[IMG]` positions only, in
 image 1, then image 2, ...). `[IMG_BREAK]` and `[IMG_END]` keep their ordinary token embeddings. Only prompt
 positions take image features: a caller feeding generated tokens (which may be the `[IMG]` id too) says
 which positions are image positions with `image_mask`; the model cannot tell a prompt from a generation.
+
+The family's variants (docs/architecture.md, "The Pixtral family") are config switches: a projector RMSNorm
+and a patch merger between the vision encoder and the adapter (Mistral Small 3.1+; one [IMG] per merged
+block), YaRN and the llama-4 query scaling in the decoder, and an output matrix tied to the embeddings.
 """
 
 from __future__ import annotations
@@ -16,11 +20,11 @@ import torch
 from torch import nn
 
 from pixtral.config import PixtralConfig
-from pixtral.model.adapter import VisionLanguageAdapter
+from pixtral.model.adapter import PatchMerger, VisionLanguageAdapter
 from pixtral.model.decoder import DecoderBlock
 from pixtral.model.kv_cache import SequenceKVCache
 from pixtral.model.norm import RMSNorm
-from pixtral.model.rope import rope_1d_angles, rope_table
+from pixtral.model.rope import decoder_rope, llama4_query_scale
 from pixtral.model.vision_encoder import VisionEncoder
 
 
@@ -29,24 +33,43 @@ class ImageTokenMismatch(ValueError):
 
 
 class Pixtral(nn.Module):
+    TIED_NAMES = ("output.weight",)  # absent from checkpoints of models with tied embeddings
+
     def __init__(self, config: PixtralConfig) -> None:
         super().__init__()
         self.config = config
         t, v = config.text, config.vision
         self.vision_encoder = VisionEncoder(v)
+        if v.add_pre_mm_projector_layer_norm:
+            self.pre_mm_projector_norm = RMSNorm(v.hidden_size, t.norm_eps)  # the *text* eps, as trained
+        if v.has_patch_merger:
+            self.patch_merger = PatchMerger(v.hidden_size, v.spatial_merge_size)
         self.vision_language_adapter = VisionLanguageAdapter(v.hidden_size, t.dim, bias=v.adapter_bias)
         self.tok_embeddings = nn.Embedding(t.vocab_size, t.dim)
         self.layers = nn.ModuleList(DecoderBlock(t, i) for i in range(t.n_layers))
         self.norm = RMSNorm(t.dim, t.norm_eps)
         self.output = nn.Linear(t.dim, t.vocab_size, bias=False)
+        self.tie_embeddings_()
+
+    def tie_embeddings_(self) -> None:
+        """With tied embeddings, make output.weight the embedding matrix itself (again after a load that
+        replaced the parameters, e.g. load_state_dict(assign=True))."""
+        if self.config.text.tied_embeddings:
+            self.output.weight = self.tok_embeddings.weight
 
     @property
     def dtype(self) -> torch.dtype:
         return self.norm.weight.dtype  # not output.weight: that layer may be quantized
 
     def encode_images(self, images: list[torch.Tensor]) -> torch.Tensor:
-        """list of (3, H_i, W_i) pixels -> (sum of patches, text dim) features for the [IMG] positions."""
-        return self.vision_language_adapter(self.vision_encoder(images))
+        """list of (3, H_i, W_i) pixels -> (sum of [IMG] tokens, text dim) features for the [IMG] positions:
+        one per patch, or one per merged block of patches with the patch merger."""
+        x = self.vision_encoder(images)  # (sum of patches, vision dim)
+        if self.config.vision.add_pre_mm_projector_layer_norm:
+            x = self.pre_mm_projector_norm(x)
+        if self.config.vision.has_patch_merger:
+            x = self.patch_merger(x, self.vision_encoder.layout(images).grids)  # (sum of blocks, vision dim)
+        return self.vision_language_adapter(x)
 
     def embed(
         self,
@@ -99,10 +122,11 @@ class Pixtral(nn.Module):
         if positions is None:
             starts = torch.tensor([c.length for c in caches] if caches else [0] * b, device=h.device)
             positions = starts[:, None] + torch.arange(t, device=h.device)  # (B, T)
-        angles = rope_1d_angles(positions.reshape(-1), self.config.text.head_dim, self.config.text.rope_theta)
-        rope = rope_table(angles.view(*positions.shape, -1))  # (B, T, 1, hd/2)
+        rope = decoder_rope(positions, self.config.text)  # (B, T, 1, hd/2)
+        scaling = self.config.text.llama_4_scaling
+        q_scale = llama4_query_scale(positions, scaling) if scaling else None  # (B, T, 1, 1)
         for layer in self.layers:
-            h = layer(h, rope, caches, mask)
+            h = layer(h, rope, caches, mask, q_scale)
         if caches:
             for cache in caches:
                 cache.advance(t)

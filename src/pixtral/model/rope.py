@@ -7,7 +7,11 @@ Hugging Face layout are permuted to this convention when loaded (checkpoint/hf.p
 holds inside the model.
 """
 
+import math
+
 import torch
+
+from pixtral.config import Llama4Scaling, TextConfig, YarnConfig
 
 
 def inverse_frequencies(head_dim: int, theta: float) -> torch.Tensor:
@@ -19,6 +23,53 @@ def rope_1d_angles(positions: torch.Tensor, head_dim: int, theta: float) -> torc
     """Decoder angles: position p, pair k -> p * inv_freq_k.  (T,) -> (T, head_dim // 2) float32"""
     inv = inverse_frequencies(head_dim, theta).to(positions.device)
     return positions.to(torch.float32)[:, None] * inv[None, :]
+
+
+def yarn_inverse_frequencies(head_dim: int, theta: float, yarn: YarnConfig) -> torch.Tensor:
+    """YaRN (arXiv 2309.00071) as transformers computes it (docs/architecture.md, "YaRN"): pairs that turn
+    more than beta_fast times over the original length keep their frequency, pairs that turn fewer than
+    beta_slow times are divided by `factor`, with a linear ramp between (bounds floored / ceiled).
+    (head_dim,) -> (head_dim // 2,) float32"""
+    base = inverse_frequencies(head_dim, theta)
+
+    def pair_index(rotations: float) -> float:
+        """The (fractional) pair that turns `rotations` times over the original length."""
+        n = yarn.original_max_position_embeddings / (rotations * 2 * math.pi)
+        return head_dim * math.log(n) / (2 * math.log(theta))
+
+    low = max(math.floor(pair_index(yarn.beta_fast)), 0)
+    high = min(math.ceil(pair_index(yarn.beta_slow)), head_dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(head_dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    keep = 1 - ramp  # 1: extrapolate (original frequency), 0: interpolate (frequency / factor)
+    return (base / yarn.factor) * (1 - keep) + base * keep
+
+
+def yarn_attention_factor(yarn: YarnConfig) -> float:
+    """The magnitude of the rotations: 1 for Mistral's YaRN, 0.1 ln(factor) + 1 with apply_scale."""
+    if not yarn.apply_scale or yarn.factor <= 1:
+        return 1.0
+    return 0.1 * math.log(yarn.factor) + 1.0
+
+
+def decoder_rope(positions: torch.Tensor, config: TextConfig) -> torch.Tensor:
+    """The decoder's rotation table for integer positions: plain RoPE, or YaRN when configured.
+    positions (...,) -> complex64 (..., 1, head_dim // 2)"""
+    if config.yarn is None:
+        angles = rope_1d_angles(positions.reshape(-1), config.head_dim, config.rope_theta)
+        return rope_table(angles.view(*positions.shape, -1))
+    inv = yarn_inverse_frequencies(config.head_dim, config.rope_theta, config.yarn).to(positions.device)
+    angles = positions.to(torch.float32)[..., None] * inv  # (..., head_dim // 2)
+    magnitude = yarn_attention_factor(config.yarn)
+    return torch.polar(torch.full_like(angles, magnitude), angles).unsqueeze(-2)
+
+
+def llama4_query_scale(positions: torch.Tensor, scaling: Llama4Scaling) -> torch.Tensor:
+    """Llama-4 / Ministral 3 attention temperature: 1 + beta * ln(1 + floor(p / original)), float32.
+    positions (...,) -> (..., 1, 1), broadcast over heads and head_dim."""
+    blocks = torch.floor(positions.to(torch.float32) / scaling.original_max_position_embeddings)
+    return (1 + scaling.beta * torch.log(1 + blocks))[..., None, None]
 
 
 def rope_2d_angles(rows: torch.Tensor, cols: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:

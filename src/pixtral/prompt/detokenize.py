@@ -7,14 +7,21 @@ holds back an incomplete character until its last byte arrives.
 The output matches `tokenizer.decode(ids)` exactly, invalid bytes included: tekken decodes each run of
 text tokens between control tokens on its own with errors="replace", so a control token (id < 1000, e.g.
 EOS) closes the current run here too, and produces no text itself.
+
+SentencePiece tokenizers (Pixtral-Large's tokenizer.model.v7m1) are streamed the same way from their pieces:
+"▁" is a space, `<0xNN>` pieces are raw bytes, control tokens produce nothing (and, as in SentencePiece's
+own decode, do not break a character), and the space SentencePiece puts before the first word is dropped.
 """
 
 from __future__ import annotations
 
 import codecs
+import re
 
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from mistral_common.tokens.tokenizers.tekken import SpecialTokenPolicy, Tekkenizer
+
+_BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
 class StreamingDetokenizer:
@@ -22,21 +29,46 @@ class StreamingDetokenizer:
     `flush()` returns what is left at the end of the stream."""
 
     def __init__(self, tokenizer: MistralTokenizer) -> None:
-        tekken = tokenizer.instruct_tokenizer.tokenizer
-        if not isinstance(tekken, Tekkenizer):
-            raise TypeError(f"StreamingDetokenizer needs a tekken tokenizer, got {type(tekken).__name__}")
-        self._tekken = tekken
-        self._n_control = tekken.num_special_tokens
-        self._n_words = tekken.n_words
+        inner = tokenizer.instruct_tokenizer.tokenizer
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._n_words = inner.n_words
+        if isinstance(inner, Tekkenizer):
+            self._tekken: Tekkenizer | None = inner
+            self._n_control = inner.num_special_tokens
+            return
+        if type(inner).__name__ != "SentencePieceTokenizer":
+            raise TypeError(
+                f"StreamingDetokenizer needs a tekken or SentencePiece tokenizer, got {type(inner).__name__}"
+            )
+        self._tekken = None
+        self._sp = inner
+        self._sp_control = inner.special_ids
+        self._sp_start = True  # the next text piece is the first: its leading space is SentencePiece's prefix
 
     def push(self, token_id: int) -> str:
         token_id = int(token_id)
         if not 0 <= token_id < self._n_words:
             raise ValueError(f"token id {token_id} is outside the vocabulary (0..{self._n_words - 1})")
+        if self._tekken is None:
+            return self._push_sentencepiece(token_id)
         if token_id < self._n_control:
             return self.flush()
         return self._utf8.decode(self._tekken.id_to_byte_piece(token_id, SpecialTokenPolicy.IGNORE))
+
+    def _push_sentencepiece(self, token_id: int) -> str:
+        if token_id in self._sp_control:
+            return ""
+        if token_id == self._sp.unk_id:  # SentencePiece's unknown surface, never stripped
+            self._sp_start = False
+            return self._utf8.decode(" \u2047 ".encode("utf-8"))
+        piece = self._sp.id_to_piece(token_id)
+        byte = _BYTE_PIECE.match(piece)
+        data = bytes([int(byte.group(1), 16)]) if byte else piece.replace("\u2581", " ").encode("utf-8")
+        if self._sp_start and data:
+            self._sp_start = False
+            if not byte and data.startswith(b" "):
+                data = data[1:]
+        return self._utf8.decode(data)
 
     def flush(self) -> str:
         """End the current run: an incomplete character left over becomes U+FFFD, as in decode()."""

@@ -293,10 +293,13 @@ async def _chat(state: ServerState, body: P.ChatCompletionRequest, request: Requ
         )
     try:
         texts, reasons, tokens = [""] * body.n, [None] * body.n, 0
+        thoughts: list[str | None] = [None] * body.n
         while True:
             event = await job.next_event()
             if event.kind == "delta":
                 texts[event.index] += event.text
+                if event.reasoning:
+                    thoughts[event.index] = (thoughts[event.index] or "") + event.reasoning
                 tokens += event.tokens
             elif event.kind == "finish":
                 reasons[event.index] = event.finish_reason
@@ -318,7 +321,11 @@ async def _chat(state: ServerState, body: P.ChatCompletionRequest, request: Requ
         model=state.model_name,
         usage=usage,
         choices=[
-            P.Choice(index=i, message=P.AssistantMessage(content=texts[i]), finish_reason=reasons[i])
+            P.Choice(
+                index=i,
+                message=P.AssistantMessage(content=texts[i], reasoning_content=thoughts[i]),
+                finish_reason=reasons[i],
+            )
             for i in range(body.n)
         ],
     )
@@ -384,6 +391,8 @@ async def _sse(
             event: Event = await job.next_event()
             if event.kind == "delta":
                 tokens += event.tokens
+                if event.reasoning:
+                    yield chunk(event.index, {"reasoning_content": event.reasoning})
                 if event.text:
                     yield chunk(event.index, {"content": event.text})
             elif event.kind == "finish":

@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 MAX_SEED = 2**63 - 1
 
@@ -196,6 +196,14 @@ class Usage(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
+    reasoning_content: str | None = None  # Magistral's [THINK] text (vLLM's field); omitted when None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_reasoning(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("reasoning_content") is None:
+            data.pop("reasoning_content", None)
+        return data
 
 
 class Choice(BaseModel):
@@ -218,6 +226,7 @@ class ChatCompletion(BaseModel):
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None  # sent in chunks of its own, only by reasoning models
 
 
 class ChunkChoice(BaseModel):

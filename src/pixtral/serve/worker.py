@@ -43,6 +43,7 @@ class Event:
     kind: str  # "prompt" | "delta" | "finish" | "error" | "end"
     index: int = 0
     text: str = ""
+    reasoning: str = ""  # [THINK]-block text (reasoning models)
     tokens: int = 0
     finish_reason: str | None = None
     prompt_tokens: int = 0
@@ -237,8 +238,11 @@ class EngineWorker:
                         self.metrics.ttft.observe(job.first_token_at - job.arrival)
                     generated += n_tokens
                     self.metrics.generation_tokens.inc(n_tokens)
-                    if event.text or n_tokens:
-                        job.emit(Event("delta", index=index, text=event.text, tokens=n_tokens))
+                    reasoning = getattr(event, "reasoning", "")
+                    if event.text or reasoning or n_tokens:
+                        job.emit(
+                            Event("delta", index=index, text=event.text, reasoning=reasoning, tokens=n_tokens)
+                        )
                     if event.finish_reason is not None:
                         active.remove(index)
                         self.metrics.finished.inc(1, event.finish_reason)
