@@ -15,7 +15,7 @@ from typing import Any
 
 from pixtral.checkpoint.loader import load_model
 from pixtral.default_model import UNTRAINED_MARKER, default_model_path
-from pixtral.engine.sampling import SamplingParams
+from pixtral.engine.sampling import SamplingParams, TokenLogprobs
 from pixtral.engine.scheduler import Finished, Request, Scheduler, SchedulerConfig
 from pixtral.errors import ContextLengthError, InputError, PixtralError
 from pixtral.model.pixtral import Pixtral
@@ -34,6 +34,7 @@ class Completion:
     token_ids: list[int]  # generated ids, EOS excluded
     prompt_tokens: int
     finish_reason: str  # "stop" (EOS or a stop string) | "length" | "cancelled" (the engine was closed)
+    logprobs: list[TokenLogprobs] | None = None  # with params.logprobs: one per id of token_ids
 
 
 @dataclass
@@ -42,6 +43,7 @@ class StreamEvent:
     token_ids: list[int] = field(default_factory=list)  # ids generated since the last event
     finish_reason: str | None = None  # set on the last event only
     prompt_tokens: int = 0
+    logprobs: list[TokenLogprobs] | None = None  # with params.logprobs: one per id of token_ids
 
 
 class Engine:
@@ -137,21 +139,44 @@ class Engine:
         return prompt
 
     def generate(self, messages: Messages, params: SamplingParams | None = None) -> Completion:
-        text, ids, finish, n_prompt = [], [], "length", 0
-        for event in self.stream(messages, params):
+        return self._collect(self.stream(messages, params))
+
+    def generate_prompt(self, prompt: EncodedPrompt, params: SamplingParams | None = None) -> Completion:
+        """`generate` for a prompt already encoded (raw text completion, /v1/completions)."""
+        return self._collect(self.stream_prompt(prompt, params))
+
+    @staticmethod
+    def _collect(events: Iterator[StreamEvent]) -> Completion:
+        text, ids, finish, n_prompt, logprobs = [], [], "length", 0, None
+        for event in events:
             text.append(event.text)
             ids += event.token_ids
             n_prompt = event.prompt_tokens
             finish = event.finish_reason or finish
-        return Completion("".join(text), ids, n_prompt, finish)
+            if event.logprobs is not None:
+                logprobs = (logprobs or []) + event.logprobs
+        return Completion("".join(text), ids, n_prompt, finish, logprobs)
 
     def stream(self, messages: Messages, params: SamplingParams | None = None) -> Iterator[StreamEvent]:
         """Events as text becomes final. Closing the iterator cancels the request and frees its memory."""
+        yield from self.stream_prompt(self.encode(messages), params)
+
+    def stream_prompt(
+        self, prompt: EncodedPrompt, params: SamplingParams | None = None
+    ) -> Iterator[StreamEvent]:
+        """`stream` for a prompt already encoded (`encode`, or raw text for /v1/completions)."""
         params = params or SamplingParams()
-        prompt = self.encode(messages)
+        params.check_vocab(self.tokenizer.instruct_tokenizer.tokenizer.n_words)
+        if len(prompt.token_ids) >= self.max_context:
+            raise ContextLengthError(
+                f"the prompt has {len(prompt.token_ids)} tokens; this model's context is {self.max_context} "
+                "(leave room for at least one generated token)"
+            )
         n_prompt = len(prompt.token_ids)
-        params = replace(params, max_tokens=min(params.max_tokens, self.max_context - n_prompt))
-        request = self.scheduler.submit(prompt.token_ids, prompt.images, params, frozenset({self.eos_id}))
+        max_tokens = min(params.max_tokens, self.max_context - n_prompt)
+        params = replace(params, max_tokens=max_tokens, min_tokens=min(params.min_tokens, max_tokens))
+        stop_ids = params.stop_ids(self.eos_id)
+        request = self.scheduler.submit(prompt.token_ids, prompt.images, params, stop_ids)
         try:
             yield from self._stream_text(request, params, n_prompt)
         finally:
@@ -161,6 +186,12 @@ class Engine:
         detok = StreamingDetokenizer(self.tokenizer)
         stops = StopStrings(params.stop)
         pending_ids: list[int] = []
+        n_seen = 0
+        want_logprobs = params.logprobs is not None
+
+        def logprobs() -> list[TokenLogprobs] | None:  # those of pending_ids (the scheduler's are aligned)
+            return request.logprobs[n_seen - len(pending_ids) : n_seen] if want_logprobs else None
+
         while True:
             item = request.events.get()
             if isinstance(item, Finished):
@@ -171,15 +202,17 @@ class Engine:
                 finish = item.reason
                 break
             pending_ids.append(item)
-            safe, stopped = stops.feed(detok.push(item))
+            n_seen += 1
+            # As vLLM: stop strings are looked for once min_tokens tokens are out.
+            safe, stopped = stops.feed(detok.push(item), check=n_seen > params.min_tokens)
             if stopped:
                 finish = "stop"
                 break
             if safe:
-                yield StreamEvent(safe, pending_ids, None, n_prompt)
+                yield StreamEvent(safe, pending_ids, None, n_prompt, logprobs())
                 pending_ids = []
         rest = stops.finish("" if stops.stopped else detok.flush())
-        yield StreamEvent(rest, pending_ids, finish, n_prompt)
+        yield StreamEvent(rest, pending_ids, finish, n_prompt, logprobs())
 
 
 class StopStrings:
@@ -191,10 +224,13 @@ class StopStrings:
         self.pending = ""
         self.stopped = False
 
-    def feed(self, text: str) -> tuple[str, bool]:
-        """Add text; return (text now safe to emit, whether a stop string was hit)."""
+    def feed(self, text: str, check: bool = True) -> tuple[str, bool]:
+        """Add text; return (text now safe to emit, whether a stop string was hit). With check=False the
+        text is not searched yet (min_tokens), though its tail is still held back."""
         self.pending += text
-        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        cut = -1
+        if check:
+            cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
             self.pending = self.pending[:cut]
             self.stopped = True
