@@ -123,13 +123,16 @@ class Engine:
     def max_context(self) -> int:
         return self.model.config.text.max_seq_len
 
-    def encode(self, messages: Messages) -> EncodedPrompt:
+    def encode(self, messages: Messages, tools: Sequence[Mapping[str, Any]] | None = None) -> EncodedPrompt:
+        """The prompt of a conversation (and the OpenAI-shaped `tools` it may call), as mistral-common
+        encodes it."""
         prompt = encode_chat(
             messages,
             self.tokenizer,
             limits=self.limits,
             fetch_remote=self.fetch_remote,
             max_image_tokens=self.max_image_tokens,
+            tools=tools,
         )
         if len(prompt.token_ids) >= self.max_context:
             raise ContextLengthError(
@@ -138,8 +141,10 @@ class Engine:
             )
         return prompt
 
-    def generate(self, messages: Messages, params: SamplingParams | None = None) -> Completion:
-        return self._collect(self.stream(messages, params))
+    def generate(
+        self, messages: Messages, params: SamplingParams | None = None, tools: Sequence[Mapping] | None = None
+    ) -> Completion:
+        return self._collect(self.stream(messages, params, tools))
 
     def generate_prompt(self, prompt: EncodedPrompt, params: SamplingParams | None = None) -> Completion:
         """`generate` for a prompt already encoded (raw text completion, /v1/completions)."""
@@ -157,9 +162,11 @@ class Engine:
                 logprobs = (logprobs or []) + event.logprobs
         return Completion("".join(text), ids, n_prompt, finish, logprobs)
 
-    def stream(self, messages: Messages, params: SamplingParams | None = None) -> Iterator[StreamEvent]:
+    def stream(
+        self, messages: Messages, params: SamplingParams | None = None, tools: Sequence[Mapping] | None = None
+    ) -> Iterator[StreamEvent]:
         """Events as text becomes final. Closing the iterator cancels the request and frees its memory."""
-        yield from self.stream_prompt(self.encode(messages), params)
+        yield from self.stream_prompt(self.encode(messages, tools), params)
 
     def stream_prompt(
         self, prompt: EncodedPrompt, params: SamplingParams | None = None
