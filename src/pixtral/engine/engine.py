@@ -17,6 +17,7 @@ from pixtral.checkpoint.loader import load_model
 from pixtral.default_model import UNTRAINED_MARKER, default_model_path
 from pixtral.engine.sampling import SamplingParams, TokenLogprobs
 from pixtral.engine.scheduler import Finished, Request, Scheduler, SchedulerConfig
+from pixtral.engine.structured import Grammars
 from pixtral.errors import ContextLengthError, InputError, PixtralError
 from pixtral.model.pixtral import Pixtral
 from pixtral.prompt.chat import EncodedPrompt, encode_chat
@@ -68,6 +69,7 @@ class Engine:
         self.fetch_remote = fetch_remote
         self.eos_id = model.config.eos_id
         self.scheduler = Scheduler(model, scheduler)
+        self._grammars: Grammars | None = None  # structured output's compiler, built on first use
 
     @classmethod
     def load(
@@ -174,6 +176,10 @@ class Engine:
         """`stream` for a prompt already encoded (`encode`, or raw text for /v1/completions)."""
         params = params or SamplingParams()
         params.check_vocab(self.tokenizer.instruct_tokenizer.tokenizer.n_words)
+        if params.structured is not None:  # compiled here, in the caller's thread, not in the decode loop
+            if self._grammars is None:
+                self._grammars = Grammars(self.tokenizer, self.model.config.text.vocab_size, self.eos_id)
+            params = replace(params, structured=self._grammars.compile(params.structured))
         if len(prompt.token_ids) >= self.max_context:
             raise ContextLengthError(
                 f"the prompt has {len(prompt.token_ids)} tokens; this model's context is {self.max_context} "

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pixtral.engine.structured import StructuredOutput
 from pixtral.errors import InputError
 
 # Below this temperature sampling is greedy: dividing logits by ~0 overflows to inf - inf = nan.
@@ -45,6 +46,7 @@ class SamplingParams:
     ignore_eos: bool = False  # EOS is then a plain token (it produces no text)
     stop_token_ids: list[int] = field(default_factory=list)  # more tokens that end generation, like EOS
     logprobs: int | None = None  # None = off; k = the chosen token's logprob and the k most likely
+    structured: StructuredOutput | None = None  # a grammar every token must follow (structured.py)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -79,6 +81,9 @@ class SamplingParams:
             raise InputError(f"stop_token_ids must be token ids >= 0, got {self.stop_token_ids}")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
             raise InputError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+        if self.structured is not None and (self.ignore_eos or self.min_tokens):
+            # The grammar ends with EOS once the value is complete; hiding EOS then would leave no token.
+            raise InputError("structured output cannot be combined with ignore_eos or min_tokens")
 
     @property
     def greedy(self) -> bool:

@@ -36,6 +36,7 @@ from pixtral.engine.sampling import (
     sample_next,
     token_logprobs,
 )
+from pixtral.engine.structured import GrammarState
 from pixtral.errors import InputError
 from pixtral.model.kv_cache import SequenceKVCache
 from pixtral.model.pixtral import Pixtral, no_images
@@ -68,6 +69,7 @@ class Request:
     last_token: int = -1
     generator: torch.Generator | None = None
     history: TokenHistory | None = None  # for the penalties, on the logits' device (sampling.py)
+    grammar: GrammarState | None = None  # with params.structured: the matcher (structured.py)
     # With params.logprobs: one entry per generated token, appended before the token is put on `events`.
     logprobs: list[TokenLogprobs] = field(default_factory=list)
 
@@ -298,6 +300,11 @@ class Scheduler:
     def _emit(self, request: Request, logits: torch.Tensor) -> None:
         params = request.params
         raw = logits[None].float()  # (1, vocab)
+        if params.structured is not None:  # the grammar's mask comes first, as vLLM's bitmask
+            if request.grammar is None:
+                request.grammar = GrammarState(params.structured)
+            raw = raw.clone()
+            request.grammar.mask_(raw)
         if params.penalised and request.history is None:
             request.history = TokenHistory(request.prompt_ids, raw.shape[-1], raw.device)
         processed = process_logits(raw, params, request.history, request.generated, request.stop_ids)
@@ -307,6 +314,8 @@ class Scheduler:
         if params.logprobs is not None:
             request.logprobs += token_logprobs(raw, sampled, params.logprobs)
         token = int(sampled[0])
+        if request.grammar is not None:
+            request.grammar.accept(token)
         request.generated += 1
         request.last_token = token
         if token in request.stop_ids:
