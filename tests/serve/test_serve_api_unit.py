@@ -135,16 +135,10 @@ def test_unknown_model_unsupported_param_and_limits(fake_client):
     ("field", "value", "param"),
     [
         ({"best_of": 3}, None, "best_of"),  # a field this server does not know at all
-        ({"tool_choice": "required"}, None, "tool_choice"),
         (
             {"stream_options": {"include_usage": True, "continuous_usage_stats": True}},
             None,
             "stream_options.continuous_usage_stats",
-        ),
-        (
-            {"tool_choice": {"type": "function", "function": {"name": "f"}}},  # needs structured output
-            None,
-            "tool_choice",
         ),
         ({"parallel_tool_calls": False}, None, "parallel_tool_calls"),
         (
@@ -239,6 +233,10 @@ def test_sampling_controls_are_honoured_they_reach_the_engine(fake_client, fake_
         ({"logit_bias": {"131072": 1}}, "logit_bias"),  # outside the vocabulary
         ({"stop_token_ids": [131072]}, "stop_token_ids"),
         ({"stop_token_ids": [-1]}, "stop_token_ids"),
+        ({"tool_choice": "required"}, "tool_choice"),  # without tools
+        ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
+        ({"response_format": {"type": "json_object"}, "guided_regex": "a+"}, "guided_regex"),
+        ({"response_format": {"type": "yaml"}}, "response_format"),
     ],
 )
 def test_sampling_controls_out_of_range_are_400_naming_the_field(fake_client, fake_engine, field, param):

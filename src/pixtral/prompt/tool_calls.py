@@ -108,3 +108,46 @@ class ToolCallStream:
         content, calls = split_tool_calls(self._ids, self._tokenizer)
         rest = content[len(self._sent) :] if content.startswith(self._sent) else ""
         return rest, calls
+
+
+def required_tools_schema(tools: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """tool_choice "required", as vLLM enforces it: a JSON list of at least one {"name", "parameters"}
+    object, each naming one of the tools with arguments valid for its schema."""
+    variants = [
+        {
+            "properties": {
+                "name": {"type": "string", "enum": [t["function"]["name"]]},
+                "parameters": t["function"].get("parameters") or {"type": "object"},
+            },
+            "required": ["name", "parameters"],
+        }
+        for t in tools
+    ]
+    return {"type": "array", "minItems": 1, "items": {"type": "object", "anyOf": variants}}
+
+
+class ForcedToolCalls:
+    """The output of a request whose tool_choice forced a call (structured output made it valid JSON):
+    a named function's arguments, or "required"'s list of {"name", "parameters"}. Same interface as
+    ToolCallStream: nothing is sent as content."""
+
+    def __init__(self, name: str | None) -> None:
+        self.name = name  # None: "required"
+        self._text = ""
+
+    def feed(self, text: str, token_ids: Sequence[int]) -> str:
+        self._text += text
+        return ""
+
+    def finish(self) -> tuple[str, list[dict[str, Any]] | None]:
+        if self.name is not None:
+            call = {"name": self.name, "arguments": self._text}
+            return "", [{"id": new_tool_call_id(), "type": "function", "function": call}]
+        try:
+            items = json.loads(self._text)
+        except json.JSONDecodeError:  # cut by max_tokens: what was generated comes back as content
+            return self._text, None
+        calls = parse_tool_calls(
+            json.dumps([{"name": i["name"], "arguments": i["parameters"]} for i in items])
+        )
+        return "", calls

@@ -25,10 +25,11 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from pixtral.engine.structured import StructuredOutput
 from pixtral.errors import InputError
 from pixtral.prompt.chat import EncodedPrompt, decode_ids, encode_chat, encode_text
 from pixtral.prompt.images import DEFAULT_LIMITS
-from pixtral.prompt.tool_calls import ToolCallStream, split_tool_calls
+from pixtral.prompt.tool_calls import ForcedToolCalls, ToolCallStream, required_tools_schema, split_tool_calls
 from pixtral.serve import protocol as P
 from pixtral.serve.access_log import AccessLogMiddleware
 from pixtral.serve.errors import APIError, bad_request, install_error_handlers
@@ -308,6 +309,10 @@ def _validate_sampling(state: ServerState, body: Any) -> None:
     """The checks chat and text completions share: model, parameters not honoured, limits, sampling."""
     settings = state.settings
     _check_model(state, body.model)
+    try:
+        body.check()
+    except P.FieldError as e:
+        raise bad_request(str(e), param=e.param) from e
     unsupported = body.unsupported()
     if unsupported:
         raise bad_request(
@@ -454,11 +459,24 @@ async def _chat(state: ServerState, body: P.ChatCompletionRequest, request: Requ
     want_logprobs = bool(body.logprobs)
     tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
     # As vLLM: the tools are in the prompt whatever tool_choice says; "none" only turns the parsing off.
-    parse_calls = bool(tools) and body.tool_choice != "none"
+    # "required" and a named function are enforced with structured output: the answer is then the call.
+    forced = body.forced_tool()
+    parse_calls = bool(tools) and body.tool_choice != "none" and forced is None
+    structured = None
+    if forced is not None:
+        name, tool = forced
+        schema = (tool["function"].get("parameters") or {"type": "object"}) if name else None
+        structured = StructuredOutput.json_schema(schema or required_tools_schema(tools or []))
 
     async def make_spec() -> GenerationSpec:
         messages = await run_in_threadpool(to_engine_messages, body, state.settings, state.fetcher)
-        return _spec(body, messages, (body.top_logprobs or 0) if want_logprobs else None, tools=tools)
+        spec = _spec(body, messages, (body.top_logprobs or 0) if want_logprobs else None, tools=tools)
+        if structured is not None:
+            spec.extras["structured"] = structured
+        return spec
+
+    def new_calls() -> ToolCallStream | ForcedToolCalls:
+        return ForcedToolCalls(forced[0]) if forced is not None else ToolCallStream(state.engine.tokenizer)
 
     job, watcher, first = await _start(state, worker, request, make_spec, arrival)
     state.metrics.images.inc(n_images)
@@ -477,7 +495,7 @@ async def _chat(state: ServerState, body: P.ChatCompletionRequest, request: Requ
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         header = {"id": completion_id, "created": created, "model": model}
-        calls = [ToolCallStream(state.engine.tokenizer) for _ in range(body.n)] if parse_calls else None
+        calls = [new_calls() for _ in range(body.n)] if parse_calls or forced else None
         return _streaming(
             _sse(
                 state,
@@ -498,10 +516,14 @@ async def _chat(state: ServerState, body: P.ChatCompletionRequest, request: Requ
     messages = []
     for i in range(body.n):
         content, calls = (texts[i], None)
-        if parse_calls:
+        if forced is not None:
+            forced_calls = ForcedToolCalls(forced[0])
+            forced_calls.feed(texts[i], ids[i])
+            content, calls = forced_calls.finish()
+        elif parse_calls:
             content, calls = split_tool_calls(ids[i], state.engine.tokenizer)
             content = texts[i] if calls is None else content
-        if calls:
+        if calls and not (forced and forced[0]):  # a named call ends with "stop", as OpenAI's
             reasons[i] = "tool_calls"
         messages.append(P.AssistantMessage(content=content or (None if calls else ""), tool_calls=calls))
     result = P.ChatCompletion(
@@ -678,7 +700,9 @@ async def _sse(
                         arguments = {"index": k, "function": {"arguments": call["function"]["arguments"]}}
                         for delta in (opening, arguments):
                             yield _tool_call_line(header, usage_field, event.index, delta)
-                    reason = "tool_calls" if found else reason
+                    stream = calls[event.index]
+                    named = isinstance(stream, ForcedToolCalls) and stream.name is not None
+                    reason = "tool_calls" if found and not named else reason
                 reasons[event.index] = reason
                 yield line(event.index, "", reason)
             elif event.kind == "error":

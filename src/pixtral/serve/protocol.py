@@ -14,6 +14,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
+from pixtral.engine.structured import StructuredOutput
+
 MAX_SEED = 2**63 - 1
 MAX_LOGPROBS = 20  # OpenAI's limit on top_logprobs (pixtral.engine.sampling.MAX_LOGPROBS)
 MAX_LOGIT_BIAS = 100.0
@@ -26,6 +28,14 @@ def _utf8(value: str) -> str:
     except UnicodeEncodeError as e:
         raise ValueError("text must be valid Unicode (it contains a lone surrogate escape)") from e
     return value
+
+
+class FieldError(ValueError):
+    """A request that is invalid across fields; `param` names the field to fix (the route answers 400)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class _Checked(BaseModel):
@@ -142,8 +152,7 @@ class FunctionDefinition(_Checked):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
     description: str | None = None
     parameters: dict[str, Any] | None = None  # a JSON schema
-    strict: bool | None = None  # enforcing the schema needs structured output (not served yet)
-    NEUTRAL_ONLY: ClassVar[dict[str, tuple]] = {"strict": (None, False)}
+    strict: bool | None = None  # honoured when tool_choice forces the call (structured output)
 
 
 class ToolDefinition(_Checked):
@@ -182,6 +191,10 @@ class _SamplingFields(_Checked):
     min_tokens: int | None = Field(default=None, ge=0)
     ignore_eos: bool | None = None
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    # vLLM's structured-output extras (one at a time).
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = Field(default=None, min_length=1)
 
     @field_validator("stop")
     @classmethod
@@ -210,6 +223,45 @@ class _SamplingFields(_Checked):
         """The SamplingParams fields beyond temperature/top_p/top_k/seed/stop that this request sets."""
         return sampling_extras(self)
 
+    def check(self) -> None:
+        """The checks across fields (FieldError names the field to fix)."""
+        self.structured()
+
+    def structured(self) -> tuple[str, StructuredOutput] | None:
+        """(the field that asks for it, the structured output) or None; FieldError when several do."""
+        asked = []
+        if self.guided_json is not None:
+            schema = self.guided_json
+            asked.append(("guided_json", StructuredOutput.json_schema(schema)))
+        if self.guided_regex is not None:
+            asked.append(("guided_regex", StructuredOutput("regex", self.guided_regex)))
+        if self.guided_choice is not None:
+            asked.append(("guided_choice", StructuredOutput.choice(self.guided_choice)))
+        format_ = getattr(self, "response_format", None) or {}
+        kind = format_.get("type", "text")
+        if kind == "json_object":
+            asked.append(("response_format", StructuredOutput("json_object")))
+        elif kind == "json_schema":
+            spec = format_.get("json_schema")
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+                raise FieldError(
+                    "response_format",
+                    "response_format json_schema needs {'json_schema': {'name': ..., 'schema': {...}}}",
+                )
+            asked.append(
+                ("response_format", StructuredOutput.json_schema(spec.get("schema") or {"type": "object"}))
+            )
+        elif kind != "text":
+            raise FieldError(
+                "response_format",
+                f"response_format type must be text, json_object or json_schema, not {kind!r}",
+            )
+        if len(asked) > 1:
+            raise FieldError(
+                asked[1][0], f"{asked[0][0]} and {asked[1][0]} both ask for structured output: send one"
+            )
+        return asked[0] if asked else None
+
 
 class ChatCompletionRequest(_SamplingFields):
     """/v1/chat/completions."""
@@ -221,27 +273,51 @@ class ChatCompletionRequest(_SamplingFields):
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     response_format: dict[str, Any] | None = None
     tools: list[ToolDefinition] | None = None
-    # "required" and a named function need structured output to be enforced: refused until it is served.
+    # "required" and a named function are enforced with structured output (the arguments follow the schema).
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None  # the model may always call several tools at once
-    NEUTRAL_ONLY: ClassVar[dict[str, tuple]] = {
-        "tool_choice": (None, "none", "auto"),
-        "parallel_tool_calls": (None, True),
-    }
+    NEUTRAL_ONLY: ClassVar[dict[str, tuple]] = {"parallel_tool_calls": (None, True)}
 
-    @model_validator(mode="after")
-    def _logprobs(self) -> ChatCompletionRequest:
+    def check(self) -> None:
+        """The checks across fields (FieldError names the field to fix)."""
+        super().check()
         if self.top_logprobs and not self.logprobs:
-            raise ValueError("top_logprobs needs logprobs set to true")
-        return self
+            raise FieldError("top_logprobs", "top_logprobs needs logprobs set to true")
+        if self.forced_tool() is not None and self.structured() is not None:
+            raise FieldError(
+                "tool_choice",
+                "tool_choice forces a call, which is structured output already: drop response_format",
+            )
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
+    def forced_tool(self) -> tuple[str | None, dict] | None:
+        """tool_choice "required" (None, {}) or a named function (its name, its definition); None otherwise.
+        ValueError when there is nothing to call."""
+        choice = self.tool_choice
+        if choice is None or choice in ("none", "auto"):
+            return None
+        tools = {t.function.name: t for t in self.tools or []}
+        if not tools:
+            raise FieldError(
+                "tool_choice",
+                f"tool_choice {choice if isinstance(choice, str) else 'a function'} needs tools",
+            )
+        if choice == "required":
+            return None, {}
+        if choice.function.name not in tools:
+            raise FieldError(
+                "tool_choice", f"tool_choice names {choice.function.name!r}, which is not among the tools"
+            )
+        return choice.function.name, tools[choice.function.name].model_dump(exclude_none=True)
+
     def unsupported(self) -> str | None:
         """The first parameter set to a value this server cannot honour (a dotted path), or None."""
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            return "response_format"
+        forced = self.tool_choice not in (None, "none", "auto")
+        for i, tool in enumerate(self.tools or []):
+            if tool.function.strict and not forced:  # a schema is only enforced on a forced call
+                return f"tools.{i}.function.strict"
         return first_unsupported(self)
 
 
@@ -445,6 +521,9 @@ def sampling_extras(body: Any) -> dict[str, Any]:
         out["ignore_eos"] = True
     if body.stop_token_ids:
         out["stop_token_ids"] = list(body.stop_token_ids)
+    structured = body.structured()
+    if structured is not None:
+        out["structured"] = structured[1]
     return out
 
 
