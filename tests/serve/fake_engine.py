@@ -28,12 +28,18 @@ class FakeEngine:
     running: int = 0
     started: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    params: list = field(default_factory=list)  # the SamplingParams of every stream, in order
+
+    @property
+    def tokenizer(self):
+        return packaged_tokenizer()
 
     def encode(self, messages):
         return encode_chat(messages, packaged_tokenizer())
 
     def stream(self, messages, params):
         prompt_tokens = len(self.encode(messages).token_ids)
+        self.params.append(params)
         words = (self.reply.split(" ") * 1000)[: params.max_tokens]
         with self.lock:
             self.running += 1

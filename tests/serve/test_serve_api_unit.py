@@ -123,8 +123,8 @@ def test_malformed_bodies_are_400(fake_client, body):
 def test_unknown_model_unsupported_param_and_limits(fake_client):
     r = fake_client.post(CHAT, json={"model": "gpt-4o", "messages": HELLO})
     assert r.status_code == 404 and error_of(r)["code"] == "model_not_found"
-    r = fake_client.post(CHAT, json={"messages": HELLO, "logprobs": True})
-    assert r.status_code == 400 and error_of(r)["param"] == "logprobs"
+    r = fake_client.post(CHAT, json={"messages": HELLO, "tool_choice": "required"})
+    assert r.status_code == 400 and error_of(r)["param"] == "tool_choice"
     r = fake_client.post(CHAT, json={"messages": HELLO, "max_tokens": 10**9})
     assert r.status_code == 400 and "max_tokens" in error_of(r)["message"]
     r = fake_client.post(CHAT, json={"messages": HELLO, "n": 1000})
@@ -134,19 +134,23 @@ def test_unknown_model_unsupported_param_and_limits(fake_client):
 @pytest.mark.parametrize(
     ("field", "value", "param"),
     [
-        ({"repetition_penalty": 1.3}, None, "repetition_penalty"),  # vLLM's sampling extras (extra_body)
-        ({"min_p": 0.1}, None, "min_p"),
-        ({"min_tokens": 5}, None, "min_tokens"),
-        ({"ignore_eos": True}, None, "ignore_eos"),
-        ({"stop_token_ids": [2]}, None, "stop_token_ids"),
-        ({"presence_penalty": 0.5}, None, "presence_penalty"),
         ({"best_of": 3}, None, "best_of"),  # a field this server does not know at all
         (
             {"stream_options": {"include_usage": True, "continuous_usage_stats": True}},
             None,
             "stream_options.continuous_usage_stats",
         ),
-        (None, {"role": "assistant", "content": "hi", "tool_calls": [{"id": "x"}]}, "messages.0.tool_calls"),
+        ({"parallel_tool_calls": False}, None, "parallel_tool_calls"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "strict": True}}]},
+            None,
+            "tools.0.function.strict",
+        ),
+        (
+            None,
+            {"role": "assistant", "content": "hi", "refusal": "no"},
+            "messages.0.refusal",
+        ),
         (None, {"role": "user", "content": "hi", "name": "alice"}, "messages.0.name"),
         (
             None,
@@ -189,6 +193,58 @@ def test_neutral_values_of_unsupported_parameters_and_null_extras_are_accepted(f
     messages = HELLO + [{"role": "assistant", "content": "hi", "tool_calls": None, "refusal": None}] + HELLO
     r = fake_client.post(CHAT, json={"messages": messages, "max_tokens": 2, **neutral})
     assert r.status_code == 200, r.text
+
+
+SAMPLING_CONTROLS = [  # request field and value -> the SamplingParams field the engine gets
+    ({"presence_penalty": 0.5}, {"presence_penalty": 0.5}),
+    ({"frequency_penalty": -1.25}, {"frequency_penalty": -1.25}),
+    ({"repetition_penalty": 1.3}, {"repetition_penalty": 1.3}),
+    ({"min_p": 0.1}, {"min_p": 0.1}),
+    ({"min_tokens": 2}, {"min_tokens": 2}),
+    ({"ignore_eos": True}, {"ignore_eos": True}),
+    ({"stop_token_ids": [2, 7]}, {"stop_token_ids": [2, 7]}),
+    ({"logit_bias": {"1500": -100, "42": 3.5}}, {"logit_bias": {1500: -100.0, 42: 3.5}}),
+    ({"logprobs": True}, {"logprobs": 0}),
+    ({"logprobs": True, "top_logprobs": 20}, {"logprobs": 20}),
+]
+
+
+@pytest.mark.parametrize(("field", "expected"), SAMPLING_CONTROLS, ids=lambda v: ",".join(map(str, v)))
+def test_sampling_controls_are_honoured_they_reach_the_engine(fake_client, fake_engine, field, expected):
+    r = fake_client.post(CHAT, json={"messages": HELLO, "max_tokens": 4, "n": 2, **field})
+    assert r.status_code == 200, r.text
+    assert len(fake_engine.params) == 2
+    for params in fake_engine.params:
+        for name, value in expected.items():
+            assert getattr(params, name) == value, name
+
+
+@pytest.mark.parametrize(
+    ("field", "param"),
+    [
+        ({"top_logprobs": 3}, "top_logprobs"),  # without logprobs: true
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"min_tokens": 5}, "min_tokens"),  # over max_tokens
+        ({"min_p": 1.5}, "min_p"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"logit_bias": {"12": 101}}, "logit_bias"),
+        ({"logit_bias": {"x": 1}}, "logit_bias"),
+        ({"logit_bias": {"131072": 1}}, "logit_bias"),  # outside the vocabulary
+        ({"stop_token_ids": [131072]}, "stop_token_ids"),
+        ({"stop_token_ids": [-1]}, "stop_token_ids"),
+        ({"tool_choice": "required"}, "tool_choice"),  # without tools
+        ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
+        ({"response_format": {"type": "json_object"}, "guided_regex": "a+"}, "guided_regex"),
+        ({"response_format": {"type": "yaml"}}, "response_format"),
+    ],
+)
+def test_sampling_controls_out_of_range_are_400_naming_the_field(fake_client, fake_engine, field, param):
+    r = fake_client.post(CHAT, json={"messages": HELLO, "max_tokens": 4, **field})
+    assert r.status_code == 400, r.text
+    err = error_of(r)
+    assert param in (err["param"] or "") + err["message"], err
+    assert fake_engine.params == []
 
 
 def test_unknown_path_and_method(fake_client):

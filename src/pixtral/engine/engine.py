@@ -15,8 +15,9 @@ from typing import Any
 
 from pixtral.checkpoint.loader import load_model
 from pixtral.default_model import UNTRAINED_MARKER, default_model_path
-from pixtral.engine.sampling import SamplingParams
+from pixtral.engine.sampling import SamplingParams, TokenLogprobs
 from pixtral.engine.scheduler import Finished, Request, Scheduler, SchedulerConfig
+from pixtral.engine.structured import Grammars
 from pixtral.errors import ContextLengthError, InputError, PixtralError
 from pixtral.model.pixtral import Pixtral
 from pixtral.prompt.chat import EncodedPrompt, encode_chat
@@ -37,6 +38,7 @@ class Completion:
     prompt_tokens: int
     finish_reason: str  # "stop" (EOS or a stop string) | "length" | "cancelled" (the engine was closed)
     reasoning: str = ""  # Magistral: the text of the [THINK] ... [/THINK] blocks (not part of `text`)
+    logprobs: list[TokenLogprobs] | None = None  # with params.logprobs: one per id of token_ids
 
 
 @dataclass
@@ -46,6 +48,7 @@ class StreamEvent:
     finish_reason: str | None = None  # set on the last event only
     prompt_tokens: int = 0
     reasoning: str = ""  # new [THINK]-block text since the last event (prompt/thinking.py)
+    logprobs: list[TokenLogprobs] | None = None  # with params.logprobs: one per id of token_ids
 
 
 class Engine:
@@ -72,6 +75,7 @@ class Engine:
         self.scheduler = Scheduler(model, scheduler)
         self.system_prompt: str | None = None  # the model folder's SYSTEM_PROMPT.txt, for chats without one
         self.think_ids = think_token_ids(tokenizer)  # ([THINK], [/THINK]) of reasoning models, else None
+        self._grammars: Grammars | None = None  # structured output's compiler, built on first use
 
     @classmethod
     def load(
@@ -131,13 +135,16 @@ class Engine:
     def max_context(self) -> int:
         return self.model.config.text.max_seq_len
 
-    def encode(self, messages: Messages) -> EncodedPrompt:
+    def encode(self, messages: Messages, tools: Sequence[Mapping[str, Any]] | None = None) -> EncodedPrompt:
+        """The prompt of a conversation (and the OpenAI-shaped `tools` it may call), as mistral-common
+        encodes it."""
         prompt = encode_chat(
             with_default_system(messages, self.system_prompt),
             self.tokenizer,
             limits=self.limits,
             fetch_remote=self.fetch_remote,
             max_image_tokens=self.max_image_tokens,
+            tools=tools,
         )
         if len(prompt.token_ids) >= self.max_context:
             raise ContextLengthError(
@@ -146,23 +153,56 @@ class Engine:
             )
         return prompt
 
-    def generate(self, messages: Messages, params: SamplingParams | None = None) -> Completion:
-        text, reasoning, ids, finish, n_prompt = [], [], [], "length", 0
-        for event in self.stream(messages, params):
+    def generate(
+        self, messages: Messages, params: SamplingParams | None = None, tools: Sequence[Mapping] | None = None
+    ) -> Completion:
+        return self._collect(self.stream(messages, params, tools))
+
+    def generate_prompt(self, prompt: EncodedPrompt, params: SamplingParams | None = None) -> Completion:
+        """`generate` for a prompt already encoded (raw text completion, /v1/completions)."""
+        return self._collect(self.stream_prompt(prompt, params))
+
+    @staticmethod
+    def _collect(events: Iterator[StreamEvent]) -> Completion:
+        text, reasoning, ids, finish, n_prompt, logprobs = [], [], [], "length", 0, None
+        for event in events:
             text.append(event.text)
             reasoning.append(event.reasoning)
             ids += event.token_ids
             n_prompt = event.prompt_tokens
             finish = event.finish_reason or finish
-        return Completion("".join(text), ids, n_prompt, finish, "".join(reasoning))
+            if event.logprobs is not None:
+                logprobs = (logprobs or []) + event.logprobs
+        return Completion(
+            "".join(text), ids, n_prompt, finish, reasoning="".join(reasoning), logprobs=logprobs
+        )
 
-    def stream(self, messages: Messages, params: SamplingParams | None = None) -> Iterator[StreamEvent]:
+    def stream(
+        self, messages: Messages, params: SamplingParams | None = None, tools: Sequence[Mapping] | None = None
+    ) -> Iterator[StreamEvent]:
         """Events as text becomes final. Closing the iterator cancels the request and frees its memory."""
+        yield from self.stream_prompt(self.encode(messages, tools), params)
+
+    def stream_prompt(
+        self, prompt: EncodedPrompt, params: SamplingParams | None = None
+    ) -> Iterator[StreamEvent]:
+        """`stream` for a prompt already encoded (`encode`, or raw text for /v1/completions)."""
         params = params or SamplingParams()
-        prompt = self.encode(messages)
+        params.check_vocab(self.tokenizer.instruct_tokenizer.tokenizer.n_words)
+        if params.structured is not None:  # compiled here, in the caller's thread, not in the decode loop
+            if self._grammars is None:
+                self._grammars = Grammars(self.tokenizer, self.model.config.text.vocab_size, self.eos_id)
+            params = replace(params, structured=self._grammars.compile(params.structured))
+        if len(prompt.token_ids) >= self.max_context:
+            raise ContextLengthError(
+                f"the prompt has {len(prompt.token_ids)} tokens; this model's context is {self.max_context} "
+                "(leave room for at least one generated token)"
+            )
         n_prompt = len(prompt.token_ids)
-        params = replace(params, max_tokens=min(params.max_tokens, self.max_context - n_prompt))
-        request = self.scheduler.submit(prompt.token_ids, prompt.images, params, frozenset({self.eos_id}))
+        max_tokens = min(params.max_tokens, self.max_context - n_prompt)
+        params = replace(params, max_tokens=max_tokens, min_tokens=min(params.min_tokens, max_tokens))
+        stop_ids = params.stop_ids(self.eos_id)
+        request = self.scheduler.submit(prompt.token_ids, prompt.images, params, stop_ids)
         try:
             yield from self._stream_text(request, params, n_prompt)
         finally:
@@ -173,6 +213,12 @@ class Engine:
         stops = StopStrings(params.stop)
         pending_ids: list[int] = []
         thinking = False  # inside a [THINK] block
+        n_seen = 0
+        want_logprobs = params.logprobs is not None
+
+        def logprobs() -> list[TokenLogprobs] | None:  # those of pending_ids (the scheduler's are aligned)
+            return request.logprobs[n_seen - len(pending_ids) : n_seen] if want_logprobs else None
+
         while True:
             item = request.events.get()
             if isinstance(item, Finished):
@@ -183,24 +229,26 @@ class Engine:
                 finish = item.reason
                 break
             pending_ids.append(item)
+            n_seen += 1
             if self.think_ids and (item in self.think_ids or thinking):
                 # reasoning text bypasses the stop strings; the markers are control tokens (no text)
                 piece = detok.push(item)
                 if item in self.think_ids:
                     thinking = item == self.think_ids[0]
                 if piece or not thinking:
-                    yield StreamEvent("", pending_ids, None, n_prompt, reasoning=piece)
+                    yield StreamEvent("", pending_ids, None, n_prompt, reasoning=piece, logprobs=logprobs())
                     pending_ids = []
                 continue
-            safe, stopped = stops.feed(detok.push(item))
+            # As vLLM: stop strings are looked for once min_tokens tokens are out.
+            safe, stopped = stops.feed(detok.push(item), check=n_seen > params.min_tokens)
             if stopped:
                 finish = "stop"
                 break
             if safe:
-                yield StreamEvent(safe, pending_ids, None, n_prompt)
+                yield StreamEvent(safe, pending_ids, None, n_prompt, logprobs=logprobs())
                 pending_ids = []
         rest = stops.finish("" if stops.stopped else detok.flush())
-        yield StreamEvent(rest, pending_ids, finish, n_prompt)
+        yield StreamEvent(rest, pending_ids, finish, n_prompt, logprobs=logprobs())
 
 
 class StopStrings:
@@ -212,10 +260,13 @@ class StopStrings:
         self.pending = ""
         self.stopped = False
 
-    def feed(self, text: str) -> tuple[str, bool]:
-        """Add text; return (text now safe to emit, whether a stop string was hit)."""
+    def feed(self, text: str, check: bool = True) -> tuple[str, bool]:
+        """Add text; return (text now safe to emit, whether a stop string was hit). With check=False the
+        text is not searched yet (min_tokens), though its tail is still held back."""
         self.pending += text
-        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        cut = -1
+        if check:
+            cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
             self.pending = self.pending[:cut]
             self.stopped = True

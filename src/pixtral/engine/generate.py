@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pixtral.engine.sampling import SamplingParams, sample_next
+from pixtral.engine.sampling import SamplingParams, TokenHistory, process_logits, sample_next
 from pixtral.model.kv_cache import SequenceKVCache
 from pixtral.model.pixtral import Pixtral, no_images
 
@@ -16,7 +16,7 @@ from pixtral.model.pixtral import Pixtral, no_images
 @dataclass
 class Step:
     token_id: int
-    logits: torch.Tensor  # (vocab,) float32, the distribution the token was drawn from
+    logits: torch.Tensor  # (vocab,) float32, the model's raw logits the token was drawn from (sampling.py)
 
 
 @torch.inference_mode()
@@ -34,8 +34,11 @@ def decode_steps(
     cache = SequenceKVCache(model.config.text, len(prompt_ids) + params.max_tokens, model.dtype)
     ids = torch.tensor([prompt_ids])
     logits = model(ids, images or None, caches=[cache], last_only=True)[:, -1]  # (1, vocab)
-    for _ in range(params.max_tokens):
-        token = sample_next(logits, params, generator)  # (1,)
+    history = TokenHistory(prompt_ids, logits.shape[-1], logits.device) if params.penalised else None
+    for n in range(params.max_tokens):
+        token = sample_next(process_logits(logits, params, history, n, stop_ids), params, generator)  # (1,)
+        if history is not None:
+            history.add(token)
         yield Step(int(token), logits[0])
         if int(token) in stop_ids:
             return

@@ -28,7 +28,15 @@ import torch
 
 from pixtral.engine.image_cache import ImageFeatureCache, image_hash
 from pixtral.engine.prefix_cache import PrefixCache, block_keys
-from pixtral.engine.sampling import SamplingParams, sample_next
+from pixtral.engine.sampling import (
+    SamplingParams,
+    TokenHistory,
+    TokenLogprobs,
+    process_logits,
+    sample_next,
+    token_logprobs,
+)
+from pixtral.engine.structured import GrammarState
 from pixtral.errors import InputError
 from pixtral.model.kv_cache import SequenceKVCache
 from pixtral.model.pixtral import Pixtral, no_images
@@ -60,6 +68,10 @@ class Request:
     generated: int = 0
     last_token: int = -1
     generator: torch.Generator | None = None
+    history: TokenHistory | None = None  # for the penalties, on the logits' device (sampling.py)
+    grammar: GrammarState | None = None  # with params.structured: the matcher (structured.py)
+    # With params.logprobs: one entry per generated token, appended before the token is put on `events`.
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -286,7 +298,24 @@ class Scheduler:
                 self._finish(request, Finished("error", e))
 
     def _emit(self, request: Request, logits: torch.Tensor) -> None:
-        token = int(sample_next(logits[None], request.params, request.generator)[0])
+        params = request.params
+        raw = logits[None].float()  # (1, vocab)
+        if params.structured is not None:  # the grammar's mask comes first, as vLLM's bitmask
+            if request.grammar is None:
+                request.grammar = GrammarState(params.structured)
+            raw = raw.clone()
+            request.grammar.mask_(raw)
+        if params.penalised and request.history is None:
+            request.history = TokenHistory(request.prompt_ids, raw.shape[-1], raw.device)
+        processed = process_logits(raw, params, request.history, request.generated, request.stop_ids)
+        sampled = sample_next(processed, params, request.generator)  # (1,)
+        if request.history is not None:
+            request.history.add(sampled)
+        if params.logprobs is not None:
+            request.logprobs += token_logprobs(raw, sampled, params.logprobs)
+        token = int(sampled[0])
+        if request.grammar is not None:
+            request.grammar.accept(token)
         request.generated += 1
         request.last_token = token
         if token in request.stop_ids:

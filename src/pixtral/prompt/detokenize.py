@@ -75,3 +75,12 @@ class StreamingDetokenizer:
         text = self._utf8.decode(b"", final=True)
         self._utf8.reset()
         return text
+
+
+def token_bytes(tokenizer: MistralTokenizer, token_id: int) -> bytes:
+    """One token's bytes, as logprobs report them: a text token's raw bytes (possibly part of a UTF-8
+    character), a control token's name ("</s>", "[TOOL_CALLS]")."""
+    tekken = tokenizer.instruct_tokenizer.tokenizer
+    if not isinstance(tekken, Tekkenizer):
+        raise TypeError(f"token_bytes needs a tekken tokenizer, got {type(tekken).__name__}")
+    return tekken.id_to_byte_piece(int(token_id), SpecialTokenPolicy.KEEP)

@@ -132,8 +132,15 @@ def to_engine_messages(
     out: list[dict] = []
     for i, message in enumerate(request.messages):
         role = "system" if message.role == "developer" else message.role
+        extra: dict = {}
+        if message.tool_calls:
+            extra["tool_calls"] = [
+                call.model_dump(include={"id", "type", "function"}) for call in message.tool_calls
+            ]
+        if message.tool_call_id is not None:
+            extra["tool_call_id"] = message.tool_call_id
         if message.content is None or isinstance(message.content, str):
-            out.append({"role": role, "content": message.content or ""})
+            out.append({"role": role, "content": message.content or "", **extra})
             continue
         parts: list[dict] = []
         for j, part in enumerate(message.content):
@@ -144,5 +151,5 @@ def to_engine_messages(
                 parts.append(
                     {"type": "image", "image": load_part_image(part.image_url.url, settings, fetcher, where)}
                 )
-        out.append({"role": role, "content": parts})
+        out.append({"role": role, "content": parts, **extra})
     return out

@@ -36,6 +36,11 @@ class GenerationSpec:
     top_k: int
     seed: int | None
     stop: list[str]
+    # More SamplingParams fields (penalties, min_p, logit_bias, min_tokens, ignore_eos, stop_token_ids,
+    # logprobs), set only when the request asks for them.
+    extras: dict[str, Any] = field(default_factory=dict)
+    prompt: Any = None  # an EncodedPrompt (raw text completion): used instead of encoding `messages`
+    tools: list[dict] | None = None  # OpenAI-shaped function definitions, encoded into the prompt
 
 
 @dataclass
@@ -48,6 +53,8 @@ class Event:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     error: APIError | None = None
+    logprobs: list | None = None  # TokenLogprobs of the delta's tokens, when asked for
+    token_ids: list[int] = field(default_factory=list)  # the delta's token ids
 
 
 @dataclass
@@ -204,7 +211,12 @@ class EngineWorker:
 
     def _generate(self, job: Job) -> None:
         spec, engine = job.spec, self.engine
-        encoded = engine.encode(spec.messages)
+        if spec.prompt is not None:
+            encoded = spec.prompt
+        elif spec.tools:
+            encoded = engine.encode(spec.messages, tools=spec.tools)
+        else:
+            encoded = engine.encode(spec.messages)
         prompt_tokens = len(encoded.token_ids)
         context = int(engine.max_context)
         max_tokens = self._check_lengths(prompt_tokens, context, spec.max_tokens)
@@ -214,7 +226,16 @@ class EngineWorker:
 
         # One engine stream per choice, read in turn: the engine batches them, so n choices take about
         # as long as one. Closing a stream cancels its generation.
-        streams = [engine.stream(spec.messages, self._params(spec, max_tokens, i)) for i in range(spec.n)]
+        # The prompt is encoded once (images included) when the engine takes an encoded prompt.
+        stream_prompt = getattr(engine, "stream_prompt", None)
+        if stream_prompt is not None:
+            streams = [stream_prompt(encoded, self._params(spec, max_tokens, i)) for i in range(spec.n)]
+        else:
+            tools = {"tools": spec.tools} if spec.tools else {}
+            streams = [
+                engine.stream(spec.messages, self._params(spec, max_tokens, i), **tools)
+                for i in range(spec.n)
+            ]
         generated = 0
         try:
             active = list(range(spec.n))
@@ -241,7 +262,15 @@ class EngineWorker:
                     reasoning = getattr(event, "reasoning", "")
                     if event.text or reasoning or n_tokens:
                         job.emit(
-                            Event("delta", index=index, text=event.text, reasoning=reasoning, tokens=n_tokens)
+                            Event(
+                                "delta",
+                                index=index,
+                                text=event.text,
+                                reasoning=reasoning,
+                                tokens=n_tokens,
+                                logprobs=getattr(event, "logprobs", None),
+                                token_ids=list(event.token_ids),
+                            )
                         )
                     if event.finish_reason is not None:
                         active.remove(index)
@@ -257,6 +286,9 @@ class EngineWorker:
     @staticmethod
     def _params(spec: GenerationSpec, max_tokens: int, index: int) -> Any:
         greedy = spec.temperature < GREEDY_BELOW_TEMPERATURE or spec.top_p < GREEDY_BELOW_TOP_P
+        extras = dict(spec.extras)
+        if "min_tokens" in extras:  # an explicit max_tokens below it was refused; the default may be less
+            extras["min_tokens"] = min(extras["min_tokens"], max_tokens)
         return _sampling_params_class()(
             max_tokens=max_tokens,
             temperature=0.0 if greedy else spec.temperature,
@@ -264,6 +296,7 @@ class EngineWorker:
             top_k=max(spec.top_k, 0),
             seed=None if spec.seed is None else (spec.seed + index) % (2**63),
             stop=list(spec.stop),
+            **extras,
         )
 
     def _check_lengths(self, prompt_tokens: int, context: int, requested: int | None) -> int:
