@@ -13,8 +13,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pixtral.checkpoint.loader import load_model
 from pixtral.default_model import UNTRAINED_MARKER, default_model_path
+from pixtral.engine.device import default_dtype, resolve_device
 from pixtral.engine.sampling import SamplingParams
 from pixtral.engine.scheduler import Finished, Request, Scheduler, SchedulerConfig
 from pixtral.errors import ContextLengthError, InputError, PixtralError
@@ -72,8 +75,8 @@ class Engine:
         cls,
         model: str | Path | None = None,
         *,
-        dtype: str = "float32",
-        device: str = "cpu",
+        dtype: str | None = None,
+        device: str = "auto",
         limits: ImageLimits = DEFAULT_LIMITS,
         fetch_remote: FetchRemote | None = None,
         scheduler: SchedulerConfig = DEFAULT_SCHEDULER,
@@ -83,15 +86,20 @@ class Engine:
     ) -> Engine:
         """A model folder (native or HF format), a hub id, or None for the bundled default model.
 
-        quantize "int8" | "int4": the decoder's linear layers are quantized while loading (engine/quantize.py);
-        `dtype` is then the dtype of everything else."""
+        device "auto" | "cpu" | "cuda" | "cuda:N" (auto: CUDA when available); dtype None: bfloat16 on CUDA,
+        float32 on the CPU. Everything the engine makes afterwards (KV caches, ids, image tensors, sampling
+        generators) is made on the model's device.
+        quantize "int8" | "int4": the decoder's linear layers are quantized while loading (engine/quantize.py),
+        for the kernels of that device; `dtype` is then the dtype of everything else."""
         path = default_model_path() if model is None else model
+        where = resolve_device(device)
+        dtype = dtype or default_dtype(where)
         if quantize:
             from pixtral.engine.quantize import load_quantized
 
-            net, ckpt, _ = load_quantized(path, quantize, dtype=dtype, group_size=group_size)
+            net, ckpt, _ = load_quantized(path, quantize, dtype=dtype, group_size=group_size, device=where)
         else:
-            net, ckpt = load_model(path, dtype=dtype, device=device)
+            net, ckpt = load_model(path, dtype=dtype, device=where)
         tokenizer = load_tokenizer(ckpt.folder)
         vocab = tokenizer.instruct_tokenizer.tokenizer.n_words
         if vocab > net.config.text.vocab_size:
@@ -116,6 +124,10 @@ class Engine:
     def stats(self) -> dict[str, int]:
         """Queue, KV-memory and cache counters of the scheduler (what /metrics exports)."""
         return self.scheduler.stats()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
 
     @property
     def max_context(self) -> int:

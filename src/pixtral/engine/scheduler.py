@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from pixtral.engine.generate import seeded_generator
 from pixtral.engine.image_cache import ImageFeatureCache, image_hash
 from pixtral.engine.prefix_cache import PrefixCache, block_keys
 from pixtral.engine.sampling import SamplingParams, sample_next
@@ -212,18 +213,16 @@ class Scheduler:
 
     def _start(self, request: Request) -> None:
         """Allocate the KV cache, encode images (cached by content), reuse a cached prompt prefix."""
-        text = self.model.config.text
-        request.cache = SequenceKVCache(
-            text, len(request.prompt_ids) + request.params.max_tokens, self.model.dtype
+        device = self.model.device
+        request.cache = SequenceKVCache.for_model(
+            self.model, len(request.prompt_ids) + request.params.max_tokens
         )
         request.image_hashes = [image_hash(im) for im in request.images]
         features = []
         for pixels, key in zip(request.images, request.image_hashes, strict=True):
             cached = self.image_cache.get(key)
-            if cached is None:
-                cached = self.model.encode_images(
-                    [torch.from_numpy(pixels)]
-                )  # one image per call: exact reuse
+            if cached is None:  # one image per call: exact reuse
+                cached = self.model.encode_images([torch.from_numpy(pixels).to(device)])
                 self.image_cache.put(key, cached)
             features.append(cached)
         request.features = torch.cat(features) if features else None
@@ -237,18 +236,18 @@ class Scheduler:
             request.prefilled = hit[0].shape[1]
         params = request.params
         if not params.greedy:
-            seed = params.seed if params.seed is not None else int(torch.seed())
-            request.generator = torch.Generator().manual_seed(seed)
+            request.generator = seeded_generator(params.seed, device)
 
     def _prefill_chunk(self, request: Request) -> None:
         start = request.prefilled
         end = min(len(request.prompt_ids), start + self.config.prefill_chunk)
-        ids = torch.tensor([request.prompt_ids[start:end]])
+        chunk = request.prompt_ids[start:end]
+        ids = torch.tensor([chunk], device=self.model.device)  # (1, T)
         image_id = self.model.config.vision.image_token_id
         features = None
-        if request.features is not None:
+        if request.features is not None:  # counted on the host list: no device sync
             before = sum(1 for t in request.prompt_ids[:start] if t == image_id)
-            inside = int((ids == image_id).sum())
+            inside = sum(1 for t in chunk if t == image_id)
             features = request.features[before : before + inside] if inside else None
         last = end == len(request.prompt_ids)
         logits = self.model(ids, image_features=features, caches=[request.cache], last_only=last)
@@ -269,7 +268,7 @@ class Scheduler:
         """One token for every request of the batch. A request whose forward or sampling raises fails alone:
         when the batched forward raises, each row is rerun alone (a row never depends on the others, and a
         failed forward leaves every cache's length unchanged), so only the culprit gets the error."""
-        ids = torch.tensor([[r.last_token] for r in batch])  # (B, 1)
+        ids = torch.tensor([[r.last_token] for r in batch], device=self.model.device)  # (B, 1)
         try:
             logits = self.model(ids, image_mask=no_images(ids), caches=[r.cache for r in batch])[:, -1]
         except Exception as e:

@@ -3,7 +3,8 @@
 Each sequence owns a contiguous buffer for all layers, sized by the engine (prompt + max new tokens), and
 knows how many positions it holds. A batch of sequences is a list of these: rows of a batched forward may
 sit at different positions, which is what continuous batching needs. Positions come from the cache:
-the next token of a sequence is at `cache.length`.
+the next token of a sequence is at `cache.length`. The buffers are made on the device and in the dtype the
+caller names (`for_model`: the model's), never on a default device.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ from pixtral.config import TextConfig
 
 
 class SequenceKVCache:
-    def __init__(
-        self, config: TextConfig, max_len: int, dtype: torch.dtype, device: str | torch.device = "cpu"
-    ):
+    def __init__(self, config: TextConfig, max_len: int, dtype: torch.dtype, device: str | torch.device):
         shape = (config.n_layers, max_len, config.n_kv_heads, config.head_dim)
         self.k = torch.empty(shape, dtype=dtype, device=device)
         self.v = torch.empty(shape, dtype=dtype, device=device)
         self.length = 0  # positions written (and visible) so far
+
+    @classmethod
+    def for_model(cls, model: torch.nn.Module, max_len: int) -> SequenceKVCache:
+        """A cache on the model's device, in its dtype (`model.config.text`, `.dtype`, `.device`)."""
+        return cls(model.config.text, max_len, model.dtype, model.device)
 
     @property
     def max_len(self) -> int:
@@ -32,13 +36,7 @@ class SequenceKVCache:
 
     @staticmethod
     def bytes_per_token(config: TextConfig, dtype: torch.dtype) -> int:
-        return (
-            2
-            * config.n_layers
-            * config.n_kv_heads
-            * config.head_dim
-            * torch.empty((), dtype=dtype).element_size()
-        )
+        return 2 * config.n_layers * config.n_kv_heads * config.head_dim * dtype.itemsize
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (T, n_kv, hd) at [length, length + T) of `layer`; return keys/values (length + T, ...).

@@ -44,6 +44,10 @@ class Pixtral(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.norm.weight.dtype  # not output.weight: that layer may be quantized
 
+    @property
+    def device(self) -> torch.device:
+        return self.norm.weight.device
+
     def encode_images(self, images: list[torch.Tensor]) -> torch.Tensor:
         """list of (3, H_i, W_i) pixels -> (sum of patches, text dim) features for the [IMG] positions."""
         return self.vision_language_adapter(self.vision_encoder(images))
@@ -55,8 +59,12 @@ class Pixtral(nn.Module):
         image_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, T) ids + (n_img_tokens, dim) features -> (B, T, dim), features scattered onto the image positions:
-        `image_mask` (B, T) bool, by default the [IMG] ids. Other positions keep their token embedding."""
+        `image_mask` (B, T) bool, by default the [IMG] ids. Other positions keep their token embedding.
+        A mask without features (`no_images`, a decode step) means no image positions: it is not read back to
+        count them, so a decode step makes no host sync."""
         h = self.tok_embeddings(token_ids)
+        if image_features is None and image_mask is not None:
+            return h
         is_image = token_ids == self.config.vision.image_token_id if image_mask is None else image_mask
         n_slots = int(is_image.sum())
         n_features = 0 if image_features is None else image_features.shape[0]

@@ -10,14 +10,14 @@ holds inside the model.
 import torch
 
 
-def inverse_frequencies(head_dim: int, theta: float) -> torch.Tensor:
-    """1 / theta^(2k/d) for k = 0 .. d/2-1, float32. (head_dim,) -> (head_dim // 2,)"""
-    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+def inverse_frequencies(head_dim: int, theta: float, device: torch.device | None = None) -> torch.Tensor:
+    """1 / theta^(2k/d) for k = 0 .. d/2-1, float32, on `device`. (head_dim,) -> (head_dim // 2,)"""
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
 
 
 def rope_1d_angles(positions: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
     """Decoder angles: position p, pair k -> p * inv_freq_k.  (T,) -> (T, head_dim // 2) float32"""
-    inv = inverse_frequencies(head_dim, theta).to(positions.device)
+    inv = inverse_frequencies(head_dim, theta, positions.device)
     return positions.to(torch.float32)[:, None] * inv[None, :]
 
 
@@ -26,7 +26,7 @@ def rope_2d_angles(rows: torch.Tensor, cols: torch.Tensor, head_dim: int, theta:
     base frequencies, the second half the column with the odd ones (spec §2.3; not the paper's figure).
     (N,), (N,) -> (N, head_dim // 2) float32
     """
-    base = inverse_frequencies(head_dim, theta).to(rows.device)  # (head_dim // 2,)
+    base = inverse_frequencies(head_dim, theta, rows.device)  # (head_dim // 2,)
     freqs_h = rows.to(torch.float32)[:, None] * base[None, 0::2]  # (N, head_dim // 4)
     freqs_w = cols.to(torch.float32)[:, None] * base[None, 1::2]  # (N, head_dim // 4)
     return torch.cat([freqs_h, freqs_w], dim=-1)
