@@ -144,3 +144,24 @@ def test_a_device_that_is_not_here_is_refused_with_its_name(spec):
 
     with pytest.raises(InputError, match="device"):
         resolve_device(spec)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from pixtral.cli import main
+
+    folder = tmp_path_factory.mktemp("tiny")
+    assert main(["init", "--out", str(folder), "--preset", "tiny", "--seed", "1"]) == 0
+    return folder
+
+
+def test_generate_takes_a_device_and_refuses_one_that_is_not_here(tiny_dir, capsys):
+    from pixtral.cli import main
+
+    base = ["generate", "--model", str(tiny_dir), "--prompt", "hi", "--max-tokens", "3", "--json"]
+    assert main([*base, "--device", "cpu"]) == 0
+    capsys.readouterr()
+    if not torch.cuda.is_available():
+        assert main([*base, "--device", "cuda"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("error: device 'cuda': no CUDA device is available here"), err

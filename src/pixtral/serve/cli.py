@@ -48,11 +48,16 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "--api-key", default=None, help=f"require 'Authorization: Bearer KEY' on /v1/* (or set {API_KEY_ENV})"
     )
     p.add_argument("--served-model-name", default=None, help="the model id clients send (default: engine's)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16"],
+        help="default: float32 on CPU, bfloat16 on CUDA",
+    )
     p.add_argument(
         "--quantize", choices=["int8", "int4"], help="weight-only quantization of the decoder linears"
     )
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument(
         "--threads",
         type=int,
