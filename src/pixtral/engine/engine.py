@@ -4,6 +4,9 @@ The CLI, the server and the in-process evaluation backend all call `Engine`. It 
 tokenizer and the image limits; it turns OpenAI-shaped messages into a prompt (prompt/), runs the decoding
 scheduler (continuous batching, KV budget, image and prefix caches), and turns token ids back into text
 with stop strings applied. Many threads may call generate/stream at once: their requests are batched.
+`SamplingParams.n` choices of one prompt cost one encoding (tokens and image preprocessing), one vision
+encoder pass and one prefill; choice i is seeded `seed + i`. The contract the server, the evaluation
+harness and the test fakes rely on is `EngineClient` (engine/protocol.py).
 """
 
 from __future__ import annotations
@@ -43,8 +46,9 @@ class Completion:
 class StreamEvent:
     text: str  # new text since the last event: whole UTF-8 characters only
     token_ids: list[int] = field(default_factory=list)  # ids generated since the last event
-    finish_reason: str | None = None  # set on the last event only
+    finish_reason: str | None = None  # set on the last event of its choice only
     prompt_tokens: int = 0
+    index: int = 0  # the choice (0 .. n - 1) the event belongs to
 
 
 class Engine:
@@ -69,6 +73,7 @@ class Engine:
         self.fetch_remote = fetch_remote
         self.eos_id = model.config.eos_id
         self.scheduler = Scheduler(model, scheduler)
+        self.thread_safe = True  # generate/stream may be called from many threads at once (they batch)
 
     @classmethod
     def load(
@@ -148,28 +153,70 @@ class Engine:
             )
         return prompt
 
-    def generate(self, messages: Messages, params: SamplingParams | None = None) -> Completion:
-        text, ids, finish, n_prompt = [], [], "length", 0
-        for event in self.stream(messages, params):
-            text.append(event.text)
-            ids += event.token_ids
-            n_prompt = event.prompt_tokens
-            finish = event.finish_reason or finish
-        return Completion("".join(text), ids, n_prompt, finish)
-
-    def stream(self, messages: Messages, params: SamplingParams | None = None) -> Iterator[StreamEvent]:
-        """Events as text becomes final. Closing the iterator cancels the request and frees its memory."""
+    def generate(self, request: Messages | EncodedPrompt, params: SamplingParams | None = None) -> Completion:
+        """One completion (params.n must be 1: `generate_choices` returns n)."""
         params = params or SamplingParams()
-        prompt = self.encode(messages)
-        n_prompt = len(prompt.token_ids)
-        params = replace(params, max_tokens=min(params.max_tokens, self.max_context - n_prompt))
-        request = self.scheduler.submit(prompt.token_ids, prompt.images, params, frozenset({self.eos_id}))
-        try:
-            yield from self._stream_text(request, params, n_prompt)
-        finally:
-            request.cancel()
+        if params.n != 1:
+            raise InputError(f"generate returns one completion; n={params.n}: call generate_choices")
+        return self.generate_choices(request, params)[0]
 
-    def _stream_text(self, request: Request, params: SamplingParams, n_prompt: int) -> Iterator[StreamEvent]:
+    def generate_choices(
+        self, request: Messages | EncodedPrompt, params: SamplingParams | None = None
+    ) -> list[Completion]:
+        """params.n completions of one prompt, encoded and prefilled once."""
+        params = params or SamplingParams()
+        parts: list[dict] = [
+            {"text": [], "ids": [], "finish": "length", "n_prompt": 0} for _ in range(params.n)
+        ]
+        for event in self.stream(request, params):
+            part = parts[event.index]
+            part["text"].append(event.text)
+            part["ids"] += event.token_ids
+            part["n_prompt"] = event.prompt_tokens
+            part["finish"] = event.finish_reason or part["finish"]
+        return [Completion("".join(p["text"]), p["ids"], p["n_prompt"], p["finish"]) for p in parts]
+
+    def stream(
+        self, request: Messages | EncodedPrompt, params: SamplingParams | None = None
+    ) -> Iterator[StreamEvent]:
+        """Events as text becomes final, each tagged with its choice's `index` (n > 1: choices in turn).
+        `request`: messages, or a prompt already encoded by `encode` (not encoded again).
+        Closing the iterator cancels the request (all its choices) and frees its memory."""
+        params = params or SamplingParams()
+        prompt = request if isinstance(request, EncodedPrompt) else self.encode(request)
+        n_prompt = len(prompt.token_ids)
+        if n_prompt >= self.max_context:
+            raise ContextLengthError(
+                f"the prompt has {n_prompt} tokens; this model's context is {self.max_context} "
+                "(leave room for at least one generated token)"
+            )
+        params = replace(params, max_tokens=min(params.max_tokens, self.max_context - n_prompt))
+        choices = [choice_params(params, i) for i in range(params.n)]
+        requests = self.scheduler.submit_choices(
+            prompt.token_ids, prompt.images, choices, frozenset({self.eos_id})
+        )
+        streams = [
+            self._stream_text(r, p, n_prompt, i)
+            for i, (r, p) in enumerate(zip(requests, choices, strict=True))
+        ]
+        try:
+            if len(streams) == 1:
+                yield from streams[0]
+                return
+            active = list(range(len(streams)))
+            while active:  # round robin: the choices decode in the same batch, so none waits long
+                for i in list(active):
+                    event = next(streams[i])
+                    yield event
+                    if event.finish_reason is not None:
+                        active.remove(i)
+        finally:
+            for r in requests:
+                r.cancel()
+
+    def _stream_text(
+        self, request: Request, params: SamplingParams, n_prompt: int, index: int = 0
+    ) -> Iterator[StreamEvent]:
         detok = StreamingDetokenizer(self.tokenizer)
         stops = StopStrings(params.stop)
         pending_ids: list[int] = []
@@ -188,10 +235,16 @@ class Engine:
                 finish = "stop"
                 break
             if safe:
-                yield StreamEvent(safe, pending_ids, None, n_prompt)
+                yield StreamEvent(safe, pending_ids, None, n_prompt, index)
                 pending_ids = []
         rest = stops.finish("" if stops.stopped else detok.flush())
-        yield StreamEvent(rest, pending_ids, finish, n_prompt)
+        yield StreamEvent(rest, pending_ids, finish, n_prompt, index)
+
+
+def choice_params(params: SamplingParams, index: int) -> SamplingParams:
+    """The parameters of choice `index` of n: one choice, seeded seed + index (unseeded stays unseeded)."""
+    seed = None if params.seed is None else (params.seed + index) % 2**63
+    return replace(params, n=1, seed=seed)
 
 
 class StopStrings:

@@ -5,7 +5,8 @@ Each step of the loop (a background thread):
    with a clear error; one that does not fit now waits);
 2. prefill at most `prefill_chunk` prompt tokens of one request, so a new prompt never stalls the running
    decodes for longer than one chunk (images are encoded once per content, through the image cache; a cached
-   prompt prefix skips its share of the prefill);
+   prompt prefix skips its share of the prefill). The n choices of one prompt (`submit_choices`) are admitted
+   together and prefilled once: the others copy the first one's KV cache and sample from its last logits;
 3. decode one token for every running request in one batched forward.
 An error while serving one request (its images, its prefill, its decode forward or its sampling) fails that
 request alone, with the error on its queue; the others carry on (a batched forward that raises is rerun row by
@@ -61,6 +62,8 @@ class Request:
     generated: int = 0
     last_token: int = -1
     generator: torch.Generator | None = None
+    leader: Request | None = None  # a sibling choice waiting for this request's prefill
+    followers: list[Request] = field(default_factory=list)  # the other choices of the same prompt
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -80,6 +83,7 @@ class Scheduler:
         self.prefix_cache = PrefixCache(config.prefix_cache_bytes, config.prefix_block)
         self.kv_bytes_used = 0
         self.steps = 0
+        self.prefill_tokens = 0  # prompt tokens run through the model (cached prefixes and copies excluded)
         self.finished_requests = 0
         self._waiting: deque[Request] = deque()
         self._running: list[Request] = []
@@ -96,18 +100,34 @@ class Scheduler:
         params: SamplingParams,
         stop_ids: frozenset[int],
     ) -> Request:
-        request = Request(list(prompt_ids), images, params, stop_ids)
-        need = self._kv_bytes(request)
+        return self.submit_choices(prompt_ids, images, [params], stop_ids)[0]
+
+    def submit_choices(
+        self,
+        prompt_ids: list[int],
+        images: list[np.ndarray],
+        params: list[SamplingParams],
+        stop_ids: frozenset[int],
+    ) -> list[Request]:
+        """One request per entry of `params` (the choices of one prompt), admitted together; the prompt is
+        prefilled (and its images encoded) once, by the first, whose KV cache the others copy."""
+        requests = [Request(list(prompt_ids), images, p, stop_ids) for p in params]
+        leader = requests[0]
+        for follower in requests[1:]:
+            follower.leader = leader
+        leader.followers = requests[1:]
+        need = sum(self._kv_bytes(r) for r in requests)
         if need > self.config.kv_budget_bytes:
             raise InputError(
                 f"this request needs {_human(need)} of KV cache ({len(prompt_ids)} prompt tokens + "
-                f"{params.max_tokens} new tokens) but the budget is {_human(self.config.kv_budget_bytes)}: "
-                "lower max_tokens or shorten the prompt"
+                f"{params[0].max_tokens} new tokens{f', × {len(params)} choices' if len(params) > 1 else ''}) "
+                f"but the budget is {_human(self.config.kv_budget_bytes)}: lower max_tokens or n, or shorten "
+                "the prompt"
             )
         with self._work:
             if self._closed:
                 raise RuntimeError("the scheduler is closed")
-            self._waiting.append(request)
+            self._waiting.append(leader)
             self._work.notify()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="pixtral-scheduler", daemon=True)
@@ -115,7 +135,7 @@ class Scheduler:
                 # A daemon thread still inside a torch op while the interpreter tears torch down aborts the
                 # process ("terminate called without an active exception"): stop and join it first.
                 atexit.register(_close_at_exit, weakref.ref(self))
-        return request
+        return requests
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Stop the loop thread after its current step; requests not finished get Finished("cancelled")."""
@@ -125,7 +145,7 @@ class Scheduler:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout_s)
-        for request in [*self._running, *self._waiting]:
+        for request in [*self._running, *(r for w in self._waiting for r in (w, *w.followers))]:
             request.events.put(Finished("cancelled"))
         self._running.clear()
         self._waiting.clear()
@@ -151,6 +171,7 @@ class Scheduler:
             "prefix_cache_misses": self.prefix_cache.misses,
             "prefix_cache_tokens_reused": self.prefix_cache.tokens_reused,
             "steps": self.steps,
+            "prefill_tokens": self.prefill_tokens,
         }
 
     # ---- the loop ---------------------------------------------------------------------------------
@@ -173,7 +194,7 @@ class Scheduler:
         self.steps += 1
         self._drop_cancelled()
         self._admit()
-        prefilling = [r for r in self._running if r.prefilled < len(r.prompt_ids)]
+        prefilling = [r for r in self._running if r.prefilled < len(r.prompt_ids) and r.leader is None]
         if prefilling:
             try:
                 self._prefill_chunk(prefilling[0])
@@ -191,32 +212,44 @@ class Scheduler:
         for request in [r for r in self._running if r.cancelled.is_set()]:
             self._finish(request, Finished("cancelled"))
         with self._work:
-            for request in [r for r in self._waiting if r.cancelled.is_set()]:
+            for request in [r for r in self._waiting if all(c.cancelled.is_set() for c in (r, *r.followers))]:
                 self._waiting.remove(request)
-                request.events.put(Finished("cancelled"))
+                for choice in (request, *request.followers):
+                    choice.events.put(Finished("cancelled"))
 
     def _admit(self) -> None:
         while self._waiting and len(self._running) < self.config.max_batch:
             request = self._waiting[0]
-            need = self._kv_bytes(request)
+            choices = [request, *request.followers]
+            need = sum(self._kv_bytes(r) for r in choices)
             if self.kv_bytes_used + need > self.config.kv_budget_bytes:
                 return  # waits for memory to free up
             with self._work:
                 self._waiting.popleft()
             try:
-                self._start(request)
+                for choice in choices:
+                    self._start(choice)
             except Exception as e:
-                request.events.put(Finished("error", e))
+                for choice in choices:
+                    choice.events.put(Finished("error", e))
                 continue
             self.kv_bytes_used += need
-            self._running.append(request)
+            self._running += choices
 
     def _start(self, request: Request) -> None:
-        """Allocate the KV cache, encode images (cached by content), reuse a cached prompt prefix."""
-        device = self.model.device
+        """Allocate the KV cache and the generator; a leader also gets its prompt ready (_prepare_prompt); a
+        follower waits for its leader's prefill (see _prefill_chunk)."""
         request.cache = SequenceKVCache.for_model(
             self.model, len(request.prompt_ids) + request.params.max_tokens
         )
+        if not request.params.greedy:
+            request.generator = seeded_generator(request.params.seed, self.model.device)
+        if request.leader is None:
+            self._prepare_prompt(request)
+
+    def _prepare_prompt(self, request: Request) -> None:
+        """Encode the images (cached by content) and reuse a cached prompt prefix."""
+        device = self.model.device
         request.image_hashes = [image_hash(im) for im in request.images]
         features = []
         for pixels, key in zip(request.images, request.image_hashes, strict=True):
@@ -234,9 +267,6 @@ class Scheduler:
         if hit is not None:
             request.cache.copy_prefix_from(*hit)
             request.prefilled = hit[0].shape[1]
-        params = request.params
-        if not params.greedy:
-            request.generator = seeded_generator(params.seed, device)
 
     def _prefill_chunk(self, request: Request) -> None:
         start = request.prefilled
@@ -252,6 +282,7 @@ class Scheduler:
         last = end == len(request.prompt_ids)
         logits = self.model(ids, image_features=features, caches=[request.cache], last_only=last)
         request.prefilled = end
+        self.prefill_tokens += end - start
         if last:
             full_blocks = (len(request.prompt_ids) - 1) // self.prefix_cache.block
             if full_blocks:
@@ -262,6 +293,12 @@ class Scheduler:
                     self.prefix_cache.block,
                 )[:full_blocks]
                 self.prefix_cache.store(keys, request.cache.k, request.cache.v)
+            n = len(request.prompt_ids)
+            for follower in request.followers:
+                if follower in self._running and follower.leader is request:
+                    follower.cache.copy_prefix_from(request.cache.k[:, :n], request.cache.v[:, :n])
+                    follower.prefilled, follower.leader = n, None
+                    self._emit_or_fail(follower, logits[0, -1])
             self._emit(request, logits[0, -1])
 
     def _decode(self, batch: list[Request]) -> None:
@@ -279,10 +316,13 @@ class Scheduler:
                 self._decode([request])
             return
         for row, request in enumerate(batch):  # (B, vocab) -> one sampled token per request
-            try:
-                self._emit(request, logits[row])
-            except Exception as e:
-                self._finish(request, Finished("error", e))
+            self._emit_or_fail(request, logits[row])
+
+    def _emit_or_fail(self, request: Request, logits: torch.Tensor) -> None:
+        try:
+            self._emit(request, logits)
+        except Exception as e:
+            self._finish(request, Finished("error", e))
 
     def _emit(self, request: Request, logits: torch.Tensor) -> None:
         token = int(sample_next(logits[None], request.params, request.generator)[0])
@@ -301,6 +341,14 @@ class Scheduler:
             self.kv_bytes_used -= self._kv_bytes(request)
         request.cache = None  # frees the KV memory
         request.features = None
+        for follower in request.followers:  # still waiting for this prefill: each prefills on its own
+            if follower.leader is request:
+                follower.leader = None
+                if follower in self._running:
+                    try:
+                        self._prepare_prompt(follower)
+                    except Exception as e:
+                        self._finish(follower, Finished("error", e))
         self.finished_requests += 1
         request.events.put(outcome)
 
