@@ -214,7 +214,7 @@ def run_serve(args: argparse.Namespace) -> int:
         log.info(
             "model %s loaded (context %s tokens); serving on http://%s:%d",
             app.state.server.model_name,
-            getattr(engine, "max_context", "?"),
+            engine.max_context,
             args.host,
             args.port,
         )
