@@ -58,9 +58,9 @@ def best_of(fn, repeat: int = 3) -> float:
     return min(times)
 
 
-def machine_limits(device: torch.device | str | None = None) -> dict[str, float]:
+def machine_limits(device: torch.device | str | None = None, read_gib: float = 1.0) -> dict[str, float]:
     device = torch.device(device) if device is not None else torch.get_default_device()
-    x = torch.ones(256 * 1024**2 // 4 * 4, device=device)  # 1 GiB of float32
+    x = torch.ones(int(read_gib * 1024**3) // 4, device=device)  # read_gib GiB of float32
     read = x.numel() * 4 / best_of(lambda: x.sum())
     a, b = torch.randn(2048, 2048, device=device), torch.randn(2048, 2048, device=device)
     flops = 2 * 2048**3 / best_of(lambda: a @ b)
