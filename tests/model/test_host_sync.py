@@ -4,10 +4,11 @@ value (`int(t)`, `bool(t)`, `t.item()`, `t.tolist()`) and every op whose output 
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from pixtral.model.kv_cache import SequenceKVCache
+from pixtral.model.kv_cache import KVPool, SequenceKVCache
 from pixtral.model.pixtral import no_images
 from tests.factories import prompt_with_images
 
@@ -32,12 +33,15 @@ def test_the_detector_sees_a_host_read():
     assert reads.seen == ["__int__"]
 
 
+@pytest.mark.parametrize("pooled", [False, True], ids=["own-caches", "kv-pool"])
 @torch.inference_mode()
-def test_a_batched_decode_forward_reads_nothing_back_to_the_host(test_model):
+def test_a_batched_decode_forward_reads_nothing_back_to_the_host(test_model, pooled):
     caches = []
+    pool = KVPool.for_model(test_model, n_slots=4, slot_len=64)
     for seed, grids in enumerate([[(2, 3)], [], [(1, 2), (2, 1)]]):
         ids, images = prompt_with_images(grids, seed=seed)
-        cache = SequenceKVCache.for_model(test_model, ids.shape[1] + 4)
+        n = ids.shape[1] + 4
+        cache = pool.allocate(n) if pooled else SequenceKVCache.for_model(test_model, n)
         test_model(ids, images, caches=[cache])
         caches.append(cache)
     ids = torch.tensor([[1100], [1101], [1102]])  # (B, 1): rows at different positions

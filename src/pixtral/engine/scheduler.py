@@ -7,7 +7,10 @@ Each step of the loop (a background thread):
    decodes for longer than one chunk (images are encoded once per content, through the image cache; a cached
    prompt prefix skips its share of the prefill). The n choices of one prompt (`submit_choices`) are admitted
    together and prefilled once: the others copy the first one's KV cache and sample from its last logits;
-3. decode one token for every running request in one batched forward.
+3. decode one token for every running request in one batched forward: requests whose KV cache is a slot of
+   the shared KV pool (model/kv_cache.py: `max_batch` slots, each of `kv_pool_slot_tokens` positions) attend
+   in one call per layer; a request longer than a slot (or past `max_batch` with its sibling choices) has a
+   buffer of its own, and a step that holds one runs attention row by row.
 An error while serving one request (its images, its prefill, its decode forward or its sampling) fails that
 request alone, with the error on its queue; the others carry on (a batched forward that raises is rerun row by
 row to find the culprit).
@@ -32,7 +35,7 @@ from pixtral.engine.image_cache import ImageFeatureCache, image_hash
 from pixtral.engine.prefix_cache import PrefixCache, block_keys
 from pixtral.engine.sampling import SamplingParams, sample_next
 from pixtral.errors import InputError
-from pixtral.model.kv_cache import SequenceKVCache
+from pixtral.model.kv_cache import KVPool, SequenceKVCache
 from pixtral.model.pixtral import Pixtral, no_images
 
 
@@ -44,6 +47,10 @@ class SchedulerConfig:
     image_cache_bytes: int = 256 * 1024**2
     prefix_cache_bytes: int = 512 * 1024**2
     prefix_block: int = 32
+    # Positions per KV-pool slot: None = the KV budget shared by max_batch slots (at most the model's context
+    # and 16384); 0 = no pool (every request its own buffer, decode attention row by row). The pool is made
+    # at the first request and charged like any cache: each request still charges its bytes to the budget.
+    kv_pool_slot_tokens: int | None = None
 
 
 @dataclass
@@ -90,6 +97,7 @@ class Scheduler:
         self._work = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._pool: KVPool | None = None
 
     # ---- public, thread-safe ----------------------------------------------------------------------
 
@@ -239,13 +247,24 @@ class Scheduler:
     def _start(self, request: Request) -> None:
         """Allocate the KV cache and the generator; a leader also gets its prompt ready (_prepare_prompt); a
         follower waits for its leader's prefill (see _prefill_chunk)."""
-        request.cache = SequenceKVCache.for_model(
-            self.model, len(request.prompt_ids) + request.params.max_tokens
-        )
+        request.cache = self._allocate(len(request.prompt_ids) + request.params.max_tokens)
         if not request.params.greedy:
             request.generator = seeded_generator(request.params.seed, self.model.device)
         if request.leader is None:
             self._prepare_prompt(request)
+
+    def _allocate(self, max_len: int) -> SequenceKVCache:
+        """A slot of the KV pool when one is free and long enough, else a buffer of its own."""
+        if self._pool is None and self.config.kv_pool_slot_tokens != 0:
+            slot_len = self.config.kv_pool_slot_tokens
+            if slot_len is None:
+                per_token = SequenceKVCache.bytes_per_token(self.model.config.text, self.model.dtype)
+                share = self.config.kv_budget_bytes // (self.config.max_batch * per_token)
+                slot_len = min(share, self.model.config.text.max_seq_len, 16384)
+            if slot_len > 0:
+                self._pool = KVPool.for_model(self.model, self.config.max_batch, slot_len)
+        cache = self._pool.allocate(max_len) if self._pool is not None else None
+        return cache or SequenceKVCache.for_model(self.model, max_len)
 
     def _prepare_prompt(self, request: Request) -> None:
         """Encode the images (cached by content) and reuse a cached prompt prefix."""
@@ -339,6 +358,8 @@ class Scheduler:
         if request in self._running:
             self._running.remove(request)
             self.kv_bytes_used -= self._kv_bytes(request)
+        if request.cache is not None and request.cache.pool is not None:
+            request.cache.pool.release(request.cache)  # the slot is free for the next request
         request.cache = None  # frees the KV memory
         request.features = None
         for follower in request.followers:  # still waiting for this prefill: each prefills on its own

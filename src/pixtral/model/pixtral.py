@@ -18,7 +18,7 @@ from torch import nn
 from pixtral.config import PixtralConfig
 from pixtral.model.adapter import VisionLanguageAdapter
 from pixtral.model.decoder import DecoderBlock
-from pixtral.model.kv_cache import SequenceKVCache
+from pixtral.model.kv_cache import PooledBatch, SequenceKVCache
 from pixtral.model.norm import RMSNorm
 from pixtral.model.rope import rope_1d_angles, rope_table
 from pixtral.model.vision_encoder import VisionEncoder
@@ -109,8 +109,10 @@ class Pixtral(nn.Module):
             positions = starts[:, None] + torch.arange(t, device=h.device)  # (B, T)
         angles = rope_1d_angles(positions.reshape(-1), self.config.text.head_dim, self.config.text.rope_theta)
         rope = rope_table(angles.view(*positions.shape, -1))  # (B, T, 1, hd/2)
+        # a decode step of rows that share a KV pool: one attention call per layer (built once, for all)
+        kv = (PooledBatch.of(caches, t) or caches) if caches else caches
         for layer in self.layers:
-            h = layer(h, rope, caches, mask)
+            h = layer(h, rope, kv, mask)
         if caches:
             for cache in caches:
                 cache.advance(t)
