@@ -261,3 +261,15 @@ def test_requests_in_the_kv_pool_or_past_it_equal_each_request_alone(test_model,
         ]
         assert any(in_pool) and (slot_tokens is None or not all(in_pool))
     assert scheduler.kv_bytes_used == 0
+
+
+def test_a_request_whose_start_fails_gives_its_kv_pool_slot_back(test_model):
+    scheduler = Scheduler(test_model, SchedulerConfig(max_batch=2))
+    ids, images = make_requests(2)[1]
+    bad = [images[0][:, :5]]  # 5 pixels high: not a multiple of the patch size, refused by the vision encoder
+    for _ in range(3):  # more failures than slots
+        _, finished = collect(scheduler.submit(ids, bad, SamplingParams(max_tokens=3), EOS))
+        assert finished.reason == "error"
+    assert scheduler._pool is not None and scheduler._pool.n_used == 0
+    tokens, _ = collect(scheduler.submit(ids, images, SamplingParams(max_tokens=3), EOS))
+    assert tokens == alone(test_model, ids, images, SamplingParams(max_tokens=3))

@@ -239,6 +239,9 @@ class Scheduler:
                     self._start(choice)
             except Exception as e:
                 for choice in choices:
+                    if choice.cache is not None and choice.cache.pool is not None:
+                        choice.cache.pool.release(choice.cache)  # give the slot back
+                    choice.cache = None
                     choice.events.put(Finished("error", e))
                 continue
             self.kv_bytes_used += need
