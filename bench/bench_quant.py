@@ -143,7 +143,7 @@ def bench_model(config, tokens: int, modes: list[str]) -> list[dict]:
                 kind, _, g = mode.partition("-g")
                 model, _, _ = load_quantized(path, kind, dtype="float32", group_size=int(g or 128))
             per_token = decoder_bytes_per_token(model)
-            cache = SequenceKVCache(config.text, 8 + tokens + 1, model.dtype)
+            cache = SequenceKVCache.for_model(model, 8 + tokens + 1)
             ids = torch.randint(
                 1000, config.text.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0)
             )

@@ -42,7 +42,7 @@ print(json.dumps({"step": "load", "mode": mode, "load_s": round(load_s, 1), "rss
                   "model_bytes_gb": round(params_bytes / 1e9, 3), "decoder_bytes_per_token_gb": round(per_token / 1e9, 3),
                   "quantized": str(summary)}), flush=True)
 cfg = model.config.text
-cache = SequenceKVCache(cfg, prompt_len + n_tokens + 1, torch.bfloat16)
+cache = SequenceKVCache(cfg, prompt_len + n_tokens + 1, torch.bfloat16, model.device)
 ids = torch.randint(1000, cfg.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(0))
 with torch.inference_mode():
     t0 = time.perf_counter()

@@ -3,6 +3,7 @@
     pixtral bench                                   # 'small' preset (~1.1 B params), float32
     pixtral bench --preset tiny                     # seconds; for checking the script
     pixtral bench --dtype bfloat16 --json out.json  # (bench/bench_engine.py runs the same)
+    pixtral bench --device cuda                     # on a GPU (bfloat16 by default there)
 
 Prints (ours | transformers | ratio | limit):
 - vision encoder images/s at 256², 512² and a mixed batch of 8 images (PixtralVisionModel as the peer);
@@ -36,23 +37,33 @@ from pixtral.checkpoint.loader import convert, load_model
 from pixtral.checkpoint.random_init import create_random_checkpoint
 from pixtral.config import preset
 from pixtral.engine import Engine, SamplingParams
+from pixtral.engine.device import default_dtype, resolve_device
 from pixtral.engine.scheduler import Finished, SchedulerConfig
 from pixtral.prompt.tokenizer import load_tokenizer
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work, so that a wall-clock time covers it (a no-op without CUDA)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def best_of(fn, repeat: int = 3) -> float:
     times = []
     for _ in range(repeat):
+        synchronize()
         t = time.perf_counter()
         fn()
+        synchronize()
         times.append(time.perf_counter() - t)
     return min(times)
 
 
-def machine_limits() -> dict[str, float]:
-    x = torch.ones(256 * 1024**2 // 4 * 4)  # 1 GiB of float32
+def machine_limits(device: torch.device | str | None = None, read_gib: float = 1.0) -> dict[str, float]:
+    device = torch.device(device) if device is not None else torch.get_default_device()
+    x = torch.ones(int(read_gib * 1024**3) // 4, device=device)  # read_gib GiB of float32
     read = x.numel() * 4 / best_of(lambda: x.sum())
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a, b = torch.randn(2048, 2048, device=device), torch.randn(2048, 2048, device=device)
     flops = 2 * 2048**3 / best_of(lambda: a @ b)
     return {"read_bandwidth_gbs": read / 1e9, "matmul_gflops": flops / 1e9}
 
@@ -62,13 +73,14 @@ def image_pixels(side_w: int, side_h: int, seed: int) -> np.ndarray:
     return rng.standard_normal((3, side_h, side_w)).astype(np.float32)
 
 
-def hf_vision_inputs(images: list[np.ndarray]) -> dict[str, torch.Tensor]:
+def hf_vision_inputs(images: list[np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     hmax = max(i.shape[1] for i in images)
     wmax = max(i.shape[2] for i in images)
-    pv = torch.zeros(len(images), 3, hmax, wmax)
+    pv = torch.zeros(len(images), 3, hmax, wmax, device=device)
     for k, im in enumerate(images):
-        pv[k, :, : im.shape[1], : im.shape[2]] = torch.from_numpy(im)
-    return {"pixel_values": pv, "image_sizes": torch.tensor([list(i.shape[1:]) for i in images])}
+        pv[k, :, : im.shape[1], : im.shape[2]] = torch.from_numpy(im).to(device)
+    sizes = torch.tensor([list(i.shape[1:]) for i in images], device=device)
+    return {"pixel_values": pv, "image_sizes": sizes}
 
 
 def bench_vision(model, hf, dtype) -> list[dict]:
@@ -93,12 +105,12 @@ def bench_vision(model, hf, dtype) -> list[dict]:
     }
     rows = []
     for name, images in sets.items():
-        tensors = [torch.from_numpy(i).to(dtype) for i in images]
+        tensors = [torch.from_numpy(i).to(model.device, dtype) for i in images]
         with torch.inference_mode():
             ours = best_of(lambda t=tensors: model.vision_encoder(t), 2)
             peer = None
             if hf is not None:
-                inputs = hf_vision_inputs(images)
+                inputs = hf_vision_inputs(images, model.device)
                 inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
                 peer = best_of(lambda i=inputs: hf.model.vision_tower(**i), 2)
                 a = model.vision_encoder(tensors).float()
@@ -131,15 +143,15 @@ def bench_ttft(engine: Engine, hf, limits) -> list[dict]:
     t0 = time.perf_counter()
     prompt = engine.encode(messages)
     t_pre = time.perf_counter() - t0
-    ids = torch.tensor([prompt.token_ids])
-    pix = [torch.from_numpy(i).to(model.dtype) for i in prompt.images]
+    ids = torch.tensor([prompt.token_ids], device=model.device)
+    pix = [torch.from_numpy(i).to(model.device, model.dtype) for i in prompt.images]
     with torch.inference_mode():
         t_vis = best_of(lambda: model.encode_images(pix), 2)
         feats = model.encode_images(pix)
         t_fill = best_of(lambda: model(ids, image_features=feats, last_only=True), 2)
         peer = None
         if hf is not None:
-            inputs = hf_vision_inputs(prompt.images)
+            inputs = hf_vision_inputs(prompt.images, model.device)
             inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
             peer = best_of(lambda: hf(input_ids=ids, **inputs, logits_to_keep=1), 2)
     t = model.config.text
@@ -194,7 +206,7 @@ def bench_decode(engine: Engine, hf, limits, n_tokens: int) -> list[dict]:
     rate1, _ = decode_rate(engine, 1, n_tokens)
     peer = None
     if hf is not None:
-        ids = torch.tensor([[1, 3, 22177, 1044, 4]])
+        ids = torch.tensor([[1, 3, 22177, 1044, 4]], device=engine.device)
         gen = dict(do_sample=False, pad_token_id=0, eos_token_id=None, attention_mask=torch.ones_like(ids))
         with torch.inference_mode():
             t1 = best_of(lambda: hf.generate(input_ids=ids, max_new_tokens=1, min_new_tokens=1, **gen), 2)
@@ -206,7 +218,7 @@ def bench_decode(engine: Engine, hf, limits, n_tokens: int) -> list[dict]:
             )
         peer = n_tokens / (tn - t1)
     cfg = engine.model.config
-    esize = torch.empty((), dtype=engine.model.dtype).element_size()
+    esize = engine.model.dtype.itemsize
     weight_bytes = (
         cfg.num_parameters()["decoder"] - cfg.text.vocab_size * cfg.text.dim
     ) * esize  # embeddings: 1 row
@@ -283,7 +295,10 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
 
 def _add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--preset", choices=["tiny", "small"], default="small")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], help="default: float32 on the CPU, bfloat16 on CUDA"
+    )
+    ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     ap.add_argument(
         "--tokens",
         type=int_at_least(2),
@@ -302,12 +317,14 @@ def main() -> None:
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(torch.get_num_threads())
+    device = resolve_device(args.device)
+    args.dtype = args.dtype or default_dtype(device)
     dtype = getattr(torch, args.dtype)
-    limits = machine_limits()
+    limits = machine_limits(device)
     with tempfile.TemporaryDirectory() as tmp:
         native = Path(tmp) / "native"
         create_random_checkpoint(native, preset(args.preset), dtype=dtype)
-        model, ckpt = load_model(native, dtype=dtype)
+        model, ckpt = load_model(native, dtype=dtype, device=device)
         engine = Engine(
             model,
             load_tokenizer(None),
@@ -319,9 +336,11 @@ def run(args: argparse.Namespace) -> int:
             import transformers
 
             convert(native, Path(tmp) / "hf", "hf")
-            hf = transformers.LlavaForConditionalGeneration.from_pretrained(
-                Path(tmp) / "hf", dtype=dtype
-            ).eval()
+            hf = (
+                transformers.LlavaForConditionalGeneration.from_pretrained(Path(tmp) / "hf", dtype=dtype)
+                .eval()
+                .to(device)
+            )
         rows = (
             bench_vision(model, hf, dtype)
             + bench_ttft(engine, hf, limits)
@@ -329,11 +348,12 @@ def run(args: argparse.Namespace) -> int:
         )
         engine.close()
         del hf, engine
-        if not args.no_peer:
+        if not args.no_peer and device.type == "cpu":  # llama.cpp here is the CPU build
             rows += bench_int8_vs_llama_cpp(native, Path(tmp), args.tokens)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print(
         f"\n{args.preset} preset ({model.config.num_parameters()['total'] / 1e9:.2f} B params), {args.dtype}, "
+        f"on {device}, "
         f"{torch.get_num_threads()} threads; measured read bandwidth {limits['read_bandwidth_gbs']:.1f} GB/s, "
         f"fp32 matmul {limits['matmul_gflops']:.0f} GFLOP/s; peak RSS {peak_gb:.1f} GB (both models)\n"
     )
@@ -353,6 +373,7 @@ def run(args: argparse.Namespace) -> int:
                 {
                     "preset": args.preset,
                     "dtype": args.dtype,
+                    "device": str(device),
                     "limits": limits,
                     "peak_rss_gb": peak_gb,
                     "rows": rows,

@@ -117,8 +117,11 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dtype",
         choices=["float32", "bfloat16"],
-        default="float32",
-        help="weights and activations dtype (default float32; bfloat16 halves memory)",
+        default=None,
+        help="weights and activations dtype (default: float32 on the CPU, bfloat16 on CUDA; bfloat16 halves memory)",
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)"
     )
     p.add_argument(
         "--quantize",
@@ -175,7 +178,9 @@ def _load_engine(args: argparse.Namespace):
         import torch
 
         torch.set_num_threads(args.threads)
-    engine = Engine.load(args.model, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size)
+    engine = Engine.load(
+        args.model, dtype=args.dtype, device=args.device, quantize=args.quantize, group_size=args.group_size
+    )
     if engine.untrained:
         print(
             f"note: model '{engine.model_name}' has random (untrained) weights: its output is noise.",

@@ -193,11 +193,11 @@ def test_a_request_that_fails_in_its_step_fails_alone_and_15_others_finish(test_
     params = [SamplingParams(max_tokens=8 + i, temperature=0.8, seed=100 + i) for i in range(16)]
     params[POISON] = SamplingParams(max_tokens=100, temperature=0.8, seed=666)
     expected = [alone(test_model, ids, ims, p) for (ids, ims), p in zip(requests, params, strict=True)]
-    cache_len = [len(ids) + p.max_tokens for (ids, _), p in zip(requests, params, strict=True)]
-    assert cache_len.count(cache_len[POISON]) == 1  # the poisoned request's cache is recognisable
+    submitted = []  # the handles, once submitted: the poisoned request is recognised by its cache
 
     def faulty_forward(ids, *args, caches=None, **kwargs):  # raises in the poisoned request's decode steps
-        if caches and ids.shape[1] == 1 and any(c.max_len == cache_len[POISON] for c in caches):
+        poisoned = submitted[0][POISON].cache if submitted else None
+        if caches and ids.shape[1] == 1 and any(c is poisoned for c in caches):
             raise RuntimeError("injected fault in the forward")
         return forward(ids, *args, caches=caches, **kwargs)
 
@@ -217,6 +217,7 @@ def test_a_request_that_fails_in_its_step_fails_alone_and_15_others_finish(test_
         monkeypatch.setattr(scheduler_module, "sample_next", faulty_sample_next)
     scheduler = Scheduler(test_model)
     handles = [scheduler.submit(ids, ims, p, EOS) for (ids, ims), p in zip(requests, params, strict=True)]
+    submitted.append(handles)
     results = [collect(h) for h in handles]
     _, poisoned = results[POISON]
     assert poisoned.reason == "error" and "injected fault" in str(poisoned.error)
@@ -224,3 +225,51 @@ def test_a_request_that_fails_in_its_step_fails_alone_and_15_others_finish(test_
         if i != POISON:
             assert finished.reason in ("length", "stop") and tokens == expected[i], f"request {i}"
     assert scheduler.kv_bytes_used == 0 and scheduler.n_running == 0
+
+
+@pytest.mark.parametrize("slot_tokens", [None, 30, 0], ids=["pool", "pool-and-own-buffers", "no-pool"])
+def test_requests_in_the_kv_pool_or_past_it_equal_each_request_alone(test_model, slot_tokens, monkeypatch):
+    """Slots of 30 positions: short requests decode in the pool, long ones in buffers of their own (a step
+    that mixes them attends row by row); 2 slots for 5 requests, so slots are freed and reused."""
+    from pixtral.model.decoder import DecoderAttention
+
+    pooled_rows = []
+    pooled_decode = DecoderAttention._pooled_decode
+
+    def spy(self, q, *args):
+        pooled_rows.append(q.shape[0])
+        return pooled_decode(self, q, *args)
+
+    monkeypatch.setattr(DecoderAttention, "_pooled_decode", spy)
+    requests = make_requests(5)
+    params = [SamplingParams(max_tokens=6 + 4 * i, temperature=0.7, seed=300 + i) for i in range(5)]
+    scheduler = Scheduler(test_model, SchedulerConfig(max_batch=2, kv_pool_slot_tokens=slot_tokens))
+    handles = [scheduler.submit(ids, ims, p, EOS) for (ids, ims), p in zip(requests, params, strict=True)]
+    in_pool = []
+    for h, ((ids, ims), p) in zip(handles, zip(requests, params, strict=True), strict=True):
+        tokens, finished = collect(h)
+        assert finished.reason in ("length", "stop")
+        assert tokens == alone(test_model, ids, ims, p)
+    pool = scheduler._pool
+    if slot_tokens == 0:
+        assert pool is None and pooled_rows == []
+    else:
+        assert max(pooled_rows) == 2  # two rows in one attention call
+        assert pool is not None and pool.n_free == 2  # every slot released
+        in_pool = [
+            len(ids) + p.max_tokens <= pool.slot_len for (ids, _), p in zip(requests, params, strict=True)
+        ]
+        assert any(in_pool) and (slot_tokens is None or not all(in_pool))
+    assert scheduler.kv_bytes_used == 0
+
+
+def test_a_request_whose_start_fails_gives_its_kv_pool_slot_back(test_model):
+    scheduler = Scheduler(test_model, SchedulerConfig(max_batch=2))
+    ids, images = make_requests(2)[1]
+    bad = [images[0][:, :5]]  # 5 pixels high: not a multiple of the patch size, refused by the vision encoder
+    for _ in range(3):  # more failures than slots
+        _, finished = collect(scheduler.submit(ids, bad, SamplingParams(max_tokens=3), EOS))
+        assert finished.reason == "error"
+    assert scheduler._pool is not None and scheduler._pool.n_used == 0
+    tokens, _ = collect(scheduler.submit(ids, images, SamplingParams(max_tokens=3), EOS))
+    assert tokens == alone(test_model, ids, images, SamplingParams(max_tokens=3))

@@ -282,3 +282,33 @@ def test_hf_q_and_k_are_read_whole_for_their_permutation(tmp_path, saved_model):
     sources = open_checkpoint(tmp_path / "hf").sources
     assert qz._row_reader(sources["layers.0.attention.wq.weight"]) is None
     assert qz._row_reader(sources["layers.0.attention.wv.weight"]) is not None
+
+
+# ---- the CUDA paths, run on the CPU (their kernels are CUDA-only; the GPU check runs them for real) ------
+
+
+def test_int8_cuda_path_matches_the_packed_cpu_kernel():
+    q, s = quantize_int8(_w(48, 64))
+    x = torch.randn(5, 64, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    cpu = torch.ops.aten._weight_int8pack_mm(x, q, s).float()
+    unpacked = qz.int8_linear_unpacked(x, q, s).float()
+    torch.testing.assert_close(unpacked, cpu, rtol=2e-2, atol=2e-2)  # both bfloat16 (7-bit mantissa) outputs
+
+
+def test_int4_cuda_packing_puts_even_columns_in_the_high_nibble_and_tiles_for_the_kernel():
+    q = torch.randint(0, 16, (64, 256), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+    nibbles = qz.int4_nibbles(q)  # (N, K / 2) uint8
+    assert nibbles.shape == (64, 128) and nibbles.dtype == torch.uint8
+    assert torch.equal((nibbles >> 4).int(), q[:, 0::2]) and torch.equal((nibbles & 15).int(), q[:, 1::2])
+    packed = qz._pack_int4_cuda(q.to("meta"))  # the kernel's meta function gives its output layout
+    assert packed.shape == (64 // 8, 256 // (16 * 8), 32, 8 // 2) and packed.dtype == torch.int32
+    assert qz.cuda_inner_k_tiles(96) == 2 and qz.cuda_inner_k_tiles(64) == 4
+
+
+def test_int4_weights_packed_for_one_device_refuse_to_run_on_another():
+    layer = Int4Linear.from_weight(_w(32, 64), group_size=32)
+    assert layer.packed_for == "cpu"
+    layer.packed_for = "cuda"  # as if packed on a GPU, then moved to the CPU
+    with pytest.raises(RuntimeError, match="packed for cuda cannot run on cpu"):
+        layer(torch.randn(2, 64))
+    assert qz.can_quantize("int4", 8, 64, 32, "cuda") and not qz.can_quantize("int4", 8, 64, 32, "cpu")

@@ -193,10 +193,37 @@ def test_a_port_out_of_range_exits_with_one_error_line():
     assert_one_clear_error(serve_process("--port", "99999"), "--port: expected a port number 0..65535")
 
 
-def test_a_load_failing_with_an_unexpected_error_stops_the_server():
-    # torch raises RuntimeError for an unknown device: not one of the errors a load is expected to raise
+def test_an_unknown_device_stops_the_server_with_one_clear_error():
     result = serve_process("--port", str(free_port()), "--device", "no-such-device")
-    assert_one_clear_error(result, "cannot load the model: RuntimeError")
+    assert_one_clear_error(result, "cannot load the model: device 'no-such-device' is not one of")
+
+
+BROKEN_LOAD = """
+import sys
+import pixtral.engine
+
+def broken_load(**kwargs):  # not one of the errors a load is expected to raise
+    raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+pixtral.engine.Engine.load = staticmethod(broken_load)
+from pixtral.serve.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_load_failing_with_an_unexpected_error_stops_the_server(tmp_path):
+    script = tmp_path / "broken_load.py"
+    script.write_text(BROKEN_LOAD)
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + str(REPO / "src")}
+    result = subprocess.run(
+        [sys.executable, str(script), "--port", str(free_port())],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert_one_clear_error(result, "cannot load the model: RuntimeError: CUDA error")
 
 
 SLOW_LOAD = """

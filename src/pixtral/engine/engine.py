@@ -4,6 +4,9 @@ The CLI, the server and the in-process evaluation backend all call `Engine`. It 
 tokenizer and the image limits; it turns OpenAI-shaped messages into a prompt (prompt/), runs the decoding
 scheduler (continuous batching, KV budget, image and prefix caches), and turns token ids back into text
 with stop strings applied. Many threads may call generate/stream at once: their requests are batched.
+`SamplingParams.n` choices of one prompt cost one encoding (tokens and image preprocessing), one vision
+encoder pass and one prefill; choice i is seeded `seed + i`. The contract the server, the evaluation
+harness and the test fakes rely on is `EngineClient` (engine/protocol.py).
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pixtral.checkpoint.loader import load_model
 from pixtral.default_model import UNTRAINED_MARKER, default_model_path
+from pixtral.engine.device import default_dtype, resolve_device
 from pixtral.engine.sampling import SamplingParams, TokenLogprobs
 from pixtral.engine.scheduler import Finished, Request, Scheduler, SchedulerConfig
 from pixtral.engine.structured import Grammars
@@ -45,8 +51,9 @@ class Completion:
 class StreamEvent:
     text: str  # new text since the last event: whole UTF-8 characters only
     token_ids: list[int] = field(default_factory=list)  # ids generated since the last event
-    finish_reason: str | None = None  # set on the last event only
+    finish_reason: str | None = None  # set on the last event of its choice only
     prompt_tokens: int = 0
+    index: int = 0  # the choice (0 .. n - 1) the event belongs to
     reasoning: str = ""  # new [THINK]-block text since the last event (prompt/thinking.py)
     logprobs: list[TokenLogprobs] | None = None  # with params.logprobs: one per id of token_ids
 
@@ -76,14 +83,15 @@ class Engine:
         self.system_prompt: str | None = None  # the model folder's SYSTEM_PROMPT.txt, for chats without one
         self.think_ids = think_token_ids(tokenizer)  # ([THINK], [/THINK]) of reasoning models, else None
         self._grammars: Grammars | None = None  # structured output's compiler, built on first use
+        self.thread_safe = True  # generate/stream may be called from many threads at once (they batch)
 
     @classmethod
     def load(
         cls,
         model: str | Path | None = None,
         *,
-        dtype: str = "float32",
-        device: str = "cpu",
+        dtype: str | None = None,
+        device: str = "auto",
         limits: ImageLimits = DEFAULT_LIMITS,
         fetch_remote: FetchRemote | None = None,
         scheduler: SchedulerConfig = DEFAULT_SCHEDULER,
@@ -93,15 +101,20 @@ class Engine:
     ) -> Engine:
         """A model folder (native or HF format), a hub id, or None for the bundled default model.
 
-        quantize "int8" | "int4": the decoder's linear layers are quantized while loading (engine/quantize.py);
-        `dtype` is then the dtype of everything else."""
+        device "auto" | "cpu" | "cuda" | "cuda:N" (auto: CUDA when available); dtype None: bfloat16 on CUDA,
+        float32 on the CPU. Everything the engine makes afterwards (KV caches, ids, image tensors, sampling
+        generators) is made on the model's device.
+        quantize "int8" | "int4": the decoder's linear layers are quantized while loading (engine/quantize.py),
+        for the kernels of that device; `dtype` is then the dtype of everything else."""
         path = default_model_path() if model is None else model
+        where = resolve_device(device)
+        dtype = dtype or default_dtype(where)
         if quantize:
             from pixtral.engine.quantize import load_quantized
 
-            net, ckpt, _ = load_quantized(path, quantize, dtype=dtype, group_size=group_size)
+            net, ckpt, _ = load_quantized(path, quantize, dtype=dtype, group_size=group_size, device=where)
         else:
-            net, ckpt = load_model(path, dtype=dtype, device=device)
+            net, ckpt = load_model(path, dtype=dtype, device=where)
         tokenizer = load_tokenizer(ckpt.folder, net.config)
         vocab = tokenizer.instruct_tokenizer.tokenizer.n_words
         if vocab > net.config.text.vocab_size:
@@ -132,6 +145,10 @@ class Engine:
         return self.scheduler.stats()
 
     @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
     def max_context(self) -> int:
         return self.model.config.text.max_seq_len
 
@@ -154,61 +171,88 @@ class Engine:
         return prompt
 
     def generate(
-        self, messages: Messages, params: SamplingParams | None = None, tools: Sequence[Mapping] | None = None
+        self,
+        request: Messages | EncodedPrompt,
+        params: SamplingParams | None = None,
+        tools: Sequence[Mapping] | None = None,
     ) -> Completion:
-        return self._collect(self.stream(messages, params, tools))
+        """One completion (params.n must be 1: `generate_choices` returns n)."""
+        params = params or SamplingParams()
+        if params.n != 1:
+            raise InputError(f"generate returns one completion; n={params.n}: call generate_choices")
+        return self.generate_choices(request, params, tools)[0]
 
-    def generate_prompt(self, prompt: EncodedPrompt, params: SamplingParams | None = None) -> Completion:
-        """`generate` for a prompt already encoded (raw text completion, /v1/completions)."""
-        return self._collect(self.stream_prompt(prompt, params))
-
-    @staticmethod
-    def _collect(events: Iterator[StreamEvent]) -> Completion:
-        text, reasoning, ids, finish, n_prompt, logprobs = [], [], [], "length", 0, None
-        for event in events:
-            text.append(event.text)
-            reasoning.append(event.reasoning)
-            ids += event.token_ids
-            n_prompt = event.prompt_tokens
-            finish = event.finish_reason or finish
+    def generate_choices(
+        self,
+        request: Messages | EncodedPrompt,
+        params: SamplingParams | None = None,
+        tools: Sequence[Mapping] | None = None,
+    ) -> list[Completion]:
+        """params.n completions of one prompt, encoded and prefilled once."""
+        params = params or SamplingParams()
+        parts = [Completion("", [], 0, "length") for _ in range(params.n)]
+        for event in self.stream(request, params, tools):
+            part = parts[event.index]
+            part.text += event.text
+            part.reasoning += event.reasoning
+            part.token_ids += event.token_ids
+            part.prompt_tokens = event.prompt_tokens
+            part.finish_reason = event.finish_reason or part.finish_reason
             if event.logprobs is not None:
-                logprobs = (logprobs or []) + event.logprobs
-        return Completion(
-            "".join(text), ids, n_prompt, finish, reasoning="".join(reasoning), logprobs=logprobs
-        )
+                part.logprobs = (part.logprobs or []) + event.logprobs
+        return parts
 
     def stream(
-        self, messages: Messages, params: SamplingParams | None = None, tools: Sequence[Mapping] | None = None
+        self,
+        request: Messages | EncodedPrompt,
+        params: SamplingParams | None = None,
+        tools: Sequence[Mapping] | None = None,
     ) -> Iterator[StreamEvent]:
-        """Events as text becomes final. Closing the iterator cancels the request and frees its memory."""
-        yield from self.stream_prompt(self.encode(messages, tools), params)
-
-    def stream_prompt(
-        self, prompt: EncodedPrompt, params: SamplingParams | None = None
-    ) -> Iterator[StreamEvent]:
-        """`stream` for a prompt already encoded (`encode`, or raw text for /v1/completions)."""
+        """Events as text becomes final, each tagged with its choice's `index` (n > 1: choices in turn).
+        `request`: messages (with the OpenAI-shaped `tools` they may call), or a prompt already encoded by
+        `encode` or from raw text (/v1/completions), not encoded again.
+        Closing the iterator cancels the request (all its choices) and frees its memory."""
         params = params or SamplingParams()
+        prompt = request if isinstance(request, EncodedPrompt) else self.encode(request, tools)
         params.check_vocab(self.tokenizer.instruct_tokenizer.tokenizer.n_words)
         if params.structured is not None:  # compiled here, in the caller's thread, not in the decode loop
             if self._grammars is None:
                 self._grammars = Grammars(self.tokenizer, self.model.config.text.vocab_size, self.eos_id)
             params = replace(params, structured=self._grammars.compile(params.structured))
-        if len(prompt.token_ids) >= self.max_context:
+        n_prompt = len(prompt.token_ids)
+        if n_prompt >= self.max_context:
             raise ContextLengthError(
-                f"the prompt has {len(prompt.token_ids)} tokens; this model's context is {self.max_context} "
+                f"the prompt has {n_prompt} tokens; this model's context is {self.max_context} "
                 "(leave room for at least one generated token)"
             )
-        n_prompt = len(prompt.token_ids)
         max_tokens = min(params.max_tokens, self.max_context - n_prompt)
         params = replace(params, max_tokens=max_tokens, min_tokens=min(params.min_tokens, max_tokens))
-        stop_ids = params.stop_ids(self.eos_id)
-        request = self.scheduler.submit(prompt.token_ids, prompt.images, params, stop_ids)
+        choices = [choice_params(params, i) for i in range(params.n)]
+        requests = self.scheduler.submit_choices(
+            prompt.token_ids, prompt.images, choices, params.stop_ids(self.eos_id)
+        )
+        streams = [
+            self._stream_text(r, p, n_prompt, i)
+            for i, (r, p) in enumerate(zip(requests, choices, strict=True))
+        ]
         try:
-            yield from self._stream_text(request, params, n_prompt)
+            if len(streams) == 1:
+                yield from streams[0]
+                return
+            active = list(range(len(streams)))
+            while active:  # round robin: the choices decode in the same batch, so none waits long
+                for i in list(active):
+                    event = next(streams[i])
+                    yield event
+                    if event.finish_reason is not None:
+                        active.remove(i)
         finally:
-            request.cancel()
+            for r in requests:
+                r.cancel()
 
-    def _stream_text(self, request: Request, params: SamplingParams, n_prompt: int) -> Iterator[StreamEvent]:
+    def _stream_text(
+        self, request: Request, params: SamplingParams, n_prompt: int, index: int = 0
+    ) -> Iterator[StreamEvent]:
         detok = StreamingDetokenizer(self.tokenizer)
         stops = StopStrings(params.stop)
         pending_ids: list[int] = []
@@ -236,7 +280,7 @@ class Engine:
                 if item in self.think_ids:
                     thinking = item == self.think_ids[0]
                 if piece or not thinking:
-                    yield StreamEvent("", pending_ids, None, n_prompt, reasoning=piece, logprobs=logprobs())
+                    yield StreamEvent("", pending_ids, None, n_prompt, index, piece, logprobs())
                     pending_ids = []
                 continue
             # As vLLM: stop strings are looked for once min_tokens tokens are out.
@@ -245,10 +289,16 @@ class Engine:
                 finish = "stop"
                 break
             if safe:
-                yield StreamEvent(safe, pending_ids, None, n_prompt, logprobs=logprobs())
+                yield StreamEvent(safe, pending_ids, None, n_prompt, index, logprobs=logprobs())
                 pending_ids = []
         rest = stops.finish("" if stops.stopped else detok.flush())
-        yield StreamEvent(rest, pending_ids, finish, n_prompt, logprobs=logprobs())
+        yield StreamEvent(rest, pending_ids, finish, n_prompt, index, logprobs=logprobs())
+
+
+def choice_params(params: SamplingParams, index: int) -> SamplingParams:
+    """The parameters of choice `index` of n: one choice, seeded seed + index (unseeded stays unseeded)."""
+    seed = None if params.seed is None else (params.seed + index) % 2**63
+    return replace(params, n=1, seed=seed)
 
 
 class StopStrings:

@@ -1,5 +1,8 @@
 """The decoding loop over the model: prefill the prompt (images included) into a KV cache, then one token
-per step. Yields token ids; text, stop strings and streaming are the engine's job (engine.py)."""
+per step. Yields token ids; text, stop strings and streaming are the engine's job (engine.py).
+
+The slow, simple reference the scheduler is tested against. Every tensor it makes (ids, KV cache, the
+sampling generator) is on the model's device; images given on another device are moved there."""
 
 from __future__ import annotations
 
@@ -28,11 +31,13 @@ def decode_steps(
     stop_ids: frozenset[int] = frozenset(),
 ) -> Iterator[Step]:
     """Yield up to params.max_tokens steps; stops after yielding a token in stop_ids (e.g. EOS)."""
+    device = model.device
     generator = None
     if not params.greedy:
-        generator = torch.Generator().manual_seed(params.seed if params.seed is not None else torch.seed())
-    cache = SequenceKVCache(model.config.text, len(prompt_ids) + params.max_tokens, model.dtype)
-    ids = torch.tensor([prompt_ids])
+        generator = seeded_generator(params.seed, device)
+    cache = SequenceKVCache.for_model(model, len(prompt_ids) + params.max_tokens)
+    ids = torch.tensor([prompt_ids], device=device)
+    images = [im.to(device) for im in images]
     logits = model(ids, images or None, caches=[cache], last_only=True)[:, -1]  # (1, vocab)
     history = TokenHistory(prompt_ids, logits.shape[-1], logits.device) if params.penalised else None
     for n in range(params.max_tokens):
@@ -44,6 +49,12 @@ def decode_steps(
             return
         ids = token[:, None]  # (1, 1)
         logits = model(ids, image_mask=no_images(ids), caches=[cache])[:, -1]
+
+
+def seeded_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    """The sampling generator of one request, on the device its logits are on (a CUDA draw refuses a CPU
+    generator); a fresh random seed when `seed` is None."""
+    return torch.Generator(device=device).manual_seed(seed if seed is not None else torch.seed())
 
 
 def greedy_generate_ids(

@@ -1,11 +1,17 @@
 """Weight-only int8 / int4 quantization of the decoder's linear layers, gpt-fast style.
 
 The model is quantized as a transform: each target `nn.Linear` is replaced by a module holding the quantized
-weight and calling PyTorch's packed CPU kernels (no hand-written matmul):
+weight and calling PyTorch's own kernels for the device the weight is on (no hand-written matmul):
 
-- int8: symmetric, one scale per output channel; `torch.ops.aten._weight_int8pack_mm`.
-- int4: asymmetric, one (scale, zero) pair per group of `group_size` input columns (32, 64 or 128);
-  `torch.ops.aten._convert_weight_to_int4pack_for_cpu` + `_weight_int4pack_mm_for_cpu`.
+- int8: symmetric, one scale per output channel. CPU: `torch.ops.aten._weight_int8pack_mm`; CUDA (which has
+  no such kernel): the int8 weight cast to the activation dtype inside `F.linear`, then the scales, as gpt-fast
+  does (torch.compile fuses the cast; eager reads the weight twice, so the gain there is memory, not speed).
+- int4: asymmetric, one (scale, zero) pair per group of `group_size` input columns (32, 64 or 128).
+  CPU: `_convert_weight_to_int4pack_for_cpu` (int32 (N, K) in) + `_weight_int4pack_mm_for_cpu`;
+  CUDA: `_convert_weight_to_int4pack` (two values per uint8, (N, K / 2) in; sm80+) + `_weight_int4pack_mm`.
+  The packed layouts differ, so an int4 module is packed for one device type: quantize on the device the
+  model runs on (`load_quantized(..., device=)`, `Engine.load(quantize=, device=)`); running it elsewhere
+  raises.
 
 Targets: the decoder's attention (wq, wk, wv, wo) and FFN (w1, w2, w3) and, by default, the output head
 (a third of the bytes read per token in the 'small' preset). The vision encoder, the adapter, the embedding
@@ -139,6 +145,31 @@ def dequantize_int4(q: torch.Tensor, scales_and_zeros: torch.Tensor, group_size:
 
 
 def _pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """int32 (N, K) in [0, 15] -> the packed weight of the int4 kernel of q's device."""
+    if q.device.type == "cuda":
+        return _pack_int4_cuda(q)
+    return _pack_int4_cpu(q)
+
+
+def cuda_inner_k_tiles(in_features: int) -> int:
+    """The CUDA int4 kernel's K tiling (8 as gpt-fast when K allows; K must be a multiple of 16 * tiles)."""
+    return next(t for t in (8, 4, 2) if in_features % (16 * t) == 0)
+
+
+def int4_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """int32 (N, K) in [0, 15] -> uint8 (N, K / 2): column 2j in the high nibble, 2j + 1 in the low one (the
+    input layout of `_convert_weight_to_int4pack`, as in PyTorch's own int4 tests)."""
+    return (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)
+
+
+def _pack_int4_cuda(q: torch.Tensor) -> torch.Tensor:
+    """-> int32 (N / 8, K / (16 * tiles), 32, tiles / 2), the CUDA kernel's tiled layout."""
+    return torch.ops.aten._convert_weight_to_int4pack(
+        int4_nibbles(q).contiguous(), cuda_inner_k_tiles(q.shape[1])
+    )
+
+
+def _pack_int4_cpu(q: torch.Tensor) -> torch.Tensor:
     """int32 (N, K) in [0, 15] -> the CPU kernel's packed uint8 (N, K / 2), in blocks of rows."""
     n = q.shape[0]
     if n % 64 == 0:  # the CPU packing is local to blocks of rows: pack in chunks to bound memory
@@ -191,13 +222,27 @@ class _QuantizedLinear(nn.Module):
         )
 
 
+def int8_linear_unpacked(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """(M, K) activations, int8 (N, K), (N,) scales -> (M, N): the weight cast to x's dtype inside the
+    matmul and the per-row scale applied after (gpt-fast's WeightOnlyInt8Linear); the CUDA path."""
+    return F.linear(x, q.to(x.dtype)) * scales.to(x.dtype)
+
+
 class Int8Linear(_QuantizedLinear):
     def __init__(
-        self, q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype, bias: torch.Tensor | None = None
+        self,
+        q: torch.Tensor,
+        scales: torch.Tensor,
+        dtype: torch.dtype,
+        bias: torch.Tensor | None = None,
+        device: torch.device | str | None = None,
     ) -> None:
         super().__init__(q.shape[1], q.shape[0], dtype, bias)
-        self.register_buffer("weight_int8", q.contiguous())  # (N, K) int8
-        self.register_buffer("scales", scales.to(KERNEL_DTYPE).contiguous())  # (N,)
+        device = device or q.device
+        self.register_buffer("weight_int8", q.to(device).contiguous())  # (N, K) int8
+        self.register_buffer("scales", scales.to(device, KERNEL_DTYPE).contiguous())  # (N,)
+        if self.bias is not None:
+            self.bias.data = self.bias.data.to(device)
 
     @classmethod
     def from_weight(
@@ -206,15 +251,18 @@ class Int8Linear(_QuantizedLinear):
         bias: torch.Tensor | None = None,
         dtype: torch.dtype | None = None,
         shape: tuple[int, int] | None = None,
+        device: torch.device | str | None = None,
     ) -> Int8Linear:
         q, s = quantize_int8(w, shape)
-        return cls(q, s, dtype or _dtype_of(w), bias)
+        return cls(q, s, dtype or _dtype_of(w), bias, device)
 
     def _kernel(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cuda":  # no packed int8 kernel on CUDA
+            return int8_linear_unpacked(x, self.weight_int8, self.scales)
         return torch.ops.aten._weight_int8pack_mm(x, self.weight_int8, self.scales)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() // self.in_features < PREFILL_ROWS:
+        if x.device.type == "cuda" or x.numel() // self.in_features < PREFILL_ROWS:
             return super().forward(x)  # decode: the packed GEMV kernel, bandwidth-bound
         # prefill: the packed kernel runs at ~half of float32 GEMM here; dequantize a block of rows at a
         # time to float32 and use the GEMM (the block costs far less than the matmul it feeds)
@@ -243,13 +291,19 @@ class Int4Linear(_QuantizedLinear):
         group_size: int,
         dtype: torch.dtype,
         bias: torch.Tensor | None = None,
+        device: torch.device | str | None = None,
     ) -> None:
         super().__init__(q.shape[1], q.shape[0], dtype, bias)
+        device = torch.device(device or q.device)
         self.group_size = group_size
-        self.register_buffer("weight_int4pack", _pack_int4(q))  # (N, K / 2) uint8
+        self.packed_for = device.type  # the packed layout is the kernel's of this device type
+        # CPU: (N, K / 2) uint8; CUDA: (N / 8, K / (16 * tiles), 32, tiles / 2) int32
+        self.register_buffer("weight_int4pack", _pack_int4(q.to(device)))
         self.register_buffer(
-            "scales_and_zeros", scales_and_zeros.to(KERNEL_DTYPE).contiguous()
+            "scales_and_zeros", scales_and_zeros.to(device, KERNEL_DTYPE).contiguous()
         )  # (K/g, N, 2)
+        if self.bias is not None:
+            self.bias.data = self.bias.data.to(device)
 
     @classmethod
     def from_weight(
@@ -259,29 +313,44 @@ class Int4Linear(_QuantizedLinear):
         bias: torch.Tensor | None = None,
         dtype: torch.dtype | None = None,
         shape: tuple[int, int] | None = None,
+        device: torch.device | str | None = None,
     ) -> Int4Linear:
         q, sz = quantize_int4(w, group_size, shape)
-        return cls(q, sz, group_size, dtype or _dtype_of(w), bias)
+        return cls(q, sz, group_size, dtype or _dtype_of(w), bias, device)
 
     def _kernel(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != self.packed_for:
+            raise RuntimeError(
+                f"int4 weights packed for {self.packed_for} cannot run on {x.device.type}: the kernels' layouts "
+                "differ; quantize on the device the model runs on (Engine.load(device=..., quantize=...))"
+            )
+        if self.packed_for == "cuda":
+            return torch.ops.aten._weight_int4pack_mm(
+                x, self.weight_int4pack, self.group_size, self.scales_and_zeros
+            )
         return torch.ops.aten._weight_int4pack_mm_for_cpu(
             x, self.weight_int4pack, self.group_size, self.scales_and_zeros
         )
 
     def dequantize(self) -> torch.Tensor:
         """The weight the kernel multiplies by, recovered by running the kernel on the identity."""
-        eye = torch.eye(self.in_features, dtype=KERNEL_DTYPE)
+        eye = torch.eye(self.in_features, dtype=KERNEL_DTYPE, device=self.scales_and_zeros.device)
         return self._kernel(eye).float().T.contiguous()  # (K, N) -> (N, K)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", int4 group {self.group_size}"
 
 
-def can_quantize(mode: str, out_features: int, in_features: int, group_size: int = 128) -> bool:
-    """int4 needs in_features % group_size == 0 and out_features % 16 == 0 (the CPU packing); int8 anything."""
-    if mode == "int4":
-        return in_features % group_size == 0 and out_features % 16 == 0
-    return True
+def can_quantize(
+    mode: str, out_features: int, in_features: int, group_size: int = 128, device_type: str = "cpu"
+) -> bool:
+    """int4 needs in_features % group_size == 0 and out_features % 16 == 0 (the CPU packing); on CUDA
+    out_features % 8 == 0 and in_features % 32 == 0 (the tiled packing); int8 anything."""
+    if mode != "int4":
+        return True
+    if device_type == "cuda":
+        return in_features % group_size == 0 and out_features % 8 == 0 and in_features % 32 == 0
+    return in_features % group_size == 0 and out_features % 16 == 0
 
 
 def _dtype_of(w: torch.Tensor | RowReader) -> torch.dtype:
@@ -297,13 +366,17 @@ def quantized_linear(
     bias: torch.Tensor | None = None,
     dtype: torch.dtype | None = None,
     shape: tuple[int, int] | None = None,
+    device: torch.device | str | None = None,
 ) -> _QuantizedLinear:
     """A quantized replacement for a linear layer with this (N, K) weight (a tensor, or a row reader with
-    its shape). `dtype`: the activation dtype of the surrounding model (default: the weight's)."""
+    its shape). `dtype`: the activation dtype of the surrounding model (default: the weight's); `device`:
+    where it runs (default: the weight's; the CPU for a row reader), packed for that device's kernel."""
     _check_mode(mode, group_size)
+    if device is None and isinstance(weight, torch.Tensor):
+        device = weight.device
     if mode == "int8":
-        return Int8Linear.from_weight(weight, bias, dtype, shape)
-    return Int4Linear.from_weight(weight, group_size, bias, dtype, shape)
+        return Int8Linear.from_weight(weight, bias, dtype, shape, device)
+    return Int4Linear.from_weight(weight, group_size, bias, dtype, shape, device)
 
 
 # ---- whole-model transforms -----------------------------------------------------------------------
@@ -338,10 +411,12 @@ def quantize_model_(
     for name, module in list(model.named_modules()):
         if not (isinstance(module, nn.Linear) and is_target(name, include_output)):
             continue
-        if not can_quantize(mode, module.out_features, module.in_features, group_size):
+        device = module.weight.device
+        if not can_quantize(mode, module.out_features, module.in_features, group_size, device.type):
             skipped.append(name)
             continue
-        q = quantized_linear(module.weight.detach(), mode, group_size, module.bias, module.weight.dtype)
+        weight = module.weight.detach()
+        q = quantized_linear(weight, mode, group_size, module.bias, weight.dtype, device=device)
         _set_submodule(model, name, q)
         done.append(name)
         nbytes += q.weight_bytes()
@@ -378,9 +453,11 @@ def load_quantized(
     dtype: str | torch.dtype = "bfloat16",
     group_size: int = 128,
     include_output: bool = True,
+    device: torch.device | str = "cpu",
 ) -> tuple[Pixtral, Checkpoint, QuantizationSummary]:
     """Open a checkpoint and build the model tensor by tensor: target linears are quantized as soon as
-    their weight is read (only the quantized form is kept); everything else is cast to `dtype`.
+    their weight is read (only the quantized form is kept, packed for `device`'s kernels and put there);
+    everything else is cast to `dtype` and put on `device`.
 
     Peak memory: the quantized model plus one unquantized tensor in flight; target weights are read and
     quantized _CHUNK_ROWS rows at a time (native format; HF q/k weights are read whole, then permuted).
@@ -388,6 +465,7 @@ def load_quantized(
     _check_mode(mode, group_size)
     ckpt = open_checkpoint(path)
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    device = torch.device(device)
     with torch.device("meta"):
         model = Pixtral(ckpt.config)
     done, skipped, nbytes = [], [], 0
@@ -397,11 +475,11 @@ def load_quantized(
         if isinstance(module, nn.Linear) and leaf == "weight" and is_target(module_name, include_output):
             if module.bias is not None:
                 raise NotImplementedError(f"{module_name}: quantize-while-loading of a biased linear")
-            if can_quantize(mode, *src.shape, group_size):
+            if can_quantize(mode, *src.shape, group_size, device.type):
                 # rows straight from the file when no layout change is needed (the 1.3 GB output head of
                 # the 12B model is then never in memory in bf16), else the whole tensor, permuted
                 weight = _row_reader(src) or src.read()
-                q = quantized_linear(weight, mode, group_size, None, torch_dtype, tuple(src.shape))
+                q = quantized_linear(weight, mode, group_size, None, torch_dtype, tuple(src.shape), device)
                 _set_submodule(model, module_name, q)
                 done.append(module_name)
                 nbytes += q.weight_bytes()
@@ -409,7 +487,7 @@ def load_quantized(
                 continue
             skipped.append(module_name)
         tensor = src.read()
-        module._parameters[leaf] = nn.Parameter(tensor.to(torch_dtype), requires_grad=False)
+        module._parameters[leaf] = nn.Parameter(tensor.to(device, torch_dtype), requires_grad=False)
         del tensor
     model.tie_embeddings_()  # a tied output matrix is not in the checkpoint: it is the embedding matrix
     left = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]

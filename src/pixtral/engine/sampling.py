@@ -37,6 +37,7 @@ class SamplingParams:
     top_k: int = 0  # 0 = off
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    n: int = 1  # choices for one prompt; choice i is seeded seed + i (engine.py)
     min_p: float = 0.0  # 0 = off
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -49,6 +50,8 @@ class SamplingParams:
     structured: StructuredOutput | None = None  # a grammar every token must follow (structured.py)
 
     def __post_init__(self) -> None:
+        if self.n < 1:
+            raise InputError(f"n must be at least 1, got {self.n}")
         if self.max_tokens < 1:
             raise InputError(f"max_tokens must be at least 1, got {self.max_tokens}")
         if not 0.0 <= self.temperature <= 100.0:

@@ -5,8 +5,12 @@ Each step of the loop (a background thread):
    with a clear error; one that does not fit now waits);
 2. prefill at most `prefill_chunk` prompt tokens of one request, so a new prompt never stalls the running
    decodes for longer than one chunk (images are encoded once per content, through the image cache; a cached
-   prompt prefix skips its share of the prefill);
-3. decode one token for every running request in one batched forward.
+   prompt prefix skips its share of the prefill). The n choices of one prompt (`submit_choices`) are admitted
+   together and prefilled once: the others copy the first one's KV cache and sample from its last logits;
+3. decode one token for every running request in one batched forward: requests whose KV cache is a slot of
+   the shared KV pool (model/kv_cache.py: `max_batch` slots, each of `kv_pool_slot_tokens` positions) attend
+   in one call per layer; a request longer than a slot (or past `max_batch` with its sibling choices) has a
+   buffer of its own, and a step that holds one runs attention row by row.
 An error while serving one request (its images, its prefill, its decode forward or its sampling) fails that
 request alone, with the error on its queue; the others carry on (a batched forward that raises is rerun row by
 row to find the culprit).
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from pixtral.engine.generate import seeded_generator
 from pixtral.engine.image_cache import ImageFeatureCache, image_hash
 from pixtral.engine.prefix_cache import PrefixCache, block_keys
 from pixtral.engine.sampling import (
@@ -38,7 +43,7 @@ from pixtral.engine.sampling import (
 )
 from pixtral.engine.structured import GrammarState
 from pixtral.errors import InputError
-from pixtral.model.kv_cache import SequenceKVCache
+from pixtral.model.kv_cache import KVPool, SequenceKVCache
 from pixtral.model.pixtral import Pixtral, no_images
 
 
@@ -50,6 +55,10 @@ class SchedulerConfig:
     image_cache_bytes: int = 256 * 1024**2
     prefix_cache_bytes: int = 512 * 1024**2
     prefix_block: int = 32
+    # Positions per KV-pool slot: None = the KV budget shared by max_batch slots (at most the model's context
+    # and 16384); 0 = no pool (every request its own buffer, decode attention row by row). The pool is made
+    # at the first request and charged like any cache: each request still charges its bytes to the budget.
+    kv_pool_slot_tokens: int | None = None
 
 
 @dataclass
@@ -72,6 +81,8 @@ class Request:
     grammar: GrammarState | None = None  # with params.structured: the matcher (structured.py)
     # With params.logprobs: one entry per generated token, appended before the token is put on `events`.
     logprobs: list[TokenLogprobs] = field(default_factory=list)
+    leader: Request | None = None  # a sibling choice waiting for this request's prefill
+    followers: list[Request] = field(default_factory=list)  # the other choices of the same prompt
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -91,12 +102,14 @@ class Scheduler:
         self.prefix_cache = PrefixCache(config.prefix_cache_bytes, config.prefix_block)
         self.kv_bytes_used = 0
         self.steps = 0
+        self.prefill_tokens = 0  # prompt tokens run through the model (cached prefixes and copies excluded)
         self.finished_requests = 0
         self._waiting: deque[Request] = deque()
         self._running: list[Request] = []
         self._work = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._pool: KVPool | None = None
 
     # ---- public, thread-safe ----------------------------------------------------------------------
 
@@ -107,18 +120,34 @@ class Scheduler:
         params: SamplingParams,
         stop_ids: frozenset[int],
     ) -> Request:
-        request = Request(list(prompt_ids), images, params, stop_ids)
-        need = self._kv_bytes(request)
+        return self.submit_choices(prompt_ids, images, [params], stop_ids)[0]
+
+    def submit_choices(
+        self,
+        prompt_ids: list[int],
+        images: list[np.ndarray],
+        params: list[SamplingParams],
+        stop_ids: frozenset[int],
+    ) -> list[Request]:
+        """One request per entry of `params` (the choices of one prompt), admitted together; the prompt is
+        prefilled (and its images encoded) once, by the first, whose KV cache the others copy."""
+        requests = [Request(list(prompt_ids), images, p, stop_ids) for p in params]
+        leader = requests[0]
+        for follower in requests[1:]:
+            follower.leader = leader
+        leader.followers = requests[1:]
+        need = sum(self._kv_bytes(r) for r in requests)
         if need > self.config.kv_budget_bytes:
             raise InputError(
                 f"this request needs {_human(need)} of KV cache ({len(prompt_ids)} prompt tokens + "
-                f"{params.max_tokens} new tokens) but the budget is {_human(self.config.kv_budget_bytes)}: "
-                "lower max_tokens or shorten the prompt"
+                f"{params[0].max_tokens} new tokens{f', × {len(params)} choices' if len(params) > 1 else ''}) "
+                f"but the budget is {_human(self.config.kv_budget_bytes)}: lower max_tokens or n, or shorten "
+                "the prompt"
             )
         with self._work:
             if self._closed:
                 raise RuntimeError("the scheduler is closed")
-            self._waiting.append(request)
+            self._waiting.append(leader)
             self._work.notify()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="pixtral-scheduler", daemon=True)
@@ -126,7 +155,7 @@ class Scheduler:
                 # A daemon thread still inside a torch op while the interpreter tears torch down aborts the
                 # process ("terminate called without an active exception"): stop and join it first.
                 atexit.register(_close_at_exit, weakref.ref(self))
-        return request
+        return requests
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Stop the loop thread after its current step; requests not finished get Finished("cancelled")."""
@@ -136,7 +165,7 @@ class Scheduler:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout_s)
-        for request in [*self._running, *self._waiting]:
+        for request in [*self._running, *(r for w in self._waiting for r in (w, *w.followers))]:
             request.events.put(Finished("cancelled"))
         self._running.clear()
         self._waiting.clear()
@@ -162,6 +191,7 @@ class Scheduler:
             "prefix_cache_misses": self.prefix_cache.misses,
             "prefix_cache_tokens_reused": self.prefix_cache.tokens_reused,
             "steps": self.steps,
+            "prefill_tokens": self.prefill_tokens,
         }
 
     # ---- the loop ---------------------------------------------------------------------------------
@@ -184,7 +214,7 @@ class Scheduler:
         self.steps += 1
         self._drop_cancelled()
         self._admit()
-        prefilling = [r for r in self._running if r.prefilled < len(r.prompt_ids)]
+        prefilling = [r for r in self._running if r.prefilled < len(r.prompt_ids) and r.leader is None]
         if prefilling:
             try:
                 self._prefill_chunk(prefilling[0])
@@ -202,40 +232,64 @@ class Scheduler:
         for request in [r for r in self._running if r.cancelled.is_set()]:
             self._finish(request, Finished("cancelled"))
         with self._work:
-            for request in [r for r in self._waiting if r.cancelled.is_set()]:
+            for request in [r for r in self._waiting if all(c.cancelled.is_set() for c in (r, *r.followers))]:
                 self._waiting.remove(request)
-                request.events.put(Finished("cancelled"))
+                for choice in (request, *request.followers):
+                    choice.events.put(Finished("cancelled"))
 
     def _admit(self) -> None:
         while self._waiting and len(self._running) < self.config.max_batch:
             request = self._waiting[0]
-            need = self._kv_bytes(request)
+            choices = [request, *request.followers]
+            need = sum(self._kv_bytes(r) for r in choices)
             if self.kv_bytes_used + need > self.config.kv_budget_bytes:
                 return  # waits for memory to free up
             with self._work:
                 self._waiting.popleft()
             try:
-                self._start(request)
+                for choice in choices:
+                    self._start(choice)
             except Exception as e:
-                request.events.put(Finished("error", e))
+                for choice in choices:
+                    if choice.cache is not None and choice.cache.pool is not None:
+                        choice.cache.pool.release(choice.cache)  # give the slot back
+                    choice.cache = None
+                    choice.events.put(Finished("error", e))
                 continue
             self.kv_bytes_used += need
-            self._running.append(request)
+            self._running += choices
 
     def _start(self, request: Request) -> None:
-        """Allocate the KV cache, encode images (cached by content), reuse a cached prompt prefix."""
-        text = self.model.config.text
-        request.cache = SequenceKVCache(
-            text, len(request.prompt_ids) + request.params.max_tokens, self.model.dtype
-        )
+        """Allocate the KV cache and the generator; a leader also gets its prompt ready (_prepare_prompt); a
+        follower waits for its leader's prefill (see _prefill_chunk)."""
+        request.cache = self._allocate(len(request.prompt_ids) + request.params.max_tokens)
+        if not request.params.greedy:
+            request.generator = seeded_generator(request.params.seed, self.model.device)
+        if request.leader is None:
+            self._prepare_prompt(request)
+
+    def _allocate(self, max_len: int) -> SequenceKVCache:
+        """A slot of the KV pool when one is free and long enough, else a buffer of its own."""
+        if self._pool is None and self.config.kv_pool_slot_tokens != 0:
+            slot_len = self.config.kv_pool_slot_tokens
+            if slot_len is None:
+                per_token = SequenceKVCache.bytes_per_token(self.model.config.text, self.model.dtype)
+                share = self.config.kv_budget_bytes // (self.config.max_batch * per_token)
+                slot_len = min(share, self.model.config.text.max_seq_len, 16384)
+            if slot_len > 0:
+                self._pool = KVPool.for_model(self.model, self.config.max_batch, slot_len)
+        cache = self._pool.allocate(max_len) if self._pool is not None else None
+        return cache or SequenceKVCache.for_model(self.model, max_len)
+
+    def _prepare_prompt(self, request: Request) -> None:
+        """Encode the images (cached by content) and reuse a cached prompt prefix."""
+        device = self.model.device
         request.image_hashes = [image_hash(im) for im in request.images]
         features = []
         for pixels, key in zip(request.images, request.image_hashes, strict=True):
             cached = self.image_cache.get(key)
-            if cached is None:
-                cached = self.model.encode_images(
-                    [torch.from_numpy(pixels)]
-                )  # one image per call: exact reuse
+            if cached is None:  # one image per call: exact reuse
+                cached = self.model.encode_images([torch.from_numpy(pixels).to(device)])
                 self.image_cache.put(key, cached)
             features.append(cached)
         request.features = torch.cat(features) if features else None
@@ -247,24 +301,22 @@ class Scheduler:
         if hit is not None:
             request.cache.copy_prefix_from(*hit)
             request.prefilled = hit[0].shape[1]
-        params = request.params
-        if not params.greedy:
-            seed = params.seed if params.seed is not None else int(torch.seed())
-            request.generator = torch.Generator().manual_seed(seed)
 
     def _prefill_chunk(self, request: Request) -> None:
         start = request.prefilled
         end = min(len(request.prompt_ids), start + self.config.prefill_chunk)
-        ids = torch.tensor([request.prompt_ids[start:end]])
+        chunk = request.prompt_ids[start:end]
+        ids = torch.tensor([chunk], device=self.model.device)  # (1, T)
         image_id = self.model.config.vision.image_token_id
         features = None
-        if request.features is not None:
+        if request.features is not None:  # counted on the host list: no device sync
             before = sum(1 for t in request.prompt_ids[:start] if t == image_id)
-            inside = int((ids == image_id).sum())
+            inside = sum(1 for t in chunk if t == image_id)
             features = request.features[before : before + inside] if inside else None
         last = end == len(request.prompt_ids)
         logits = self.model(ids, image_features=features, caches=[request.cache], last_only=last)
         request.prefilled = end
+        self.prefill_tokens += end - start
         if last:
             full_blocks = (len(request.prompt_ids) - 1) // self.prefix_cache.block
             if full_blocks:
@@ -275,13 +327,19 @@ class Scheduler:
                     self.prefix_cache.block,
                 )[:full_blocks]
                 self.prefix_cache.store(keys, request.cache.k, request.cache.v)
+            n = len(request.prompt_ids)
+            for follower in request.followers:
+                if follower in self._running and follower.leader is request:
+                    follower.cache.copy_prefix_from(request.cache.k[:, :n], request.cache.v[:, :n])
+                    follower.prefilled, follower.leader = n, None
+                    self._emit_or_fail(follower, logits[0, -1])
             self._emit(request, logits[0, -1])
 
     def _decode(self, batch: list[Request]) -> None:
         """One token for every request of the batch. A request whose forward or sampling raises fails alone:
         when the batched forward raises, each row is rerun alone (a row never depends on the others, and a
         failed forward leaves every cache's length unchanged), so only the culprit gets the error."""
-        ids = torch.tensor([[r.last_token] for r in batch])  # (B, 1)
+        ids = torch.tensor([[r.last_token] for r in batch], device=self.model.device)  # (B, 1)
         try:
             logits = self.model(ids, image_mask=no_images(ids), caches=[r.cache for r in batch])[:, -1]
         except Exception as e:
@@ -292,10 +350,13 @@ class Scheduler:
                 self._decode([request])
             return
         for row, request in enumerate(batch):  # (B, vocab) -> one sampled token per request
-            try:
-                self._emit(request, logits[row])
-            except Exception as e:
-                self._finish(request, Finished("error", e))
+            self._emit_or_fail(request, logits[row])
+
+    def _emit_or_fail(self, request: Request, logits: torch.Tensor) -> None:
+        try:
+            self._emit(request, logits)
+        except Exception as e:
+            self._finish(request, Finished("error", e))
 
     def _emit(self, request: Request, logits: torch.Tensor) -> None:
         params = request.params
@@ -329,8 +390,18 @@ class Scheduler:
         if request in self._running:
             self._running.remove(request)
             self.kv_bytes_used -= self._kv_bytes(request)
+        if request.cache is not None and request.cache.pool is not None:
+            request.cache.pool.release(request.cache)  # the slot is free for the next request
         request.cache = None  # frees the KV memory
         request.features = None
+        for follower in request.followers:  # still waiting for this prefill: each prefills on its own
+            if follower.leader is request:
+                follower.leader = None
+                if follower in self._running:
+                    try:
+                        self._prepare_prompt(follower)
+                    except Exception as e:
+                        self._finish(follower, Finished("error", e))
         self.finished_requests += 1
         request.events.put(outcome)
 

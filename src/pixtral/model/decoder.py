@@ -13,7 +13,7 @@ from torch import nn
 
 from pixtral.config import TextConfig
 from pixtral.model.feed_forward import FeedForward
-from pixtral.model.kv_cache import SequenceKVCache
+from pixtral.model.kv_cache import PooledBatch, SequenceKVCache
 from pixtral.model.norm import RMSNorm
 from pixtral.model.rope import apply_rope
 
@@ -32,7 +32,7 @@ class DecoderAttention(nn.Module):
         self,
         x: torch.Tensor,
         rope: torch.Tensor,
-        caches: list[SequenceKVCache] | None,
+        caches: list[SequenceKVCache] | PooledBatch | None,
         mask: torch.Tensor | None = None,
         q_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -49,6 +49,8 @@ class DecoderAttention(nn.Module):
             out = F.scaled_dot_product_attention(
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, enable_gqa=True
             ).transpose(1, 2)  # (B, T, H, hd)
+        elif isinstance(caches, PooledBatch):  # a decode step of rows in one pool: one attention call
+            out = self._pooled_decode(q, k, v, caches)
         else:  # each row against its own cache: rows may sit at different positions
             out = torch.empty_like(q)
             for row, cache in enumerate(caches):
@@ -61,6 +63,30 @@ class DecoderAttention(nn.Module):
                     enable_gqa=True,
                 )[0].transpose(0, 1)
         return self.wo(out.reshape(b, t, -1))  # (B, T, H, hd) -> (B, T, dim)
+
+    def _pooled_decode(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PooledBatch
+    ) -> torch.Tensor:
+        """q, k, v (B, 1, heads, hd) of one new token per row -> (B, 1, H, hd): write each row's key and value
+        at its position in its slot, then attend over the first n_keys positions of the pool's used slots at
+        once (a view: no copy; positions past a row's length are masked, slots that are not rows dropped)."""
+        keys, values = batch.pool.k[self.layer], batch.pool.v[self.layer]  # (slots, slot_len, KV, hd)
+        keys[batch.slots, batch.positions] = k[:, 0]  # (B, KV, hd) into (slot_b, position_b)
+        values[batch.slots, batch.positions] = v[:, 0]
+        keys = keys[: batch.n_used, : batch.n_keys]  # (P, n_keys, KV, hd), P = used slots
+        values = values[: batch.n_used, : batch.n_keys]
+        # GQA without repeating keys: the G query heads of a KV head act as G queries of that head
+        # (query head h uses KV head h // G), so SDPA takes its fused path with the mask broadcast over them.
+        b, group = q.shape[0], self.n_heads // self.n_kv_heads
+        queries = q.new_zeros(batch.n_used, self.n_kv_heads, group, self.head_dim)  # (P, KV, G, hd)
+        queries[batch.slots] = q.view(b, self.n_kv_heads, group, self.head_dim)
+        out = F.scaled_dot_product_attention(
+            queries,
+            keys.transpose(1, 2),  # (P, KV, n_keys, hd)
+            values.transpose(1, 2),
+            attn_mask=batch.mask,  # (P, 1, 1, n_keys)
+        )  # (P, KV, G, hd)
+        return out[batch.slots].reshape(b, 1, self.n_heads, self.head_dim)
 
 
 def causal_mask(n_queries: int, n_keys: int, device: torch.device) -> torch.Tensor | None:
@@ -86,7 +112,7 @@ class DecoderBlock(nn.Module):
         self,
         x: torch.Tensor,
         rope: torch.Tensor,
-        caches: list[SequenceKVCache] | None,
+        caches: list[SequenceKVCache] | PooledBatch | None,
         mask: torch.Tensor | None = None,
         q_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:

@@ -22,7 +22,7 @@ from torch import nn
 from pixtral.config import PixtralConfig
 from pixtral.model.adapter import PatchMerger, VisionLanguageAdapter
 from pixtral.model.decoder import DecoderBlock
-from pixtral.model.kv_cache import SequenceKVCache
+from pixtral.model.kv_cache import PooledBatch, SequenceKVCache
 from pixtral.model.norm import RMSNorm
 from pixtral.model.rope import decoder_rope, llama4_query_scale
 from pixtral.model.vision_encoder import VisionEncoder
@@ -61,6 +61,10 @@ class Pixtral(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.norm.weight.dtype  # not output.weight: that layer may be quantized
 
+    @property
+    def device(self) -> torch.device:
+        return self.norm.weight.device
+
     def encode_images(self, images: list[torch.Tensor]) -> torch.Tensor:
         """list of (3, H_i, W_i) pixels -> (sum of [IMG] tokens, text dim) features for the [IMG] positions:
         one per patch, or one per merged block of patches with the patch merger."""
@@ -78,8 +82,12 @@ class Pixtral(nn.Module):
         image_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, T) ids + (n_img_tokens, dim) features -> (B, T, dim), features scattered onto the image positions:
-        `image_mask` (B, T) bool, by default the [IMG] ids. Other positions keep their token embedding."""
+        `image_mask` (B, T) bool, by default the [IMG] ids. Other positions keep their token embedding.
+        A mask without features (`no_images`, a decode step) means no image positions: it is not read back to
+        count them, so a decode step makes no host sync."""
         h = self.tok_embeddings(token_ids)
+        if image_features is None and image_mask is not None:
+            return h
         is_image = token_ids == self.config.vision.image_token_id if image_mask is None else image_mask
         n_slots = int(is_image.sum())
         n_features = 0 if image_features is None else image_features.shape[0]
@@ -125,8 +133,10 @@ class Pixtral(nn.Module):
         rope = decoder_rope(positions, self.config.text)  # (B, T, 1, hd/2)
         scaling = self.config.text.llama_4_scaling
         q_scale = llama4_query_scale(positions, scaling) if scaling else None  # (B, T, 1, 1)
+        # a decode step of rows that share a KV pool: one attention call per layer (built once, for all)
+        kv = (PooledBatch.of(caches, t) or caches) if caches else caches
         for layer in self.layers:
-            h = layer(h, rope, caches, mask, q_scale)
+            h = layer(h, rope, kv, mask, q_scale)
         if caches:
             for cache in caches:
                 cache.advance(t)

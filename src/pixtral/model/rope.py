@@ -14,23 +14,25 @@ import torch
 from pixtral.config import Llama4Scaling, TextConfig, YarnConfig
 
 
-def inverse_frequencies(head_dim: int, theta: float) -> torch.Tensor:
-    """1 / theta^(2k/d) for k = 0 .. d/2-1, float32. (head_dim,) -> (head_dim // 2,)"""
-    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+def inverse_frequencies(head_dim: int, theta: float, device: torch.device | None = None) -> torch.Tensor:
+    """1 / theta^(2k/d) for k = 0 .. d/2-1, float32, on `device`. (head_dim,) -> (head_dim // 2,)"""
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
 
 
 def rope_1d_angles(positions: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
     """Decoder angles: position p, pair k -> p * inv_freq_k.  (T,) -> (T, head_dim // 2) float32"""
-    inv = inverse_frequencies(head_dim, theta).to(positions.device)
+    inv = inverse_frequencies(head_dim, theta, positions.device)
     return positions.to(torch.float32)[:, None] * inv[None, :]
 
 
-def yarn_inverse_frequencies(head_dim: int, theta: float, yarn: YarnConfig) -> torch.Tensor:
+def yarn_inverse_frequencies(
+    head_dim: int, theta: float, yarn: YarnConfig, device: torch.device | None = None
+) -> torch.Tensor:
     """YaRN (arXiv 2309.00071) as transformers computes it (docs/architecture.md, "YaRN"): pairs that turn
     more than beta_fast times over the original length keep their frequency, pairs that turn fewer than
     beta_slow times are divided by `factor`, with a linear ramp between (bounds floored / ceiled).
     (head_dim,) -> (head_dim // 2,) float32"""
-    base = inverse_frequencies(head_dim, theta)
+    base = inverse_frequencies(head_dim, theta, device)
 
     def pair_index(rotations: float) -> float:
         """The (fractional) pair that turns `rotations` times over the original length."""
@@ -41,7 +43,8 @@ def yarn_inverse_frequencies(head_dim: int, theta: float, yarn: YarnConfig) -> t
     high = min(math.ceil(pair_index(yarn.beta_slow)), head_dim - 1)
     if low == high:
         high += 0.001
-    ramp = ((torch.arange(head_dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    pairs = torch.arange(head_dim // 2, dtype=torch.float32, device=device)
+    ramp = ((pairs - low) / (high - low)).clamp(0, 1)
     keep = 1 - ramp  # 1: extrapolate (original frequency), 0: interpolate (frequency / factor)
     return (base / yarn.factor) * (1 - keep) + base * keep
 
@@ -59,7 +62,7 @@ def decoder_rope(positions: torch.Tensor, config: TextConfig) -> torch.Tensor:
     if config.yarn is None:
         angles = rope_1d_angles(positions.reshape(-1), config.head_dim, config.rope_theta)
         return rope_table(angles.view(*positions.shape, -1))
-    inv = yarn_inverse_frequencies(config.head_dim, config.rope_theta, config.yarn).to(positions.device)
+    inv = yarn_inverse_frequencies(config.head_dim, config.rope_theta, config.yarn, positions.device)
     angles = positions.to(torch.float32)[..., None] * inv  # (..., head_dim // 2)
     magnitude = yarn_attention_factor(config.yarn)
     return torch.polar(torch.full_like(angles, magnitude), angles).unsqueeze(-2)
@@ -77,7 +80,7 @@ def rope_2d_angles(rows: torch.Tensor, cols: torch.Tensor, head_dim: int, theta:
     base frequencies, the second half the column with the odd ones (spec §2.3; not the paper's figure).
     (N,), (N,) -> (N, head_dim // 2) float32
     """
-    base = inverse_frequencies(head_dim, theta).to(rows.device)  # (head_dim // 2,)
+    base = inverse_frequencies(head_dim, theta, rows.device)  # (head_dim // 2,)
     freqs_h = rows.to(torch.float32)[:, None] * base[None, 0::2]  # (N, head_dim // 4)
     freqs_w = cols.to(torch.float32)[:, None] * base[None, 1::2]  # (N, head_dim // 4)
     return torch.cat([freqs_h, freqs_w], dim=-1)

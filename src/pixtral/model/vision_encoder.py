@@ -43,10 +43,12 @@ class PatchLayout:
         """Row and column of every packed patch, row-major within each image.  -> (N,), (N,)"""
         rows, cols = [], []
         for r, c in self.grids:
-            rr, cc = torch.meshgrid(torch.arange(r), torch.arange(c), indexing="ij")
+            rr, cc = torch.meshgrid(
+                torch.arange(r, device=device), torch.arange(c, device=device), indexing="ij"
+            )
             rows.append(rr.reshape(-1))
             cols.append(cc.reshape(-1))
-        return torch.cat(rows).to(device), torch.cat(cols).to(device)
+        return torch.cat(rows), torch.cat(cols)
 
 
 class VisionAttention(nn.Module):
@@ -83,7 +85,7 @@ def block_diagonal_attention(
         starts.append(starts[-1] + n)
     out = torch.empty_like(q)
     for n, images in layout.groups().items():
-        index = torch.cat([torch.arange(starts[i], starts[i] + n) for i in images]).to(q.device)
+        index = torch.cat([torch.arange(starts[i], starts[i] + n, device=q.device) for i in images])
         qs, ks, vs = (_gather_images(t, index, len(images)) for t in (q, k, v))  # (n_images, H, n, hd)
         o = F.scaled_dot_product_attention(qs, ks, vs)
         out.index_copy_(0, index, o.transpose(1, 2).reshape(-1, *q.shape[1:]))

@@ -1,7 +1,7 @@
 """The FastAPI application: routes only; every piece of work is in the modules beside it.
 
-`create_app(engine, settings)` takes any object with the engine interface of docs/contracts.md
-(`encode`, `stream`, `model_name`, `max_context`); `engine=None` starts the server unready (`/health` 503)
+`create_app(engine, settings)` takes an `EngineClient` (pixtral/engine/protocol.py: the real engine or a
+stand-in with the same members); `engine=None` starts the server unready (`/health` 503)
 until `app.state.server.set_engine(engine)` is called, so a CLI can listen while the model loads.
 """
 
@@ -25,6 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from pixtral.engine.protocol import EngineClient
 from pixtral.engine.structured import StructuredOutput
 from pixtral.errors import InputError
 from pixtral.prompt.chat import EncodedPrompt, decode_ids, encode_chat, encode_text
@@ -55,10 +56,12 @@ PAGE_HEADERS = {
 class ServerState:
     """What the routes share: settings, metrics, the engine worker and the remote-media fetcher."""
 
-    def __init__(self, engine: Any, settings: ServeSettings, fetcher: RemoteMediaFetcher | None = None):
+    def __init__(
+        self, engine: EngineClient | None, settings: ServeSettings, fetcher: RemoteMediaFetcher | None = None
+    ):
         self.settings = settings
         self.metrics = ServerMetrics()
-        self.engine: Any = None
+        self.engine: EngineClient | None = None
         self.worker: EngineWorker | None = None
         self.draining = False
         self.started = int(time.time())
@@ -75,11 +78,10 @@ class ServerState:
         if engine is not None:
             self.set_engine(engine)
 
-    def set_engine(self, engine: Any) -> None:
+    def set_engine(self, engine: EngineClient) -> None:
         self.engine = engine
         self.worker = EngineWorker(engine, self.settings, self.metrics)
-        stats = getattr(engine, "stats", None) or getattr(getattr(engine, "scheduler", None), "stats", None)
-        self.metrics.engine_stats = stats if callable(stats) else None
+        self.metrics.engine_stats = engine.stats
 
     def formatter(self) -> LogprobsFormatter:
         """Token ids -> OpenAI logprobs entries, with the engine's tokenizer."""
@@ -91,7 +93,7 @@ class ServerState:
     def model_name(self) -> str:
         if self.settings.served_model_name:
             return self.settings.served_model_name
-        return str(getattr(self.engine, "model_name", "pixtral"))
+        return "pixtral" if self.engine is None else str(self.engine.model_name)
 
     def ready_worker(self) -> EngineWorker:
         if self.draining:
@@ -131,7 +133,10 @@ def require_key(request: Request) -> None:
 
 
 def create_app(
-    engine: Any, settings: ServeSettings | None = None, *, fetcher: RemoteMediaFetcher | None = None
+    engine: EngineClient | None,
+    settings: ServeSettings | None = None,
+    *,
+    fetcher: RemoteMediaFetcher | None = None,
 ) -> FastAPI:
     settings = settings or ServeSettings()
     state = ServerState(engine, settings, fetcher)
@@ -285,7 +290,7 @@ def _model_card(state: ServerState) -> P.ModelCard:
     return P.ModelCard(
         id=state.model_name,
         created=state.started,
-        max_model_len=int(getattr(state.engine, "max_context", 0)) or None,
+        max_model_len=None if state.engine is None else int(state.engine.max_context),
     )
 
 

@@ -92,16 +92,18 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--dtype",
-        default="float32",
+        default=None,
         choices=["float32", "bfloat16"],
-        help="weights and activations dtype (default float32; bfloat16 halves memory)",
+        help="weights and activations dtype (default: float32 on the CPU, bfloat16 on CUDA)",
     )
     p.add_argument(
         "--quantize",
         choices=["int8", "int4"],
         help="weight-only quantization of the decoder's linear layers, applied while loading (default: off)",
     )
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1... (default cpu)")
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)"
+    )
     add_threads_option(p, "CPU threads for torch (default: torch's choice; 1 is often best on 2 busy cores)")
 
     g = p.add_argument_group("limits (a request over one gets a 4xx that names it)")
@@ -249,7 +251,7 @@ def run_serve(args: argparse.Namespace) -> int:
         log.info(
             "model %s loaded (context %s tokens); serving on http://%s:%d",
             app.state.server.model_name,
-            getattr(engine, "max_context", "?"),
+            engine.max_context,
             args.host,
             args.port,
         )

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from pixtral.engine.protocol import EngineClient
 from pixtral.engine.sampling import GREEDY_BELOW_TEMPERATURE
 from pixtral.errors import InputError
 from pixtral.serve.errors import APIError, input_error
@@ -103,14 +104,13 @@ def _sampling_params_class() -> Any:
     return SamplingParams
 
 
-def engine_is_thread_safe(engine: Any) -> bool:
-    """An engine says so with `thread_safe`; the batching engine (it has a scheduler) is."""
-    flag = getattr(engine, "thread_safe", None)
-    return bool(flag) if flag is not None else hasattr(engine, "scheduler")
+def engine_is_thread_safe(engine: EngineClient) -> bool:
+    """An engine says so with `thread_safe`; the batching engine is."""
+    return bool(engine.thread_safe)
 
 
 class EngineWorker:
-    def __init__(self, engine: Any, settings: Any, metrics: ServerMetrics):
+    def __init__(self, engine: EngineClient, settings: Any, metrics: ServerMetrics):
         self.engine = engine
         self.settings = settings
         self.metrics = metrics
@@ -224,67 +224,52 @@ class EngineWorker:
         self.metrics.prompt_len.observe(prompt_tokens)
         job.emit(Event("prompt", prompt_tokens=prompt_tokens))
 
-        # One engine stream per choice, read in turn: the engine batches them, so n choices take about
-        # as long as one. Closing a stream cancels its generation.
-        # The prompt is encoded once (images included) when the engine takes an encoded prompt.
-        stream_prompt = getattr(engine, "stream_prompt", None)
-        if stream_prompt is not None:
-            streams = [stream_prompt(encoded, self._params(spec, max_tokens, i)) for i in range(spec.n)]
-        else:
-            tools = {"tools": spec.tools} if spec.tools else {}
-            streams = [
-                engine.stream(spec.messages, self._params(spec, max_tokens, i), **tools)
-                for i in range(spec.n)
-            ]
+        # One engine stream for the n choices (the prompt encoded above, tools included, is not encoded again;
+        # the engine prefills it once and decodes the choices in one batch). Closing the stream cancels them all.
+        stream = engine.stream(encoded, self._params(spec, max_tokens))
         generated = 0
+        active = set(range(spec.n))
         try:
-            active = list(range(spec.n))
-            while active:
-                for index in list(active):
-                    event = next(streams[index], None)
-                    if job.cancel.is_set():
-                        self.metrics.cancelled.inc()
-                        return
-                    if time.monotonic() > job.deadline:
-                        self.metrics.timeouts.inc()
-                        job.emit(Event("error", error=_timeout(self.settings.request_timeout_s)))
-                        return
-                    if event is None:  # ended without a finish reason (should not happen)
-                        active.remove(index)
-                        job.emit(Event("finish", index=index, finish_reason="stop"))
-                        continue
-                    n_tokens = len(event.token_ids)
-                    if n_tokens and job.first_token_at is None:
-                        job.first_token_at = time.monotonic()
-                        self.metrics.ttft.observe(job.first_token_at - job.arrival)
-                    generated += n_tokens
-                    self.metrics.generation_tokens.inc(n_tokens)
-                    reasoning = getattr(event, "reasoning", "")
-                    if event.text or reasoning or n_tokens:
-                        job.emit(
-                            Event(
-                                "delta",
-                                index=index,
-                                text=event.text,
-                                reasoning=reasoning,
-                                tokens=n_tokens,
-                                logprobs=getattr(event, "logprobs", None),
-                                token_ids=list(event.token_ids),
-                            )
+            for event in stream:
+                index = event.index
+                if job.cancel.is_set():
+                    self.metrics.cancelled.inc()
+                    return
+                if time.monotonic() > job.deadline:
+                    self.metrics.timeouts.inc()
+                    job.emit(Event("error", error=_timeout(self.settings.request_timeout_s)))
+                    return
+                n_tokens = len(event.token_ids)
+                if n_tokens and job.first_token_at is None:
+                    job.first_token_at = time.monotonic()
+                    self.metrics.ttft.observe(job.first_token_at - job.arrival)
+                generated += n_tokens
+                self.metrics.generation_tokens.inc(n_tokens)
+                if event.text or event.reasoning or n_tokens:
+                    job.emit(
+                        Event(
+                            "delta",
+                            index=index,
+                            text=event.text,
+                            reasoning=event.reasoning,
+                            tokens=n_tokens,
+                            logprobs=event.logprobs,
+                            token_ids=list(event.token_ids),
                         )
-                    if event.finish_reason is not None:
-                        active.remove(index)
-                        self.metrics.finished.inc(1, event.finish_reason)
-                        job.emit(Event("finish", index=index, finish_reason=event.finish_reason))
+                    )
+                if event.finish_reason is not None:
+                    active.discard(index)
+                    self.metrics.finished.inc(1, event.finish_reason)
+                    job.emit(Event("finish", index=index, finish_reason=event.finish_reason))
+            for index in sorted(active):  # ended without a finish reason (should not happen)
+                job.emit(Event("finish", index=index, finish_reason="stop"))
         finally:
-            for stream in streams:
-                close = getattr(stream, "close", None)
-                if close is not None:
-                    close()  # cancels the generation if it is still running
+            stream.close()  # cancels the generation if it is still running
         self.metrics.output_len.observe(generated)
 
     @staticmethod
-    def _params(spec: GenerationSpec, max_tokens: int, index: int) -> Any:
+    def _params(spec: GenerationSpec, max_tokens: int) -> Any:
+        """The sampling parameters of all n choices (the engine seeds choice i with seed + i)."""
         greedy = spec.temperature < GREEDY_BELOW_TEMPERATURE or spec.top_p < GREEDY_BELOW_TOP_P
         extras = dict(spec.extras)
         if "min_tokens" in extras:  # an explicit max_tokens below it was refused; the default may be less
@@ -294,7 +279,8 @@ class EngineWorker:
             temperature=0.0 if greedy else spec.temperature,
             top_p=1.0 if greedy else spec.top_p,
             top_k=max(spec.top_k, 0),
-            seed=None if spec.seed is None else (spec.seed + index) % (2**63),
+            seed=spec.seed,
+            n=spec.n,
             stop=list(spec.stop),
             **extras,
         )

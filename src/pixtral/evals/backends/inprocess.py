@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pixtral.evals.errors import BackendError
 from pixtral.evals.types import Completion, Message, to_openai_messages
+
+if TYPE_CHECKING:  # the HTTP path must not import torch
+    from pixtral.engine.protocol import EngineClient
 
 
 class InProcessBackend:
@@ -18,7 +21,7 @@ class InProcessBackend:
             self._load_kwargs["dtype"] = dtype
         if device:
             self._load_kwargs["device"] = device
-        self._engine: Any = None
+        self._engine: EngineClient | None = None
         self._lock = asyncio.Lock()
         self.model: str | None = None
         self.requests_sent = 0
@@ -31,10 +34,8 @@ class InProcessBackend:
         except ImportError as exc:
             raise BackendError(f"the in-process backend needs pixtral.engine ({exc})") from exc
         self._engine = await asyncio.to_thread(Engine.load, **self._load_kwargs)
-        self.model = str(getattr(self._engine, "model_name", self._load_kwargs["model"] or "pixtral"))
-        self.untrained = bool(
-            getattr(self._engine, "untrained", False)
-        )  # random weights: recorded in provenance
+        self.model = str(self._engine.model_name)
+        self.untrained = bool(self._engine.untrained)  # random weights: recorded in provenance
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
