@@ -84,4 +84,4 @@ def test_the_engine_and_the_servers_fake_keep_the_contract():
     engine.close()
     assert isinstance(FakeEngine(), EngineClient)
     missing = [name for name in dir(EngineClient) if not name.startswith("_") and not hasattr(Engine, name)]
-    assert missing == [] or set(missing) <= {"model_name", "untrained", "thread_safe"}  # instance attributes
+    assert set(missing) <= {"model_name", "untrained", "thread_safe", "tokenizer"}  # instance attributes

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from fastapi.testclient import TestClient
 
+from pixtral.prompt.chat import EncodedPrompt
 from pixtral.serve import ServeSettings, create_app
 from tests.serve.fake_engine import FakeEngine
 
@@ -22,13 +23,15 @@ class ReasoningEvent:
     finish_reason: str | None
     prompt_tokens: int
     reasoning: str = ""
+    index: int = 0
+    logprobs: list | None = None
 
 
 class ThinkingEngine(FakeEngine):
     """Streams "Let me think." as reasoning (two events), then the answer "Four." (engine/engine.py's split)."""
 
-    def stream(self, messages, params):
-        n = len(self.encode(messages).token_ids)
+    def stream(self, request, params, tools=None):
+        n = len((request if isinstance(request, EncodedPrompt) else self.encode(request)).token_ids)
         yield ReasoningEvent("", [34, 1001], None, n, reasoning="Let me ")
         yield ReasoningEvent("", [1002, 35], None, n, reasoning="think.")
         yield ReasoningEvent("Four.", [1003], "stop", n)

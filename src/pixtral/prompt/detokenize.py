@@ -9,8 +9,9 @@ text tokens between control tokens on its own with errors="replace", so a contro
 EOS) closes the current run here too, and produces no text itself.
 
 SentencePiece tokenizers (Pixtral-Large's tokenizer.model.v7m1) are streamed the same way from their pieces:
-"▁" is a space, `<0xNN>` pieces are raw bytes, control tokens produce nothing (and, as in SentencePiece's
-own decode, do not break a character), and the space SentencePiece puts before the first word is dropped.
+"▁" is a space, `<0xNN>` pieces are raw bytes, control tokens produce nothing (but, as in SentencePiece's
+own decode, end a run of bytes: an incomplete character before one becomes U+FFFD), and the space
+SentencePiece puts before the first word is dropped.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ class StreamingDetokenizer:
         return self._utf8.decode(self._tekken.id_to_byte_piece(token_id, SpecialTokenPolicy.IGNORE))
 
     def _push_sentencepiece(self, token_id: int) -> str:
-        if token_id in self._sp_control:
-            return ""
+        if token_id in self._sp_control:  # ends a run of byte pieces, as in SentencePiece's decode
+            return self.flush()
         if token_id == self._sp.unk_id:  # SentencePiece's unknown surface, never stripped
             self._sp_start = False
             return self._utf8.decode(" \u2047 ".encode("utf-8"))
