@@ -107,7 +107,8 @@ class TrainContext:
 class TrainResult:
     steps: int  # optimizer steps done in total
     losses: dict[int, float] = field(default_factory=dict)  # step (1-based) -> loss, this invocation
-    interrupted: bool = False
+    interrupted: bool = False  # stopped by SIGTERM / SIGINT after saving a checkpoint
+    signal: int = 0  # the signal that interrupted it
     export_dir: Path | None = None
     tokens_per_s: float = 0.0  # mean over this invocation's steps (first step excluded when possible)
 
@@ -294,7 +295,7 @@ def _train(
         f"{train_data.stats.samples} samples, {accumulation} micro-batch(es) of {cfg.micro_batch_size} per step"
     )
 
-    stop = {"flag": False}
+    stop = {"flag": False, "signal": 0}
     previous = _install_signal_handlers(stop)
     result = TrainResult(steps=start_step)
     timed_tokens, timed_seconds = 0.0, 0.0
@@ -366,7 +367,8 @@ def _train(
                 )
             if stopping:
                 metrics.message(f"interrupted: checkpoint saved at step {step}; continue with --resume")
-                result.interrupted = True
+                # a rank that did not get the signal itself stops with the others, as if sent SIGTERM
+                result.interrupted, result.signal = True, stop["signal"] or signal.SIGTERM
                 return result
             if val_data is not None and cfg.val_every and step % cfg.val_every == 0:
                 metrics.log({"step": step, "val_loss": evaluate_loss(ctx, val_data)})
@@ -449,13 +451,13 @@ def _export_dtype(cfg: TrainConfig, stored: torch.dtype | None) -> torch.dtype |
     return names[cfg.export_dtype] if cfg.export_dtype else stored
 
 
-def _install_signal_handlers(stop: dict[str, bool]) -> dict[int, Any]:
+def _install_signal_handlers(stop: dict[str, Any]) -> dict[int, Any]:
     """SIGTERM / SIGINT: finish the current step, save a checkpoint, return."""
 
     def handler(signum: int, frame: Any) -> None:
         if stop["flag"]:  # a second signal: stop now
             raise KeyboardInterrupt
-        stop["flag"] = True
+        stop["flag"], stop["signal"] = True, signum
 
     previous = {}
     try:
