@@ -247,10 +247,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             )
         else:
             metavar = "A,B" if isinstance(default, list) else type(default).__name__.upper()
-            help = ("comma-separated; " if isinstance(default, list) else "") + f"default: {default!r}"
+            help_text = ("comma-separated; " if isinstance(default, list) else "") + f"default: {default!r}"
             if f.name in CHOICES:
                 metavar = "{" + ",".join(c for c in CHOICES[f.name] if c) + "}"
-            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=metavar, help=help)
+            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=metavar, help=help_text)
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
