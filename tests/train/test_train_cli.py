@@ -1,8 +1,11 @@
-"""The command line: flags override the config file, errors are one line, --nproc re-launches itself."""
+"""The command line: flags override the config file, errors are one line, --nproc re-launches itself, and
+--help lists each field's choices, examples and the exit statuses."""
 
 from __future__ import annotations
 
 import argparse
+
+import pytest
 
 from pixtral.train.cli import _add_arguments, add_train_parser, main, torchrun_argv
 from pixtral.train.config import make_config, overrides_from_args
@@ -51,3 +54,25 @@ def test_add_train_parser_registers_the_subcommand():
     add_train_parser(sub)
     args = parser.parse_args(["train", "--max-steps", "3"])
     assert args.handler.__name__ == "handle_train" and args.max_steps == "3"
+
+
+def test_help_lists_choices_examples_and_exit_statuses(capsys):
+    parser = argparse.ArgumentParser(prog="pixtral")
+    add_train_parser(parser.add_subparsers())
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--help"])
+    text = capsys.readouterr().out
+    for expected in (
+        "--mode {full,lora}",
+        "--freeze {vision_encoder,adapter,decoder}",
+        "--distributed {ddp,fsdp}",
+    ):
+        assert expected in text
+    assert "examples:" in text and "pixtral train --config examples/train/config.toml" in text
+    assert "143" in text and "--resume" in text.split("exit status:")[1]
+
+
+def test_a_value_outside_the_choices_is_one_line_naming_the_field(tmp_path, capsys):
+    assert main(["--data", "x.jsonl", "--freeze", "decoder,vision"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: train config: freeze: 'vision' is not one of") and "\n" not in err

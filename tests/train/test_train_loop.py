@@ -164,11 +164,11 @@ def test_killed_and_terminated_runs_resume_with_identical_per_step_losses(tmp_pa
     time.sleep(rng.random() * 0.3)
     proc.kill()
     proc.wait()
-    proc = _launch(cfg_path, "--resume")  # 2) SIGTERM: finishes its step, saves, exits 0
+    proc = _launch(cfg_path, "--resume")  # 2) SIGTERM: finishes its step, saves, exits 143 (not 0: "done")
     _wait_for_step(metrics, kill_at + 2, proc)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
+    assert proc.returncode == 143, out
     assert "interrupted: checkpoint saved at step" in out
     logged_before = max(read_metrics(metrics))
     assert logged_before < steps
@@ -180,6 +180,29 @@ def test_killed_and_terminated_runs_resume_with_identical_per_step_losses(tmp_pa
     assert losses == reference, f"killed at {kill_at}"
     assert not list((Path(cfg.out_dir) / "checkpoints").glob(".tmp_*"))
     assert len(list((Path(cfg.out_dir) / "checkpoints").glob("step_*"))) == 2  # keep_last
+
+
+@pytest.mark.parametrize(
+    "frozen",
+    [{"mode": "lora", "lora_rank": 4}, {"freeze": ["vision_encoder", "adapter"]}],
+    ids=["lora", "freeze"],
+)
+def test_runs_with_frozen_weights_resume_with_identical_losses_and_weights(tmp_path, frozen):
+    """Frozen weights are left out of checkpoints; resuming must not ask for them back."""
+    from pixtral.checkpoint.loader import load_model
+
+    data = colour_dataset(tmp_path, n=2)
+    common = {"max_steps": 4, "batch_size": 2, "save_every": 2, "deterministic": True, **frozen}
+    reference = train(small_config(tmp_path / "ref", data, **common))
+    cfg = small_config(tmp_path / "resumed", data, **common)
+    first = train(cfg, stop_after=2)
+    second = train(cfg, resume=True)
+    assert sorted(first.losses) == [1, 2] and sorted(second.losses) == [3, 4]
+    assert {**first.losses, **second.losses} == reference.losses
+    want, _ = load_model(reference.export_dir)
+    got, _ = load_model(second.export_dir)
+    for name, tensor in want.state_dict().items():
+        assert torch.equal(got.state_dict()[name], tensor), name
 
 
 def test_eval_hook_runs_at_its_interval_and_its_numbers_are_logged(tmp_path, monkeypatch):

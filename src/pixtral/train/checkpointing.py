@@ -44,6 +44,8 @@ from pixtral.train.lora import LoRAConfig, is_lora_name, merge_lora_state_dict, 
 STATE_FILE = "train_state.json"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 _OPTIONS = StateDictOptions(ignore_frozen_params=True)
+# Loading puts the trainable subset back into the whole model: the frozen keys are missing by design.
+_LOAD_OPTIONS = StateDictOptions(ignore_frozen_params=True, strict=False)
 
 
 @contextlib.contextmanager
@@ -150,9 +152,17 @@ def load_checkpoint(
     state = {"model": model_sd, "optim": optim_sd}
     with _single_process_ok():
         dcp.load(state, checkpoint_id=str(path))
-    set_state_dict(
-        root, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=_OPTIONS
+    keys = set_state_dict(
+        root,
+        optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optim"],
+        options=_LOAD_OPTIONS,
     )
+    trainable = {n for n, p in root.named_parameters() if p.requires_grad}
+    not_loaded = sorted(trainable.intersection(keys.missing_keys)) + sorted(keys.unexpected_keys)
+    if not_loaded:
+        raise CheckpointError(f"{path}: does not match the model's trainable tensors ({not_loaded[:3]})")
     scheduler.load_state_dict(train_state["scheduler"])
     rng = path / f"rng_rank{info.rank}.pt"
     if train_state.get("world_size") == info.world_size and rng.is_file():

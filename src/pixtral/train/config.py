@@ -19,6 +19,18 @@ from pixtral.errors import PixtralError
 
 FREEZABLE = ("vision_encoder", "adapter", "decoder")
 LORA_TARGETS = ("decoder", "encoder", "adapter")
+# The values a field may take (each item of a list field); checked by validated(), listed by --help.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "mode": ("full", "lora"),
+    "freeze": FREEZABLE,
+    "lora_targets": LORA_TARGETS,
+    "overflow": ("truncate", "drop"),
+    "precision": ("auto", "fp32", "bf16"),
+    "device": ("auto", "cpu", "cuda"),
+    "distributed": ("ddp", "fsdp"),
+    "export_formats": ("native", "hf"),
+    "export_dtype": ("", "float32", "bfloat16", "float16"),
+}
 
 
 class TrainConfigError(PixtralError):
@@ -84,35 +96,17 @@ class TrainConfig:
         def bad(name: str, why: str) -> TrainConfigError:
             return TrainConfigError(f"train config: {name}={getattr(self, name)!r} {why}")
 
-        if self.mode not in ("full", "lora"):
-            raise bad("mode", "must be 'full' or 'lora'")
-        for part in self.freeze:
-            if part not in FREEZABLE:
-                raise TrainConfigError(
-                    f"train config: freeze: unknown part {part!r}; use {', '.join(FREEZABLE)}"
-                )
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            for item in value if isinstance(value, list) else [value]:
+                if item not in allowed:
+                    raise TrainConfigError(
+                        f"train config: {name}: {item!r} is not one of {', '.join(map(repr, allowed))}"
+                    )
         if self.mode == "full" and set(self.freeze) >= set(FREEZABLE):
             raise bad("freeze", "freezes everything: leave one part trainable or use mode='lora'")
-        for target in self.lora_targets:
-            if target not in LORA_TARGETS:
-                raise TrainConfigError(
-                    f"train config: lora_targets: unknown {target!r}; use {', '.join(LORA_TARGETS)}"
-                )
         if self.mode == "lora" and (self.lora_rank <= 0 or not self.lora_targets):
             raise bad("lora_rank", "must be positive, with at least one of lora_targets")
-        if self.overflow not in ("truncate", "drop"):
-            raise bad("overflow", "must be 'truncate' or 'drop'")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise bad("precision", "must be 'auto', 'fp32' or 'bf16'")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise bad("device", "must be 'auto', 'cpu' or 'cuda'")
-        if self.distributed not in ("ddp", "fsdp"):
-            raise bad("distributed", "must be 'ddp' or 'fsdp'")
-        for fmt in self.export_formats:
-            if fmt not in ("native", "hf"):
-                raise TrainConfigError(f"train config: export_formats: unknown {fmt!r}; use native or hf")
-        if self.export_dtype not in ("", "float32", "bfloat16", "float16"):
-            raise bad("export_dtype", "must be float32, bfloat16, float16 or empty")
         for name in ("seq_len", "max_steps", "batch_size", "micro_batch_size", "log_every", "keep_last"):
             if getattr(self, name) <= 0:
                 raise bad(name, "must be positive")
@@ -253,9 +247,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             )
         else:
             metavar = "A,B" if isinstance(default, list) else type(default).__name__.upper()
-            group.add_argument(
-                flag, dest=f.name, default=argparse.SUPPRESS, metavar=metavar, help=f"default: {default!r}"
-            )
+            help_text = ("comma-separated; " if isinstance(default, list) else "") + f"default: {default!r}"
+            if f.name in CHOICES:
+                metavar = "{" + ",".join(c for c in CHOICES[f.name] if c) + "}"
+            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=metavar, help=help_text)
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:

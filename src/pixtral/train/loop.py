@@ -50,17 +50,15 @@ EvalHook = Callable[["TrainContext", int], dict[str, Any]]
 class LossModule(nn.Module):
     """Holds the model; forward returns the summed token loss of a batch. The unit DDP and FSDP wrap.
 
-    When the vision side trains and a micro-batch has no image, a one-patch blank image goes through the
-    encoder with weight 0, so every trainable parameter takes part in every backward pass (DDP needs it;
-    FSDP would otherwise wait for a collective that the other ranks never start)."""
+    Every forward runs the vision encoder and adapter, so that all ranks run the same modules in the same
+    order whatever their data: a micro-batch without images encodes a one-patch blank image, whose features
+    join the token embeddings with weight 0. Its graph is then shaped like an image micro-batch's: DDP sees
+    every trainable parameter in every backward, and FSDP2's per-module all-gathers (forward and backward)
+    and reduce-scatters line up across ranks, frozen parts included."""
 
     def __init__(self, model: Pixtral) -> None:
         super().__init__()
         self.model = model
-
-    def vision_trains(self) -> bool:
-        parts = (self.model.vision_encoder, self.model.vision_language_adapter)
-        return any(p.requires_grad for part in parts for p in part.parameters())
 
     def forward(
         self,
@@ -71,17 +69,19 @@ class LossModule(nn.Module):
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         m = self.model
-        features = None
-        zero = None
         if images:
-            features = m.vision_language_adapter(m.vision_encoder(images))  # (n_patches, dim)
-        elif self.vision_trains():
+            features = m.encode_images(images)  # (n_patches, dim)
+            logits = m(token_ids, image_features=features, positions=positions, mask=mask)  # (B, T, vocab)
+        else:
             p = m.config.vision.patch_size
             blank = torch.zeros(m.config.vision.num_channels, p, p, device=token_ids.device)
-            zero = m.vision_language_adapter(m.vision_encoder([blank])).sum() * 0.0
-        logits = m(token_ids, image_features=features, positions=positions, mask=mask)  # (B, T, vocab)
-        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
-        return loss if zero is None else loss + zero
+            zero = m.encode_images([blank]).sum() * 0.0  # (1, dim) -> ()
+            hook = m.tok_embeddings.register_forward_hook(lambda _m, _i, h: h + zero.to(h.dtype))
+            try:
+                logits = m(token_ids, positions=positions, mask=mask)
+            finally:
+                hook.remove()
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
 
 
 @dataclass
@@ -107,7 +107,8 @@ class TrainContext:
 class TrainResult:
     steps: int  # optimizer steps done in total
     losses: dict[int, float] = field(default_factory=dict)  # step (1-based) -> loss, this invocation
-    interrupted: bool = False
+    interrupted: bool = False  # stopped by SIGTERM / SIGINT after saving a checkpoint
+    signal: int = 0  # the signal that interrupted it
     export_dir: Path | None = None
     tokens_per_s: float = 0.0  # mean over this invocation's steps (first step excluded when possible)
 
@@ -294,7 +295,7 @@ def _train(
         f"{train_data.stats.samples} samples, {accumulation} micro-batch(es) of {cfg.micro_batch_size} per step"
     )
 
-    stop = {"flag": False}
+    stop = {"flag": False, "signal": 0}
     previous = _install_signal_handlers(stop)
     result = TrainResult(steps=start_step)
     timed_tokens, timed_seconds = 0.0, 0.0
@@ -366,7 +367,8 @@ def _train(
                 )
             if stopping:
                 metrics.message(f"interrupted: checkpoint saved at step {step}; continue with --resume")
-                result.interrupted = True
+                # a rank that did not get the signal itself stops with the others, as if sent SIGTERM
+                result.interrupted, result.signal = True, stop["signal"] or signal.SIGTERM
                 return result
             if val_data is not None and cfg.val_every and step % cfg.val_every == 0:
                 metrics.log({"step": step, "val_loss": evaluate_loss(ctx, val_data)})
@@ -449,13 +451,13 @@ def _export_dtype(cfg: TrainConfig, stored: torch.dtype | None) -> torch.dtype |
     return names[cfg.export_dtype] if cfg.export_dtype else stored
 
 
-def _install_signal_handlers(stop: dict[str, bool]) -> dict[int, Any]:
+def _install_signal_handlers(stop: dict[str, Any]) -> dict[int, Any]:
     """SIGTERM / SIGINT: finish the current step, save a checkpoint, return."""
 
     def handler(signum: int, frame: Any) -> None:
         if stop["flag"]:  # a second signal: stop now
             raise KeyboardInterrupt
-        stop["flag"] = True
+        stop["flag"], stop["signal"] = True, signum
 
     previous = {}
     try:
