@@ -244,3 +244,39 @@ def test_frozen_parts_do_not_change_and_bf16_autocast_trains(tmp_path):
         assert same == name.startswith(("vision_encoder.", "vision_language_adapter.")), name
     bf16 = train(small_config(tmp_path / "bf16", data, max_steps=1, batch_size=2, precision="bf16"))
     assert abs(bf16.losses[1] - fp32.losses[1]) < 0.05
+
+
+@pytest.mark.parametrize("preset_name", ["tiny", "tiny-mistral3"])
+def test_a_text_only_micro_batch_runs_the_vision_side_of_every_family_shape(preset_name):
+    """The blank image that keeps the ranks' graphs alike is one [IMG] token big: a patch, or a 2x2 block
+    of patches for a model with the patch merger (a one-patch image cannot be merged)."""
+    from pixtral.config import preset
+    from pixtral.model.pixtral import Pixtral
+    from pixtral.train.loop import LossModule
+
+    torch.manual_seed(0)
+    model = Pixtral(preset(preset_name))
+    ids = torch.randint(1000, model.config.text.vocab_size, (1, 6))
+    loss = LossModule(model)(ids, ids, [])
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.vision_language_adapter.w_in.weight.grad is not None  # the vision side ran (weight 0)
+
+
+def test_freezing_the_adapter_freezes_the_familys_projector_norm_and_patch_merger():
+    from pixtral.config import preset
+    from pixtral.model.pixtral import Pixtral
+    from pixtral.train.config import TrainConfig
+    from pixtral.train.loop import configure_trainable
+
+    model = Pixtral(preset("tiny-mistral3"))
+    configure_trainable(model, TrainConfig(freeze=["adapter"]))
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    projector = [
+        n for n, _ in model.named_parameters() if n.startswith(("pre_mm_projector_norm", "patch_merger"))
+    ]
+    assert projector and set(projector) <= frozen
+    assert {n for n in frozen if n.startswith("vision_language_adapter")} == {
+        n for n, _ in model.named_parameters() if n.startswith("vision_language_adapter")
+    }
+    assert not any(n.startswith(("vision_encoder", "layers")) for n in frozen)

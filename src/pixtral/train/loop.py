@@ -73,7 +73,7 @@ class LossModule(nn.Module):
             features = m.encode_images(images)  # (n_patches, dim)
             logits = m(token_ids, image_features=features, positions=positions, mask=mask)  # (B, T, vocab)
         else:
-            p = m.config.vision.patch_size
+            p = m.config.vision.tokens_per_side_unit  # one [IMG] token's pixels: a patch, or a merged block
             blank = torch.zeros(m.config.vision.num_channels, p, p, device=token_ids.device)
             zero = m.encode_images([blank]).sum() * 0.0  # (1, dim) -> ()
             hook = m.tok_embeddings.register_forward_hook(lambda _m, _i, h: h + zero.to(h.dtype))
@@ -135,9 +135,11 @@ def configure_trainable(model: Pixtral, cfg: TrainConfig) -> LoRAConfig | None:
         lora = LoRAConfig(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, list(cfg.lora_targets), cfg.model)
         apply_lora(model, lora, seed=cfg.seed)
         return lora
+    projector = [getattr(model, name, None) for name in ("pre_mm_projector_norm", "patch_merger")]
     parts = {
         "vision_encoder": [model.vision_encoder],
-        "adapter": [model.vision_language_adapter],
+        # everything between the encoder and the decoder: the family's projector norm and patch merger too
+        "adapter": [m for m in projector if m is not None] + [model.vision_language_adapter],
         "decoder": [model.tok_embeddings, model.layers, model.norm, model.output],
     }
     for name in cfg.freeze:
