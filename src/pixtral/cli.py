@@ -156,9 +156,43 @@ def _sampling_options(p: argparse.ArgumentParser, temperature: float) -> None:
     p.add_argument(
         "--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)"
     )
+    g = p.add_argument_group("more sampling controls (as vLLM's; docs/api.md has their formulas)")
+    g.add_argument(
+        "--min-p", type=float, default=0.0, help="drop tokens below min_p x the top one's probability"
+    )
+    g.add_argument("--presence-penalty", type=float, default=0.0, help="-2..2, on tokens generated at all")
+    g.add_argument(
+        "--frequency-penalty", type=float, default=0.0, help="-2..2, per time a token was generated"
+    )
+    g.add_argument(
+        "--repetition-penalty", type=float, default=1.0, help="> 0, on prompt and generated tokens (1 = off)"
+    )
+    g.add_argument("--min-tokens", type=int, default=0, help="no end of generation before this many tokens")
+    g.add_argument("--ignore-eos", action="store_true", help="go on past the end-of-sequence token")
+    g.add_argument(
+        "--stop-token-id", type=int, action="append", default=[], metavar="ID", help="end at this token id"
+    )
+    g.add_argument(
+        "--logit-bias",
+        action="append",
+        default=[],
+        metavar="ID=BIAS",
+        help="add BIAS (-100..100) to token ID's logit (repeatable)",
+    )
 
 
-def _sampling_params(args: argparse.Namespace):
+def _logit_bias(pairs: list[str]) -> dict[int, float]:
+    bias = {}
+    for pair in pairs:
+        token, _, value = pair.partition("=")
+        try:
+            bias[int(token)] = float(value)
+        except ValueError:
+            raise InputError(f"--logit-bias takes ID=BIAS (e.g. 1500=-100), got {pair!r}") from None
+    return bias
+
+
+def _sampling_params(args: argparse.Namespace, logprobs: int | None = None):
     from pixtral.engine import SamplingParams
 
     return SamplingParams(
@@ -168,7 +202,42 @@ def _sampling_params(args: argparse.Namespace):
         top_k=args.top_k,
         seed=args.seed,
         stop=args.stop,
+        min_p=args.min_p,
+        presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty,
+        repetition_penalty=args.repetition_penalty,
+        min_tokens=args.min_tokens,
+        ignore_eos=args.ignore_eos,
+        stop_token_ids=args.stop_token_id,
+        logit_bias=_logit_bias(args.logit_bias),
+        logprobs=logprobs,
     )
+
+
+def _tools_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tools",
+        type=Path,
+        metavar="FILE",
+        help="a JSON file of OpenAI-shaped tools the model may call ([{type: function, function: {...}}])",
+    )
+
+
+def _read_tools(path: Path | None) -> list[dict] | None:
+    """The --tools file: a JSON list of OpenAI tool definitions, checked the way the server checks them."""
+    if path is None:
+        return None
+    from pydantic import TypeAdapter, ValidationError
+
+    from pixtral.serve.protocol import ToolDefinition
+
+    try:
+        tools = TypeAdapter(list[ToolDefinition]).validate_json(path.read_bytes())
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise InputError(f"--tools {path}: {where or 'the file'}: {first['msg']}") from None
+    return [t.model_dump(exclude_none=True) for t in tools]
 
 
 def _load_engine(args: argparse.Namespace):
@@ -217,11 +286,19 @@ def _add_generate(sub) -> None:
     p.add_argument("--prompt", required=True, help="the user's text")
     p.add_argument("--system", help="system prompt")
     _show_thinking_option(p)
+    _tools_option(p)
     _sampling_options(p, temperature=0.0)
     p.add_argument(
         "--json",
         action="store_true",
-        help="print one JSON object: text, token_ids, prompt_tokens, completion_tokens, finish_reason",
+        help="print one JSON object: text, token_ids, prompt_tokens, completion_tokens, finish_reason "
+        "(and tool_calls, logprobs when asked for)",
+    )
+    p.add_argument(
+        "--logprobs",
+        type=int,
+        metavar="K",
+        help="with --json: each token's log-probability and the K (0..20) most likely (raw logits)",
     )
     p.set_defaults(handler=_generate)
 
@@ -240,28 +317,41 @@ def user_message(text: str, images: list[str]) -> dict:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    params = _sampling_params(args)
+    if args.logprobs is not None and not args.json:
+        raise InputError("--logprobs is printed with --json: add --json")
+    params = _sampling_params(args, args.logprobs)
+    tools = _read_tools(args.tools)
     engine = _load_engine(args)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         user_message(args.prompt, args.image)
     ]
-    if args.json:
-        c = engine.generate(messages, params)
-        print(
-            json.dumps(
-                {
-                    "text": c.text,
-                    "token_ids": c.token_ids,
-                    "prompt_tokens": c.prompt_tokens,
-                    "completion_tokens": len(c.token_ids),
-                    "finish_reason": c.finish_reason,
-                    "model": engine.model_name,
-                    "untrained": engine.untrained,
-                    **({"reasoning": c.reasoning} if args.show_thinking else {}),
-                },
-                ensure_ascii=False,
-            )
-        )
+    if args.json or tools:
+        c = engine.generate(messages, params, tools)
+        text, calls = _split_calls(engine, c) if tools else (c.text, None)
+        if not args.json:  # the answer, then one line per call the model made
+            print(text)
+            for call in calls or []:
+                print(json.dumps(call, ensure_ascii=False))
+            return 0
+        out = {
+            "text": text,
+            "token_ids": c.token_ids,
+            "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": len(c.token_ids),
+            "finish_reason": "tool_calls" if calls else c.finish_reason,
+            "model": engine.model_name,
+            "untrained": engine.untrained,
+        }
+        if args.show_thinking:
+            out["reasoning"] = c.reasoning
+        if tools:
+            out["tool_calls"] = calls or []
+        if c.logprobs is not None:
+            out["logprobs"] = [
+                {"token_id": t.token_id, "logprob": t.logprob, "top": [list(x) for x in t.top]}
+                for t in c.logprobs
+            ]
+        print(json.dumps(out, ensure_ascii=False))
         return 0
     for event in engine.stream(messages, params):
         if args.show_thinking and event.reasoning:
@@ -271,11 +361,20 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split_calls(engine, completion) -> tuple[str, list[dict] | None]:
+    """The answer's text and the OpenAI-shaped tool calls the model made ([TOOL_CALLS] ...), if any."""
+    from pixtral.prompt.tool_calls import split_tool_calls
+
+    text, calls = split_tool_calls(completion.token_ids, engine.tokenizer)
+    return (completion.text, None) if calls is None else (text, calls)
+
+
 # ---- chat ---------------------------------------------------------------------------------------
 
 
 CHAT_HELP = """commands:
   /image PATH   attach an image to your next message (it is checked now)
+  /tool ID TEXT  (with --tools) answer the model's tool call ID with TEXT; the model goes on
   /reset        forget the conversation and start over
   /help         this list
   /quit         leave (also /exit, quit, exit, or Ctrl-D)
@@ -297,13 +396,15 @@ def _add_chat(sub) -> None:
     _model_options(p)
     p.add_argument("--system", help="system prompt")
     _show_thinking_option(p)
+    _tools_option(p)
     _sampling_options(p, temperature=0.35)
     p.set_defaults(handler=_chat)
 
 
 def _chat(args: argparse.Namespace) -> int:
     params = _sampling_params(args)  # a bad sampling value is refused before the model loads
-    chat = TerminalChat(_load_engine(args), params, args.system, args.show_thinking)
+    tools = _read_tools(args.tools)
+    chat = TerminalChat(_load_engine(args), params, args.system, args.show_thinking, tools)
     interactive = sys.stdin.isatty()
     if interactive:
         print("(type /help for the commands)")
@@ -325,8 +426,15 @@ class TerminalChat:
 
     QUIT = ("/quit", "/exit", "quit", "exit")
 
-    def __init__(self, engine, params, system: str | None = None, show_thinking: bool = False) -> None:
-        self.engine, self.params, self.show_thinking = engine, params, show_thinking
+    def __init__(
+        self,
+        engine,
+        params,
+        system: str | None = None,
+        show_thinking: bool = False,
+        tools: list[dict] | None = None,
+    ) -> None:
+        self.engine, self.params, self.show_thinking, self.tools = engine, params, show_thinking, tools
         self.system = [{"role": "system", "content": system}] if system else []
         self.history: list[dict] = []
         self.images: list = []  # decoded PIL images for the next user message
@@ -344,6 +452,8 @@ class TerminalChat:
     def _command(self, name: str, arg: str) -> None:
         if name == "/image":
             self._attach(arg.strip())
+        elif name == "/tool":
+            self._tool_result(*arg.strip().partition(" ")[::2])
         elif name == "/reset":
             self.history, self.images = [], []
             print("(conversation cleared)")
@@ -369,22 +479,43 @@ class TerminalChat:
     def _send(self, text: str) -> None:
         parts = [{"type": "image", "image": image} for image in self.images]
         message = {"role": "user", "content": [*parts, {"type": "text", "text": text}] if parts else text}
+        self.images = []  # sent, or dropped with a refused message
+        if not self._reply(message) and parts:
+            print(f"(its {len(parts)} image(s) were dropped)")
+
+    def _tool_result(self, call_id: str, text: str) -> None:
+        if not self.tools or not call_id or not text:
+            print("(usage: /tool CALL_ID RESULT, after the model called a tool; start with --tools FILE)")
+            return
+        self._reply({"role": "tool", "tool_call_id": call_id, "content": text})
+
+    def _reply(self, message: dict) -> bool:
+        """Stream the model's answer to the conversation plus `message`; both join the conversation only when
+        the engine takes them. Tool calls the model makes are printed, one JSON line each."""
         print("pixtral> ", end="", flush=True)
-        answer = []
+        answer, ids = [], []
         try:
-            for event in self.engine.stream(self.system + self.history + [message], self.params):
+            for event in self.engine.stream(self.system + self.history + [message], self.params, self.tools):
                 if self.show_thinking and event.reasoning:
                     print(event.reasoning, end="", file=sys.stderr, flush=True)
                 print(event.text, end="", flush=True)
                 answer.append(event.text)
+                ids += event.token_ids
         except PixtralError as e:
-            dropped = f"; its {len(parts)} image(s) were dropped" if parts else ""
-            print(f"\n(error: {e}. The message was not sent{dropped}: the conversation goes on without it)")
-            self.images = []
-            return
+            print(f"\n(error: {e}. The message was not sent: the conversation goes on without it)")
+            return False
         print()
-        self.history += [message, {"role": "assistant", "content": "".join(answer)}]
-        self.images = []
+        reply: dict = {"role": "assistant", "content": "".join(answer)}
+        if self.tools:
+            from pixtral.prompt.tool_calls import split_tool_calls
+
+            content, calls = split_tool_calls(ids, self.engine.tokenizer)
+            if calls:
+                reply = {"role": "assistant", "content": content or None, "tool_calls": calls}
+                for call in calls:
+                    print(f"(tool call {call['id']}: {json.dumps(call['function'], ensure_ascii=False)})")
+        self.history += [message, reply]
+        return True
 
 
 # ---- init / convert / info -----------------------------------------------------------------------
