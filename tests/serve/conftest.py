@@ -1,11 +1,14 @@
 """Fixtures of the server tests. `fake_client` drives the app in process over a stand-in engine (for the
-server's own logic); `engine`, `live_url` and `live_app` use the real engine on the tiny model."""
+server's own logic); `engine`, `live_url` and `live_app` use the real engine on the tiny model, and `client`
+(the official `openai` client) and `model` (the id it serves) talk to `live_url`."""
 
 from __future__ import annotations
 
+import openai
 import pytest
 from fastapi.testclient import TestClient
 
+from pixtral.engine import Engine
 from pixtral.serve import ServeSettings, create_app
 from tests.serve.fake_engine import FakeEngine
 from tests.serve.serve_helpers import live_server, make_tiny_model
@@ -22,26 +25,14 @@ def fake_client(fake_engine):
         yield client
 
 
-def _engine_class():
-    try:
-        from pixtral.engine import Engine
-    except ImportError:
-        try:  # the engine package before its __init__ exports Engine
-            from pixtral.engine.engine import Engine
-        except ImportError as e:
-            pytest.skip(f"pixtral.engine.Engine is not available yet ({e})")
-    return Engine
-
-
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    _engine_class()
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
 
 @pytest.fixture(scope="session")
 def engine(tiny_model_dir):
-    return _engine_class().load(model=str(tiny_model_dir), dtype="float32", device="cpu")
+    return Engine.load(model=str(tiny_model_dir), dtype="float32", device="cpu")
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +44,14 @@ def live_app(engine):
 def live_url(live_app):
     with live_server(live_app) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def client(live_url):
+    return openai.OpenAI(base_url=live_url + "/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def model(client):
+    (card,) = client.models.list().data
+    return card.id

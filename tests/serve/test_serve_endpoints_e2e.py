@@ -19,17 +19,6 @@ from tests.serve.serve_helpers import data_url, image_message, png_bytes
 PROMPT = "The capital of France is"
 
 
-@pytest.fixture(scope="module")
-def client(live_url):
-    return openai.OpenAI(base_url=live_url + "/v1", api_key="unused", max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def model(client):
-    (card,) = client.models.list().data
-    return card.id
-
-
 def tekken(engine):
     return engine.tokenizer.instruct_tokenizer.tokenizer
 

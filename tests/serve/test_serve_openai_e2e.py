@@ -17,17 +17,6 @@ from tests.serve.serve_helpers import data_url, image_message, jpeg_bytes, png_b
 CHAT = "/v1/chat/completions"
 
 
-@pytest.fixture(scope="module")
-def client(live_url):
-    return openai.OpenAI(base_url=live_url + "/v1", api_key="unused", max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def model(client):
-    (card,) = client.models.list().data
-    return card.id
-
-
 def prompt_tokens(engine, messages) -> int:
     return len(encode_chat(messages, engine.tokenizer).token_ids)
 

@@ -13,18 +13,6 @@ from pixtral.engine.sampling import SamplingParams
 from pixtral.prompt.detokenize import token_bytes
 from tests.serve.serve_helpers import data_url, image_message, png_bytes
 
-
-@pytest.fixture(scope="module")
-def client(live_url):
-    return openai.OpenAI(base_url=live_url + "/v1", api_key="unused", max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def model(client):
-    (card,) = client.models.list().data
-    return card.id
-
-
 MESSAGES = [image_message(data_url(png_bytes(32, 32, seed=3)), text="What is in the picture?")]
 
 

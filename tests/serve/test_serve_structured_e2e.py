@@ -40,17 +40,6 @@ TOOLS = [
 ASK = [{"role": "user", "content": "Is it good?"}]
 
 
-@pytest.fixture(scope="module")
-def client(live_url):
-    return openai.OpenAI(base_url=live_url + "/v1", api_key="unused", max_retries=0, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def model(client):
-    (card,) = client.models.list().data
-    return card.id
-
-
 def test_json_schema_answers_validate_at_temperature_1(client, model):
     fmt = {"type": "json_schema", "json_schema": {"name": "rating", "schema": SCHEMA, "strict": True}}
     texts = []

@@ -29,17 +29,6 @@ TOOLS = [{"type": "function", "function": WEATHER}]
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
-@pytest.fixture(scope="module")
-def client(live_url):
-    return openai.OpenAI(base_url=live_url + "/v1", api_key="unused", max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def model(client):
-    (card,) = client.models.list().data
-    return card.id
-
-
 def mistral_tools() -> list[Tool]:
     return [Tool(function=Function(**WEATHER))]
 
