@@ -55,8 +55,17 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--engine-model", default=None, help="model folder or hub id for --in-process (default: bundled)"
     )
-    g.add_argument("--engine-dtype", default=None, help="dtype for --in-process (float32, bfloat16)")
-    g.add_argument("--engine-device", default=None, help="device for --in-process (cpu, cuda)")
+    g.add_argument(
+        "--engine-dtype",
+        default=None,
+        choices=["float32", "bfloat16"],
+        help="dtype for --in-process (default: float32 on the CPU, bfloat16 on CUDA)",
+    )
+    g.add_argument(
+        "--engine-device",
+        default=None,
+        help="device for --in-process: auto (CUDA when available, the default), cpu, cuda or cuda:N",
+    )
     g.add_argument(
         "--concurrency", type=positive_int, default=8, help="requests in flight to the model (default 8)"
     )
