@@ -23,7 +23,7 @@ def random_model(config: PixtralConfig = TEST_CONFIG, seed: int = 0) -> Pixtral:
 
 
 def image_block(rows: int, cols: int, config: PixtralConfig = TEST_CONFIG) -> list[int]:
-    """[IMG]*cols [IMG_BREAK] ... [IMG]*cols [IMG_END] for one image (spec §3)."""
+    """[IMG]*cols [IMG_BREAK] ... [IMG]*cols [IMG_END] for one image (docs/architecture.md, "Adapter and merge")."""
     v = config.vision
     ids: list[int] = []
     for r in range(rows):

@@ -233,7 +233,7 @@ class PixtralConfig:
         tsrc, vsrc = f"{source}: text_config", f"{source}: vision_config"
         act = vc.get("hidden_act", "gelu")
         if act != "silu":
-            # PixtralVisionConfig defaults to gelu; the real model is SiLU-gated (spec §8 item 17).
+            # PixtralVisionConfig defaults to gelu; the real model is SiLU-gated (docs/architecture.md, "Pitfalls").
             raise ConfigError(f"{vsrc}: hidden_act is {act!r}; Pixtral's vision FFN needs 'silu'")
         proj_act = cfg.get("projector_hidden_act", "gelu")
         if proj_act != "gelu":
@@ -602,7 +602,7 @@ def _cast(value: Any, key: str, typ: type, source: str) -> Any:
 
 def _token_id(d: dict[str, Any], key: str, source: str, default: int) -> int:
     value = _opt(d, key, int, source, default)
-    return default if value < 0 else value  # some params.json carry -1 (spec §8 item 5)
+    return default if value < 0 else value  # some params.json carry -1 (docs/architecture.md, "Pitfalls")
 
 
 def _rope_theta(d: dict[str, Any], source: str, default: float) -> float:

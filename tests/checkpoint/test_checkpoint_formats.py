@@ -127,7 +127,7 @@ def test_12b_preset_matches_the_published_parameter_count():
         "vision_encoder": 403_489_792,
         "adapter": 31_467_520,
         "total": 12_682_739_712,
-    }  # spec §1.1
+    }  # docs/architecture.md, "Decoder"
 
 
 # ---- bad input: one clear error naming the file and the tensor or field --------------------------

@@ -52,7 +52,7 @@ def single_image_parity(tokenizer, url: str, limits: ImageLimits = DEFAULT_LIMIT
     return ours
 
 
-# spec §4: input (W, H) -> resized (W, H), total tokens, [IMG] count   [verified with MC 1.13.1]
+# docs/architecture.md, "Image preprocessing": input (W, H) -> resized (W, H), total tokens, [IMG] count   [verified with MC 1.13.1]
 SIZE_TABLE = [
     ((1024, 1024), (1024, 1024), 4160, 4096),
     ((2048, 1024), (1024, 512), 2080, 2048),

@@ -1,4 +1,4 @@
-"""Hugging Face (Llava, Mistral3) tensor names and the q/k permutation between RoPE layouts (spec §6.2, §6.3).
+"""Hugging Face (Llava, Mistral3) tensor names and the q/k permutation between RoPE layouts (docs/architecture.md, "Checkpoint formats").
 
 Our in-memory convention is the Mistral native one: native names, q/k rows laid out for interleaved RoPE.
 HF checkpoints come in two spellings — the hub's legacy `language_model.model.*` / `vision_tower.*` /
@@ -122,7 +122,7 @@ def rope_heads(name: str, config: PixtralConfig) -> tuple[int, int] | None:
     if re.fullmatch(r"layers\.\d+\.attention\.wq\.weight", name):
         return config.text.n_heads, config.text.head_dim
     if re.fullmatch(r"layers\.\d+\.attention\.wk\.weight", name):
-        return config.text.n_kv_heads, config.text.head_dim  # kv heads for k (spec §6.3)
+        return config.text.n_kv_heads, config.text.head_dim  # kv heads for k (docs/architecture.md, "Checkpoint formats")
     if re.fullmatch(r"vision_encoder\.transformer\.layers\.\d+\.attention\.w[qk]\.weight", name):
         return config.vision.num_attention_heads, config.vision.head_dim
     return None

@@ -1,4 +1,4 @@
-"""Vision -> language adapter: Linear(+bias) -> exact (erf) GELU -> Linear(+bias) (spec §3), and the patch
+"""Vision -> language adapter: Linear(+bias) -> exact (erf) GELU -> Linear(+bias) (docs/architecture.md, "Adapter and merge"), and the patch
 merger that Mistral Small 3.1+ puts before it (docs/architecture.md, "Patch merger")."""
 
 import torch

@@ -1,4 +1,4 @@
-"""The Mistral NeMo decoder block: pre-norm, GQA attention with 1-D RoPE and a KV cache, SwiGLU (spec §1).
+"""The Mistral NeMo decoder block: pre-norm, GQA attention with 1-D RoPE and a KV cache, SwiGLU (docs/architecture.md, "Decoder").
 
 head_dim is given explicitly (NeMo: 128, while dim / n_heads = 160). No biases, no embedding scaling,
 no sliding window: plain causal attention over the whole text + image sequence. Ministral 3 multiplies the

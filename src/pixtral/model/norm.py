@@ -1,4 +1,4 @@
-"""RMSNorm with statistics in float32, cast back to the activation dtype before the weight (spec §1.3)."""
+"""RMSNorm with statistics in float32, cast back to the activation dtype before the weight (docs/architecture.md, "Numerics")."""
 
 import torch
 from torch import nn

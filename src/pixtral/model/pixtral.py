@@ -1,8 +1,8 @@
-"""Pixtral: vision encoder + adapter + Mistral NeMo decoder (spec §1-§3).
+"""Pixtral: vision encoder + adapter + Mistral NeMo decoder (docs/architecture.md).
 
-The model takes token ids, pixel tensors and a start position, and returns float32 logits. It knows nothing
-of files, tokenizers, HTTP or sampling. Its parameter names are the Mistral native tensor names, so a native
-checkpoint loads as is and the Hugging Face layout is one rename-and-permute away (checkpoint/hf.py).
+The model takes token ids, pixel tensors (or their features) and the KV caches it continues, and returns
+float32 logits. It knows nothing of files, tokenizers, HTTP or sampling. Its parameter names are the Mistral native tensor names, so a native
+checkpoint loads as is and the Hugging Face layout is one rename-and-permute away (checkpoint/hf_names.py).
 
 Merge rule: adapter outputs replace the embeddings of `[IMG]` positions only, in order (row-major patches of
 image 1, then image 2, ...). `[IMG_BREAK]` and `[IMG_END]` keep their ordinary token embeddings. Only prompt

@@ -2,8 +2,8 @@
 
 A head vector x of size d is read as d/2 pairs (x[2j], x[2j+1]); pair j is rotated by angle phi_j:
     (a, b) -> (a cos phi - b sin phi, a sin phi + b cos phi), i.e. (a + ib) * exp(i phi).
-Angles and the rotation are computed in float32 and cast back (spec §1.4, §2.3, §7). Weights in the
-Hugging Face layout are permuted to this convention when loaded (checkpoint/hf.py), so one convention
+Angles and the rotation are computed in float32 and cast back (docs/architecture.md, "One RoPE convention inside the model", "Numerics"). Weights in the
+Hugging Face layout are permuted to this convention when loaded (checkpoint/hf_names.py), so one convention
 holds inside the model.
 """
 
@@ -77,7 +77,7 @@ def llama4_query_scale(positions: torch.Tensor, scaling: Llama4Scaling) -> torch
 
 def rope_2d_angles(rows: torch.Tensor, cols: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
     """Vision angles for patches at (row, col): the first half of the pairs encode the row with the even
-    base frequencies, the second half the column with the odd ones (spec §2.3; not the paper's figure).
+    base frequencies, the second half the column with the odd ones (docs/architecture.md, "Vision encoder"; not the paper's figure).
     (N,), (N,) -> (N, head_dim // 2) float32
     """
     base = inverse_frequencies(head_dim, theta, rows.device)  # (head_dim // 2,)

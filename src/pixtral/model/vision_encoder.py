@@ -1,4 +1,4 @@
-"""Pixtral-ViT: the vision encoder, trained from scratch at native resolution (spec §2).
+"""Pixtral-ViT: the vision encoder, trained from scratch at native resolution (docs/architecture.md, "Vision encoder").
 
 Images of any size (sides multiples of the patch size) are cut into 16x16 patches, packed into one
 sequence, and run through bidirectional transformer blocks in which a patch attends only to the patches of

@@ -13,7 +13,7 @@ mistral-common's own `encode_assistant_message`.
 
 Samples longer than the context are dropped, or cut at a text boundary: never inside an
 `[IMG]...[IMG_END]` block, and the images whose blocks fall after the cut are dropped with them, so the
-number of `[IMG]` tokens always equals the number of patch features (spec §8 item 8).
+number of `[IMG]` tokens always equals the number of patch features (docs/architecture.md, "Pitfalls").
 """
 
 from __future__ import annotations
