@@ -122,7 +122,10 @@ def rope_heads(name: str, config: PixtralConfig) -> tuple[int, int] | None:
     if re.fullmatch(r"layers\.\d+\.attention\.wq\.weight", name):
         return config.text.n_heads, config.text.head_dim
     if re.fullmatch(r"layers\.\d+\.attention\.wk\.weight", name):
-        return config.text.n_kv_heads, config.text.head_dim  # kv heads for k (docs/architecture.md, "Checkpoint formats")
+        return (
+            config.text.n_kv_heads,
+            config.text.head_dim,
+        )  # kv heads for k (docs/architecture.md, "Checkpoint formats")
     if re.fullmatch(r"vision_encoder\.transformer\.layers\.\d+\.attention\.w[qk]\.weight", name):
         return config.vision.num_attention_heads, config.vision.head_dim
     return None
