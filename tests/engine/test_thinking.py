@@ -77,11 +77,11 @@ def test_cli_generate_hides_thinking_unless_asked(monkeypatch, capsys, show):
     class Scripted:
         model_name, untrained = "magistral", True
 
-        def stream(self, messages, params):
+        def stream(self, messages, params, tools=None):
             yield StreamEvent("", [34, 1001, 35], None, 5, reasoning="Let me think.")
             yield StreamEvent("Four.", [1002], "stop", 5)
 
-        def generate(self, messages, params):
+        def generate(self, messages, params, tools=None):
             return Completion("Four.", [34, 1001, 35, 1002], 5, "stop", "Let me think.")
 
     monkeypatch.setattr(cli, "_load_engine", lambda args: Scripted())

@@ -124,9 +124,9 @@ class GatedEngine(FakeEngine):
     gate: threading.Event = field(default_factory=threading.Event)
     delay_s: float = 0.02
 
-    def stream(self, messages, params):
+    def stream(self, request, params, tools=None):
         if self.gate.wait(timeout=60):
-            yield from super().stream(messages, params)
+            yield from super().stream(request, params, tools)
 
 
 @pytest.fixture
