@@ -41,7 +41,7 @@ format (config.json + model*.safetensors), or a hub id; omitted, the bundled def
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = getattr(args, "handler", None) or getattr(args, "func", None)
+    handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
         return 2

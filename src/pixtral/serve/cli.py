@@ -55,7 +55,7 @@ def _setting(
 
 
 def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the `serve` sub-command; its handler is `args.func(args) -> int`."""
+    """Add the `serve` sub-command; its handler is `args.handler(args) -> int`."""
     p = subparsers.add_parser(
         "serve",
         help="serve the model over an OpenAI-compatible HTTP API with a chat page at /",
@@ -65,7 +65,7 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_serve_arguments(p)
-    p.set_defaults(func=run_serve)
+    p.set_defaults(handler=run_serve)
     return p
 
 

@@ -80,6 +80,10 @@ class Gauge(_Metric):
         with self._lock:
             self._value = value
 
+    def read_from(self, fn: Callable[[], float]) -> None:
+        """The gauge's value is `fn()` from now on (a figure another object owns, read when rendered)."""
+        self._fn = fn
+
     def value(self) -> float:
         return float(self._fn()) if self._fn else self._value
 

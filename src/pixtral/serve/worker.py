@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pixtral.engine.protocol import EngineClient
-from pixtral.engine.sampling import GREEDY_BELOW_TEMPERATURE
+from pixtral.engine.sampling import GREEDY_BELOW_TEMPERATURE, SamplingParams
 from pixtral.errors import InputError
 from pixtral.serve.errors import APIError, input_error
 from pixtral.serve.metrics import ServerMetrics
@@ -96,14 +96,6 @@ class Ticket:
 GREEDY_BELOW_TOP_P = 1e-6
 
 
-def _sampling_params_class() -> Any:
-    try:
-        from pixtral.engine import SamplingParams
-    except ImportError:  # engine package still being assembled
-        from pixtral.engine.sampling import SamplingParams
-    return SamplingParams
-
-
 def engine_is_thread_safe(engine: EngineClient) -> bool:
     """An engine says so with `thread_safe`; the batching engine is."""
     return bool(engine.thread_safe)
@@ -124,8 +116,8 @@ class EngineWorker:
         self._admitted = 0
         self._running = 0
         self._idle = threading.Condition(self._lock)
-        metrics.queued._fn = lambda: max(0, self._admitted - self._running)
-        metrics.running._fn = lambda: self._running
+        metrics.queued.read_from(lambda: max(0, self._admitted - self._running))
+        metrics.running.read_from(lambda: self._running)
 
     # --- admission -----------------------------------------------------------------------------------
     @property
@@ -274,7 +266,7 @@ class EngineWorker:
         extras = dict(spec.extras)
         if "min_tokens" in extras:  # an explicit max_tokens below it was refused; the default may be less
             extras["min_tokens"] = min(extras["min_tokens"], max_tokens)
-        return _sampling_params_class()(
+        return SamplingParams(
             max_tokens=max_tokens,
             temperature=0.0 if greedy else spec.temperature,
             top_p=1.0 if greedy else spec.top_p,

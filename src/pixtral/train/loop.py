@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pixtral.checkpoint.loader import DTYPES
 from pixtral.config import PixtralConfig, preset
 from pixtral.errors import ConfigError
 from pixtral.model.init import init_random_weights_
@@ -449,8 +450,7 @@ def _check_resumable(cfg: TrainConfig, state: dict[str, Any], path: Path) -> Non
 
 
 def _export_dtype(cfg: TrainConfig, stored: torch.dtype | None) -> torch.dtype | None:
-    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    return names[cfg.export_dtype] if cfg.export_dtype else stored
+    return DTYPES[cfg.export_dtype] if cfg.export_dtype else stored
 
 
 def _install_signal_handlers(stop: dict[str, Any]) -> dict[int, Any]:
