@@ -8,11 +8,10 @@ import json
 import sys
 from pathlib import Path
 
-from pixtral.argtypes import add_threads_option
 from pixtral.benchmark import add_bench_parser
-from pixtral.engine.quantize import GROUP_SIZES
 from pixtral.errors import InputError, PixtralError
 from pixtral.evals.cli import add_eval_parser
+from pixtral.model_options import add_load_options, add_model_option, load_engine
 from pixtral.serve.cli import add_serve_parser
 from pixtral.synthetic.cli import add_synthetic_parser
 from pixtral.train.cli import add_train_parser
@@ -113,29 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="model folder (native or HF format) or hub id; default: the bundled model")
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16"],
-        default=None,
-        help="weights and activations dtype (default: float32 on the CPU, bfloat16 on CUDA; bfloat16 halves memory)",
-    )
-    p.add_argument(
-        "--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)"
-    )
-    p.add_argument(
-        "--quantize",
-        choices=["int8", "int4"],
-        help="weight-only quantization of the decoder's linear layers, applied while loading",
-    )
-    p.add_argument(
-        "--group-size",
-        type=int,
-        choices=GROUP_SIZES,
-        default=128,
-        help=f"int4 group size: {', '.join(map(str, GROUP_SIZES))} (default 128)",
-    )
-    add_threads_option(
+    add_model_option(p)
+    add_load_options(
         p, "CPU threads for torch (default: torch's choice; on a busy machine fewer is often faster)"
     )
 
@@ -241,15 +219,7 @@ def _read_tools(path: Path | None) -> list[dict] | None:
 
 
 def _load_engine(args: argparse.Namespace):
-    from pixtral.engine import Engine
-
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    engine = Engine.load(
-        args.model, dtype=args.dtype, device=args.device, quantize=args.quantize, group_size=args.group_size
-    )
+    engine = load_engine(args)
     if engine.untrained:
         print(
             f"note: model '{engine.model_name}' has random (untrained) weights: its output is noise.",

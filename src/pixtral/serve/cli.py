@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from pixtral.argtypes import (
-    add_threads_option,
     non_negative_float,
     non_negative_int,
     port,
     positive_float,
     positive_int,
 )
+from pixtral.model_options import add_load_options, add_model_option, load_engine
 from pixtral.serve.settings import API_KEY_ENV, ServeSettings
 
 log = logging.getLogger("pixtral.serve")
@@ -71,7 +71,7 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     """The flags, each with its default in its help text (no ArgumentDefaultsHelpFormatter: it doubles them)."""
-    p.add_argument("--model", default=None, help="model folder or hub id (default: the bundled model)")
+    add_model_option(p)
     p.add_argument(
         "--host",
         default="127.0.0.1",
@@ -90,21 +90,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="the model id clients send (default: the model folder's name, or the hub id)",
     )
-    p.add_argument(
-        "--dtype",
-        default=None,
-        choices=["float32", "bfloat16"],
-        help="weights and activations dtype (default: float32 on the CPU, bfloat16 on CUDA)",
-    )
-    p.add_argument(
-        "--quantize",
-        choices=["int8", "int4"],
-        help="weight-only quantization of the decoder's linear layers, applied while loading (default: off)",
-    )
-    p.add_argument(
-        "--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)"
-    )
-    add_threads_option(p, "CPU threads for torch (default: torch's choice; 1 is often best on 2 busy cores)")
+    add_load_options(p, "CPU threads for torch (default: torch's choice; 1 is often best on 2 busy cores)")
 
     g = p.add_argument_group("limits (a request over one gets a 4xx that names it)")
     _setting(g, "--max-body-bytes", "max_body_bytes", positive_int, "largest request body")
@@ -239,7 +225,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     def load() -> None:
         try:
-            engine = _load_engine(args)
+            engine = load_engine(args)
         # Whatever the type (AssertionError from torch for a missing CUDA, ...): a failed load must stop the
         # server, never leave /health answering "loading".
         except Exception as e:
@@ -267,16 +253,6 @@ def run_serve(args: argparse.Namespace) -> int:
     if loader.is_alive():  # SIGTERM before the model was loaded
         _exit_while_loading(0)
     return 1 if failed else 0
-
-
-def _load_engine(args: argparse.Namespace) -> Any:
-    from pixtral.engine import Engine
-
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    return Engine.load(model=args.model, dtype=args.dtype, device=args.device, quantize=args.quantize)
 
 
 def _describe(error: BaseException) -> str:

@@ -1,0 +1,59 @@
+"""The flags that choose and load a model, declared once for every command that loads one (generate, chat,
+serve), and the one way they become an `Engine`. This module knows argparse and `Engine.load`; nothing of the
+commands themselves."""
+
+from __future__ import annotations
+
+import argparse
+
+from pixtral.argtypes import add_threads_option
+from pixtral.engine.quantize import GROUP_SIZES
+
+
+def add_model_option(p: argparse.ArgumentParser) -> None:
+    """`--model`: a folder in either format or a hub id (omitted: the bundled demo model)."""
+    p.add_argument("--model", help="model folder (native or HF format) or hub id; default: the bundled model")
+
+
+def add_load_options(p: argparse.ArgumentParser, threads_help: str) -> None:
+    """How the model is loaded: dtype, device, weight-only quantization, CPU threads."""
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default=None,
+        help="weights and activations dtype (default: float32 on the CPU, bfloat16 on CUDA; bfloat16 halves memory)",
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)"
+    )
+    p.add_argument(
+        "--quantize",
+        choices=["int8", "int4"],
+        help="weight-only quantization of the decoder's linear layers, applied while loading (default: off)",
+    )
+    p.add_argument(
+        "--group-size",
+        type=int,
+        choices=GROUP_SIZES,
+        default=128,
+        help=f"int4 group size: {', '.join(map(str, GROUP_SIZES))} (default 128)",
+    )
+    add_threads_option(p, threads_help)
+
+
+def load_engine(args: argparse.Namespace, **engine_options):
+    """The engine the flags above describe (`engine_options`: Engine.load's other arguments, e.g. limits)."""
+    from pixtral.engine import Engine
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return Engine.load(
+        model=args.model,
+        dtype=args.dtype,
+        device=args.device,
+        quantize=args.quantize,
+        group_size=args.group_size,
+        **engine_options,
+    )
