@@ -163,6 +163,10 @@ class Engine:
             max_image_tokens=self.max_image_tokens,
             tools=tools,
         )
+        return self._fitting(prompt)
+
+    def _fitting(self, prompt: EncodedPrompt) -> EncodedPrompt:
+        """The prompt, if it leaves room in the context for at least one generated token."""
         if len(prompt.token_ids) >= self.max_context:
             raise ContextLengthError(
                 f"the prompt has {len(prompt.token_ids)} tokens; this model's context is {self.max_context} "
@@ -213,18 +217,14 @@ class Engine:
         `encode` or from raw text (/v1/completions), not encoded again.
         Closing the iterator cancels the request (all its choices) and frees its memory."""
         params = params or SamplingParams()
-        prompt = request if isinstance(request, EncodedPrompt) else self.encode(request, tools)
+        # encode() checks the context; a prompt encoded elsewhere (raw text) is checked here
+        prompt = self._fitting(request) if isinstance(request, EncodedPrompt) else self.encode(request, tools)
         params.check_vocab(self.tokenizer.instruct_tokenizer.tokenizer.n_words)
         if params.structured is not None:  # compiled here, in the caller's thread, not in the decode loop
             if self._grammars is None:
                 self._grammars = Grammars(self.tokenizer, self.model.config.text.vocab_size, self.eos_id)
             params = replace(params, structured=self._grammars.compile(params.structured))
         n_prompt = len(prompt.token_ids)
-        if n_prompt >= self.max_context:
-            raise ContextLengthError(
-                f"the prompt has {n_prompt} tokens; this model's context is {self.max_context} "
-                "(leave room for at least one generated token)"
-            )
         max_tokens = min(params.max_tokens, self.max_context - n_prompt)
         params = replace(params, max_tokens=max_tokens, min_tokens=min(params.min_tokens, max_tokens))
         choices = [choice_params(params, i) for i in range(params.n)]
