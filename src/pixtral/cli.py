@@ -506,7 +506,8 @@ def _add_init(sub) -> None:
         description="tiny: for tests and demos (real tokenizer, tiny layers)\n"
         "small: about 1.1 B parameters, for benchmarks\n"
         "12b: the exact Pixtral-12B shapes, streamed to disk (about 25 GB in bfloat16, never held in memory)\n"
-        "mistral-small-3.1 (also 3.2 and Magistral Small), ministral-3-8b: those models' shapes, streamed\n"
+        "mistral-small-3.1 (also 3.2 and Magistral Small), ministral-3-3b, ministral-3-8b, ministral-3-14b:\n"
+        "those models' shapes, streamed\n"
         "tiny-mistral3, tiny-ministral3, tiny-pixtral-large: tiny versions of each family shape, with a\n"
         "matching tokenizer file",
     )

@@ -505,13 +505,39 @@ PRESETS.update(
             text=TextConfig(dim=5120, n_layers=40, head_dim=128, hidden_dim=32768, n_heads=32, n_kv_heads=8),
             vision=_MISTRAL3_VISION,
         ),
-        # Ministral 3 8B: the Mistral Small vision side, a YaRN + llama-4-scaled decoder
+        # Ministral 3 (3B / 8B / 14B-2512): the Mistral Small vision side, a YaRN + llama-4-scaled decoder;
+        # the 3B ties its output matrix to the embedding (docs/architecture.md, "The Pixtral family")
+        "ministral-3-3b": PixtralConfig(
+            text=TextConfig(
+                dim=3072,
+                n_layers=26,
+                head_dim=128,
+                hidden_dim=9216,
+                n_heads=32,
+                n_kv_heads=8,
+                tied_embeddings=True,
+                **_MINISTRAL3_ROPE,
+            ),
+            vision=_MISTRAL3_VISION,
+        ),
         "ministral-3-8b": PixtralConfig(
             text=TextConfig(
                 dim=4096,
                 n_layers=34,
                 head_dim=128,
                 hidden_dim=14336,
+                n_heads=32,
+                n_kv_heads=8,
+                **_MINISTRAL3_ROPE,
+            ),
+            vision=_MISTRAL3_VISION,
+        ),
+        "ministral-3-14b": PixtralConfig(
+            text=TextConfig(
+                dim=5120,
+                n_layers=40,
+                head_dim=128,
+                hidden_dim=16384,
                 n_heads=32,
                 n_kv_heads=8,
                 **_MINISTRAL3_ROPE,
@@ -533,7 +559,9 @@ PRESETS.update(
         ),
     }
 )
-STREAMED_PRESETS = frozenset({"12b", "mistral-small-3.1", "ministral-3-8b"})  # too big to build in memory
+STREAMED_PRESETS = frozenset(
+    {"12b", "mistral-small-3.1", "ministral-3-3b", "ministral-3-8b", "ministral-3-14b"}
+)  # too big to build in memory
 
 
 def family_member(config: PixtralConfig) -> str:
@@ -549,7 +577,9 @@ def family_member(config: PixtralConfig) -> str:
     for name, released in [
         ("Pixtral-12B-2409", "12b"),
         ("Mistral Small 3.1/3.2, Magistral Small", "mistral-small-3.1"),
+        ("Ministral 3 3B", "ministral-3-3b"),
         ("Ministral 3 8B", "ministral-3-8b"),
+        ("Ministral 3 14B", "ministral-3-14b"),
     ]:
         if same(PRESETS[released]):
             return name

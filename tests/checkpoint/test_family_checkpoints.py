@@ -206,7 +206,15 @@ def test_init_family_preset_writes_a_model_with_a_matching_tokenizer(name, tmp_p
 
 
 @pytest.mark.parametrize(
-    ("name", "billions"), [("mistral-small-3.1", 24.0), ("ministral-3-8b", 8.9), ("12b", 12.7)]
+    ("name", "billions"),
+    # the released totals (model cards / hub metadata): 24.0 B, 3.8 B, 8.9 B, 13.9 B (13.95), 12.7 B
+    [
+        ("mistral-small-3.1", 24.0),
+        ("ministral-3-3b", 3.8),
+        ("ministral-3-8b", 8.9),
+        ("ministral-3-14b", 13.9),
+        ("12b", 12.7),
+    ],
 )
 def test_real_family_presets_have_the_released_sizes(name, billions):
     """Counted on a meta-device model (no memory); `init` streams these to disk like the 12B."""
