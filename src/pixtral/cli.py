@@ -439,7 +439,7 @@ class TerminalChat:
             print("(usage: /image PATH)")
             return
         try:
-            image = load_image(str(Path(path).expanduser()), self.engine.limits)
+            image = load_image(str(Path(path).expanduser()), self.engine.media)
         except InputError as e:
             print(f"(not attached: {e})")
             return
