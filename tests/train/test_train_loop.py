@@ -206,7 +206,7 @@ def test_runs_with_frozen_weights_resume_with_identical_losses_and_weights(tmp_p
 
 
 def test_eval_hook_runs_at_its_interval_and_its_numbers_are_logged(tmp_path, monkeypatch):
-    import pixtral.evals.runner as runner
+    import pixtral.train.hooks as hooks
     from pixtral.train.hooks import evals_task_hook
 
     seen = []
@@ -216,7 +216,7 @@ def test_eval_hook_runs_at_its_interval_and_its_numbers_are_logged(tmp_path, mon
         assert (Path(cfg.engine_model) / "consolidated.safetensors").is_file()
         return {"tasks": {"chartqa": {"score": 0.25, "n": 4}}}
 
-    monkeypatch.setattr(runner, "run_eval", fake_run_eval)
+    monkeypatch.setattr(hooks, "run_eval", fake_run_eval)
     data = colour_dataset(tmp_path, n=2)
     cfg = small_config(
         tmp_path, data, max_steps=2, batch_size=2, eval_every=2, eval_task="chartqa", eval_limit=4

@@ -147,7 +147,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         if path.suffix == ".json":
             values = json.loads(text)
         elif path.suffix == ".toml":
-            if sys.version_info >= (3, 11):
+            if sys.version_info >= (3, 11):  # imported here: a test reads TOML as Python 3.10 would
                 import tomllib
             else:  # a dependency on Python 3.10
                 import tomli as tomllib
@@ -155,7 +155,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             values = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml"):
             try:
-                import yaml
+                import yaml  # optional: only YAML configs need PyYAML
             except ImportError as e:
                 raise TrainConfigError(f"{path}: reading YAML needs PyYAML (pip install pyyaml)") from e
             values = yaml.safe_load(text)

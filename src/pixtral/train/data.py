@@ -167,7 +167,7 @@ def _record(row: Any, where: str, base_dir: Path | None) -> Record:
 
 def _hf_records(name: str, split: str, from_disk: bool = False) -> list[Record]:
     try:
-        import datasets
+        import datasets  # here, not at the top: it takes seconds to import and only hub / disk datasets need it
     except ImportError as e:
         raise DataError("reading a Hugging Face dataset needs the datasets package") from e
     try:

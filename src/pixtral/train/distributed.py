@@ -13,6 +13,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed._composable import checkpoint
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from pixtral.train.config import TrainConfigError
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,6 @@ def setup(device: str = "auto") -> DistInfo:
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
         if not torch.cuda.is_available():
-            from pixtral.train.config import TrainConfigError
-
             raise TrainConfigError("device='cuda' but torch sees no CUDA device; use device='cpu'")
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
@@ -89,8 +91,6 @@ def broadcast_object(obj: object) -> object:
 
 def apply_activation_checkpointing(model: nn.Module) -> None:
     """Recompute each decoder and vision block in the backward pass (composable API: names unchanged)."""
-    from torch.distributed._composable import checkpoint
-
     for block in _blocks(model):
         checkpoint(block)
 
@@ -105,10 +105,9 @@ def wrap(root: nn.Module, model: nn.Module, info: DistInfo, strategy: str) -> nn
     if not info.distributed:
         return root
     if strategy == "ddp":
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         return DDP(root, device_ids=device_ids)
+    # here, not at the top: FSDP2's public API needs torch >= 2.6 (DDP does not)
     from torch.distributed.fsdp import fully_shard
 
     for block in _blocks(model):
