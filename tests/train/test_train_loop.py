@@ -280,3 +280,14 @@ def test_freezing_the_adapter_freezes_the_familys_projector_norm_and_patch_merge
         n for n, _ in model.named_parameters() if n.startswith("vision_language_adapter")
     }
     assert not any(n.startswith(("vision_encoder", "layers")) for n in frozen)
+
+
+def test_device_takes_cuda_n_like_the_other_commands_and_names_a_bad_one(tmp_path):
+    data = colour_dataset(tmp_path, n=2)
+    for device in ("auto", "cpu", "cuda", "cuda:1"):
+        assert small_config(tmp_path, data, device=device).validated().device == device
+    with pytest.raises(TrainConfigError, match=r"device='gpu0' is not one of auto, cpu, cuda or cuda:N"):
+        small_config(tmp_path, data, device="gpu0").validated()
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainConfigError, match="device 'cuda:1': no CUDA device is available here"):
+            train(small_config(tmp_path, data, device="cuda:1", max_steps=1))

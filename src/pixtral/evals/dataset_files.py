@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from pixtral.evals.errors import DatasetError
+from pixtral.units import format_bytes
 
 DATA_EXTS = (".parquet", ".arrow", ".jsonl")
 
@@ -178,10 +179,5 @@ def hub_client() -> HubClient:
 
 
 def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "size unknown"
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
+    """A listing's total size (None when the hub did not say), in the one format (pixtral/units.py)."""
+    return "size unknown" if n is None else format_bytes(n)

@@ -16,6 +16,8 @@ from torch import nn
 from torch.distributed._composable import checkpoint
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from pixtral.engine.device import resolve_device
+from pixtral.errors import InputError
 from pixtral.train.config import TrainConfigError
 
 
@@ -40,14 +42,20 @@ def setup(device: str = "auto") -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    try:
+        dev = resolve_device(device)  # auto | cpu | cuda | cuda:N, and that it exists here
+    except InputError as e:
+        raise TrainConfigError(f"train config: {e}") from e
+    use_cuda = dev.type == "cuda"
     if use_cuda:
-        if not torch.cuda.is_available():
-            raise TrainConfigError("device='cuda' but torch sees no CUDA device; use device='cpu'")
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
+        if world_size > 1:  # torchrun: rank r of a node takes that node's GPU r
+            if ":" in device:
+                raise TrainConfigError(
+                    f"train config: device={device!r} names one GPU but {world_size} ranks run: use "
+                    "device='cuda' (each rank takes cuda:LOCAL_RANK) or CUDA_VISIBLE_DEVICES"
+                )
+            dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return DistInfo(rank, world_size, local_rank, dev)
