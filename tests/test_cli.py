@@ -175,10 +175,10 @@ def test_chat_message_the_engine_refuses_is_dropped_with_its_images(capsys):
 
     from pixtral.cli import TerminalChat
     from pixtral.errors import InputError
-    from pixtral.prompt.images import DEFAULT_LIMITS
+    from pixtral.prompt.images import LOCAL_MEDIA
 
     class Engine:
-        limits = DEFAULT_LIMITS
+        media = LOCAL_MEDIA
 
         def stream(self, messages, params, tools=None):
             if any(isinstance(m["content"], list) for m in messages):

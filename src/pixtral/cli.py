@@ -6,12 +6,20 @@ import argparse
 import importlib.metadata
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
+from pydantic import TypeAdapter, ValidationError
+
+from pixtral import __version__
 from pixtral.benchmark import add_bench_parser
+from pixtral.config import PRESETS, STREAMED_PRESETS, family_member, preset
+from pixtral.default_model import UNTRAINED_MARKER
 from pixtral.errors import InputError, PixtralError
 from pixtral.evals.cli import add_eval_parser
 from pixtral.model_options import add_load_options, add_model_option, load_engine
+from pixtral.prompt.images import load_image
+from pixtral.prompt.tool_calls import split_tool_calls
 from pixtral.serve.cli import add_serve_parser
 from pixtral.synthetic.cli import add_synthetic_parser
 from pixtral.train.cli import add_train_parser
@@ -70,8 +78,6 @@ def package_version() -> str:
     try:
         return importlib.metadata.version("pixtral")
     except importlib.metadata.PackageNotFoundError:
-        from pixtral import __version__
-
         return __version__
 
 
@@ -171,7 +177,7 @@ def _logit_bias(pairs: list[str]) -> dict[int, float]:
 
 
 def _sampling_params(args: argparse.Namespace, logprobs: int | None = None):
-    from pixtral.engine import SamplingParams
+    from pixtral.engine import SamplingParams  # lazy: imports torch, which --help does not need
 
     return SamplingParams(
         max_tokens=args.max_tokens,
@@ -205,9 +211,7 @@ def _read_tools(path: Path | None) -> list[dict] | None:
     """The --tools file: a JSON list of OpenAI tool definitions, checked the way the server checks them."""
     if path is None:
         return None
-    from pydantic import TypeAdapter, ValidationError
-
-    from pixtral.serve.protocol import ToolDefinition
+    from pixtral.serve.protocol import ToolDefinition  # lazy: pixtral.serve imports fastapi and torch
 
     try:
         tools = TypeAdapter(list[ToolDefinition]).validate_json(path.read_bytes())
@@ -333,8 +337,6 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _split_calls(engine, completion) -> tuple[str, list[dict] | None]:
     """The answer's text and the OpenAI-shaped tool calls the model made ([TOOL_CALLS] ...), if any."""
-    from pixtral.prompt.tool_calls import split_tool_calls
-
     text, calls = split_tool_calls(completion.token_ids, engine.tokenizer)
     return (completion.text, None) if calls is None else (text, calls)
 
@@ -433,13 +435,11 @@ class TerminalChat:
             print(f"(unknown command {name}: nothing was sent; /help lists the commands)")
 
     def _attach(self, path: str) -> None:
-        from pixtral.prompt.images import load_image
-
         if not path:
             print("(usage: /image PATH)")
             return
         try:
-            image = load_image(str(Path(path).expanduser()), self.engine.limits)
+            image = load_image(str(Path(path).expanduser()), self.engine.media)
         except InputError as e:
             print(f"(not attached: {e})")
             return
@@ -477,8 +477,6 @@ class TerminalChat:
         print()
         reply: dict = {"role": "assistant", "content": "".join(answer)}
         if self.tools:
-            from pixtral.prompt.tool_calls import split_tool_calls
-
             content, calls = split_tool_calls(ids, self.engine.tokenizer)
             if calls:
                 reply = {"role": "assistant", "content": content or None, "tool_calls": calls}
@@ -492,8 +490,6 @@ class TerminalChat:
 
 
 def _add_init(sub) -> None:
-    from pixtral.config import PRESETS
-
     p = _subparser(
         sub,
         "init",
@@ -527,14 +523,14 @@ def _add_init(sub) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
+    # lazy: these import torch, which --help does not need
     from pixtral.checkpoint.loader import DTYPES
     from pixtral.checkpoint.random_init import create_random_checkpoint
-    from pixtral.config import STREAMED_PRESETS, preset
     from pixtral.prompt.tokenizer import write_tokenizer_for
 
     config = preset(args.preset)
     if args.preset in STREAMED_PRESETS:
-        from pixtral.checkpoint.streaming_init import write_random_checkpoint_streaming
+        from pixtral.checkpoint.streaming_init import write_random_checkpoint_streaming  # lazy: torch
 
         dtype = DTYPES[args.dtype or "bfloat16"]
         write_random_checkpoint_streaming(args.out, config, dtype, seed=args.seed, fmt=args.format)
@@ -584,12 +580,12 @@ def _add_convert(sub) -> None:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from pixtral.checkpoint.loader import convert
+    from pixtral.checkpoint.loader import convert  # lazy: imports torch, which --help does not need
 
     if args.merge_lora is not None:
         if args.to == "gguf":
             raise InputError("--merge-lora writes native or hf: merge first, then convert the result to gguf")
-        from pixtral.train.lora import merge_lora_checkpoint
+        from pixtral.train.lora import merge_lora_checkpoint  # lazy: torch
 
         merge_lora_checkpoint(args.src, args.merge_lora, args.dst, fmt=args.to)
         print(
@@ -598,7 +594,7 @@ def _convert(args: argparse.Namespace) -> int:
         return 0
 
     if args.to == "gguf":
-        from pixtral.checkpoint.gguf_export import export_gguf
+        from pixtral.checkpoint.gguf_export import export_gguf  # lazy: torch (and the optional gguf)
 
         dst = (
             args.dst
@@ -631,11 +627,7 @@ def _add_info(sub) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
-    from pixtral.checkpoint.loader import open_checkpoint
-    from pixtral.config import family_member
-    from pixtral.default_model import UNTRAINED_MARKER
+    from pixtral.checkpoint.loader import open_checkpoint  # lazy: imports torch, which --help does not need
 
     ckpt = open_checkpoint(args.model)
     counts = ckpt.config.num_parameters()

@@ -14,7 +14,7 @@ from PIL import Image
 
 from pixtral.errors import InputError
 from pixtral.prompt.chat import EncodedPrompt, encode_chat
-from pixtral.prompt.images import DEFAULT_LIMITS, ImageLimits
+from pixtral.prompt.images import DEFAULT_LIMITS, ImageLimits, MediaPolicy, MediaRefused
 from tests.prompt.prompt_helpers import data_url, encode, noise_image
 
 BOS, EOS, INST, END_INST, IMG, IMG_BREAK, IMG_END = 1, 2, 3, 4, 10, 12, 13
@@ -43,7 +43,7 @@ def single_image_parity(tokenizer, url: str, limits: ImageLimits = DEFAULT_LIMIT
     ours = encode_chat(
         [{"role": "user", "content": [image_part(url), {"type": "text", "text": "What is this?"}]}],
         tokenizer,
-        limits=limits,
+        media=MediaPolicy(limits=limits),
     )
     theirs = reference(
         tokenizer, [UserMessage(content=[ImageURLChunk(image_url=url), TextChunk(text="What is this?")])]
@@ -240,7 +240,7 @@ def test_every_image_source_gives_the_same_prompt(tokenizer, tmp_path):
         encode_chat(
             [{"role": "user", "content": [source, {"type": "text", "text": "hi"}]}],
             tokenizer,
-            fetch_remote=lambda url: data,
+            media=MediaPolicy(fetch_remote=lambda url: data),
         )
         for source in sources
     ]
@@ -345,7 +345,7 @@ def test_structure_is_checked_before_any_image_is_fetched(tokenizer):
         {"role": "assistant", "content": "Sure"},
     ]
     with pytest.raises(InputError, match="message 1 is from the assistant"):
-        encode_chat(messages, tokenizer, fetch_remote=fetch)
+        encode_chat(messages, tokenizer, media=MediaPolicy(fetch_remote=fetch))
 
 
 def test_unreadable_image_error_names_message_and_part(tokenizer, tmp_path):
@@ -361,3 +361,13 @@ def test_unreadable_image_error_names_message_and_part(tokenizer, tmp_path):
     message = str(refused.value)
     assert message.startswith("message 2 (user) part 1: the image file") and "notes.txt" in message
     assert "BytesIO" not in message and " at 0x" not in message
+
+
+def test_a_policy_refusal_keeps_its_reason_and_names_the_part(tokenizer, tmp_path):
+    path = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(path)
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}, image_part(str(path))]}]
+    assert encode_chat(messages, tokenizer).images  # the default (the CLI's) policy reads local files
+    with pytest.raises(MediaRefused, match="message 0 .user. part 1: local image files are disabled") as e:
+        encode_chat(messages, tokenizer, media=MediaPolicy(local_roots=()))
+    assert e.value.reason == "local_media_disabled"

@@ -9,7 +9,9 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from pixtral.errors import InputError
-from pixtral.prompt.images import ImageLimits, load_image
+from pixtral.prompt.images import ImageLimits, MediaPolicy, load_image
+from pixtral.serve.media import image_limits
+from pixtral.serve.settings import ServeSettings
 from tests.prompt.prompt_helpers import data_url, encode, noise_image, png_declaring
 
 
@@ -37,7 +39,9 @@ def test_sources_load_the_same_pixels(tmp_path):
 def test_remote_url_goes_through_the_fetcher():
     data = encode(noise_image(5, 7))
     asked = []
-    loaded = load_image("https://example.com/x.png", fetch_remote=lambda url: asked.append(url) or data)
+    loaded = load_image(
+        "https://example.com/x.png", MediaPolicy(fetch_remote=lambda url: asked.append(url) or data)
+    )
     assert asked == ["https://example.com/x.png"] and loaded.size == (5, 7)
 
 
@@ -68,14 +72,14 @@ def test_enormous_header_is_refused(no_decoding):
 def test_pixel_limit_is_configurable():
     data = encode(noise_image(11, 10))
     with pytest.raises(InputError, match="110 pixels, more than the 100 pixel limit"):
-        load_image(data, ImageLimits(max_pixels=100))
-    assert load_image(data, ImageLimits(max_pixels=110)).size == (11, 10)
+        load_image(data, MediaPolicy(ImageLimits(max_pixels=100)))
+    assert load_image(data, MediaPolicy(ImageLimits(max_pixels=110))).size == (11, 10)
 
 
 def test_pil_images_are_not_held_to_the_encoded_data_limits():
     # whoever decoded the image (e.g. the server, under its own limits) has already accepted its size
     tiny = ImageLimits(max_bytes=1, max_pixels=1, allowed_formats=frozenset({"PNG"}))
-    assert load_image(noise_image(11, 10), tiny).size == (11, 10)
+    assert load_image(noise_image(11, 10), MediaPolicy(tiny)).size == (11, 10)
     with pytest.raises(InputError, match="no pixels"):
         load_image(Image.new("RGB", (0, 3)))
 
@@ -95,8 +99,8 @@ def test_byte_limit_is_checked_for_every_source(tmp_path):
         if callable(source):
             source = "https://example.com/big.png"
         with pytest.raises(InputError, match="more than the .* MiB limit"):
-            load_image(source, limits, fetch_remote=lambda url: data)
-    assert load_image(data, ImageLimits(max_bytes=len(data))).size == (64, 64)
+            load_image(source, MediaPolicy(limits, fetch_remote=lambda url: data))
+    assert load_image(data, MediaPolicy(ImageLimits(max_bytes=len(data)))).size == (64, 64)
 
 
 @pytest.mark.parametrize("image_format", ["JPEG", "PNG", "WEBP"])
@@ -107,7 +111,7 @@ def test_truncated_file_is_refused_at_load_time(image_format):
 
 
 def test_non_image_data_url_is_refused():
-    with pytest.raises(InputError, match="not a readable image"):
+    with pytest.raises(InputError, match="not an image"):
         load_image("data:text/plain;base64," + base64.b64encode(b"hello, world").decode())
 
 
@@ -144,7 +148,7 @@ def test_formats_outside_the_allowed_list_are_refused(image_format):
 def test_allowed_formats_are_configurable():
     jpeg = encode(noise_image(16, 16), "JPEG")
     with pytest.raises(InputError, match="is a JPEG image; allowed formats are PNG"):
-        load_image(jpeg, ImageLimits(allowed_formats=frozenset({"PNG"})))
+        load_image(jpeg, MediaPolicy(ImageLimits(allowed_formats=frozenset({"PNG"}))))
 
 
 @pytest.mark.parametrize("image_format", ["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"])
@@ -194,14 +198,11 @@ def test_unreadable_image_message_names_the_source_not_a_python_object(tmp_path)
 
 
 def test_local_file_is_bounded_by_pixels_not_bytes(tmp_path):
-    from pixtral.serve.media import image_limits
-    from pixtral.serve.settings import ServeSettings
-
     path = tmp_path / "scan.bmp"
     Image.new("RGB", (3000, 2400), "white").save(path)  # uncompressed: 21.6 MB, 7.2 M pixels
     assert path.stat().st_size > 20 * 1024 * 1024
     assert load_image(str(path)).size == (3000, 2400)  # the CLI's, the engine's and the Python API's default
     with pytest.raises(InputError, match="more than the 20.0 MiB limit"):  # a server keeps its byte limit
-        load_image(str(path), image_limits(ServeSettings()))
+        load_image(str(path), MediaPolicy(image_limits(ServeSettings())))
     with pytest.raises(InputError, match="pixel limit"):
-        load_image(str(path), ImageLimits(max_pixels=1_000_000))
+        load_image(str(path), MediaPolicy(ImageLimits(max_pixels=1_000_000)))

@@ -206,7 +206,7 @@ def test_runs_with_frozen_weights_resume_with_identical_losses_and_weights(tmp_p
 
 
 def test_eval_hook_runs_at_its_interval_and_its_numbers_are_logged(tmp_path, monkeypatch):
-    import pixtral.evals.runner as runner
+    import pixtral.train.hooks as hooks
     from pixtral.train.hooks import evals_task_hook
 
     seen = []
@@ -216,7 +216,7 @@ def test_eval_hook_runs_at_its_interval_and_its_numbers_are_logged(tmp_path, mon
         assert (Path(cfg.engine_model) / "consolidated.safetensors").is_file()
         return {"tasks": {"chartqa": {"score": 0.25, "n": 4}}}
 
-    monkeypatch.setattr(runner, "run_eval", fake_run_eval)
+    monkeypatch.setattr(hooks, "run_eval", fake_run_eval)
     data = colour_dataset(tmp_path, n=2)
     cfg = small_config(
         tmp_path, data, max_steps=2, batch_size=2, eval_every=2, eval_task="chartqa", eval_limit=4
@@ -280,3 +280,14 @@ def test_freezing_the_adapter_freezes_the_familys_projector_norm_and_patch_merge
         n for n, _ in model.named_parameters() if n.startswith("vision_language_adapter")
     }
     assert not any(n.startswith(("vision_encoder", "layers")) for n in frozen)
+
+
+def test_device_takes_cuda_n_like_the_other_commands_and_names_a_bad_one(tmp_path):
+    data = colour_dataset(tmp_path, n=2)
+    for device in ("auto", "cpu", "cuda", "cuda:1"):
+        assert small_config(tmp_path, data, device=device).validated().device == device
+    with pytest.raises(TrainConfigError, match=r"device='gpu0' is not one of auto, cpu, cuda or cuda:N"):
+        small_config(tmp_path, data, device="gpu0").validated()
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainConfigError, match="device 'cuda:1': no CUDA device is available here"):
+            train(small_config(tmp_path, data, device="cuda:1", max_steps=1))

@@ -23,11 +23,15 @@ converted and written one at a time: memory stays at one tensor.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib.resources import as_file, files
 from pathlib import Path
 
 import numpy as np
 import torch
+from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+from mistral_common.tokens.tokenizers.multimodal import DATASET_MEAN, DATASET_STD
 
+from pixtral.checkpoint.formats import tokenizer_file
 from pixtral.checkpoint.loader import Checkpoint, open_checkpoint
 from pixtral.checkpoint.progress import track
 from pixtral.config import PixtralConfig
@@ -184,7 +188,7 @@ def _decoder_metadata(writer, config: PixtralConfig, name: str, dtype: str, gguf
 def _tokenizer_metadata(writer, tokenizer, config: PixtralConfig, gguf) -> str | None:
     """tekken -> a gpt2-style BPE vocabulary, the way llama.cpp's `_set_vocab_mistral` writes it.
     Returns why it was skipped, or None when written."""
-    from gguf.vocab import MistralTokenizerType, MistralVocab
+    from gguf.vocab import MistralTokenizerType, MistralVocab  # optional, as _gguf()
 
     tekken = tokenizer.instruct_tokenizer.tokenizer
     if type(tekken).__name__ != "Tekkenizer":
@@ -226,8 +230,6 @@ def _tokenizer_metadata(writer, tokenizer, config: PixtralConfig, gguf) -> str |
 
 
 def _mmproj_metadata(writer, config: PixtralConfig, name: str, dtype: str, gguf) -> None:
-    from mistral_common.tokens.tokenizers.multimodal import DATASET_MEAN, DATASET_STD
-
     v = config.vision
     writer.add_type(gguf.GGUFType.MMPROJ)
     writer.add_name(name)
@@ -253,12 +255,6 @@ def _mmproj_metadata(writer, config: PixtralConfig, name: str, dtype: str, gguf)
 def _find_tokenizer(folder: Path):
     """The folder's own tokenizer (formats.tokenizer_file), else mistral-common's packaged Pixtral tokenizer
     (as prompt/tokenizer.py; read here directly so that the checkpoint layer does not import the prompt layer)."""
-    from importlib.resources import as_file, files
-
-    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
-
-    from pixtral.checkpoint.formats import tokenizer_file
-
     own = tokenizer_file(folder)
     if own is not None:
         return MistralTokenizer.from_file(str(own))

@@ -41,7 +41,7 @@ def resolve_model_path(model: str | Path, revision: str | None = None) -> Path:
 
 
 def download(repo_id: str, revision: str | None = None) -> Path:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # lazy: ~0.5 s of start-up otherwise, for a download only
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")

@@ -15,6 +15,17 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
 T = TypeVar("T")
 
 NO_PROGRESS_ENV = "PIXTRAL_NO_PROGRESS"
@@ -80,17 +91,6 @@ def track(items: Iterable[T], description: str, sizes: Iterable[int], total_byte
 
 
 def _rich_bar(description: str, total: int | None) -> tuple[Any, Any]:
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn()]
     if total is not None:
         columns += [DownloadColumn(), TimeRemainingColumn()]

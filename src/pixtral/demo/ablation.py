@@ -21,14 +21,38 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pixtral.demo.fixed_resolution import POS_NAME, SIDE, resize_jsonl
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors import safe_open
+
+import pixtral.train.loop as loop
+from pixtral.checkpoint.loader import load_model
+from pixtral.demo.fixed_resolution import (
+    POS_NAME,
+    SIDE,
+    load_fixed_resolution,
+    resize_jsonl,
+    swap_in_fixed_encoder,
+)
+from pixtral.demo.recipe import mix_jsonl, write_init
+from pixtral.engine.engine import Engine
+from pixtral.engine.sampling import SamplingParams
+from pixtral.evals.stats import paired_difference
+from pixtral.evals.tasks.synthetic import exact_match
+from pixtral.prompt.tokenizer import load_tokenizer
+from pixtral.synthetic import generate, write_jsonl
+from pixtral.train.checkpointing import latest_checkpoint
+from pixtral.train.config import make_config
+from pixtral.train.data import Record, encode_conversation
 
 FINE = ["doc_number", "doc_word", "table_cell", "bar_value", "line_value"]
 COARSE = ["shape_count", "shape_colour", "compare_count", "followup_shapes"]
@@ -85,9 +109,6 @@ TRAIN_FIELDS: dict[str, Any] = {
 def prepare(root: Path, side: int = SIDE) -> None:
     """root/native/FOLDER/ (the generator's images), root/fixed/FOLDER/ (the same rows, images resized to
     side x side), root/ARM/mixed.jsonl and root/init (random weights + tokenizer). Skips what exists."""
-    from pixtral.demo.recipe import mix_jsonl, write_init
-    from pixtral.synthetic import generate, write_jsonl
-
     for folder, (split, n, tasks) in DATA.items():
         native = root / "native" / folder
         if not (native / f"{split}.jsonl").exists():
@@ -110,20 +131,12 @@ def stage_dir(root: Path, arm: str, stage: Stage) -> Path:
 
 
 def has_position_table(folder: Path) -> bool:
-    from safetensors import safe_open
-
     with safe_open(str(folder / "consolidated.safetensors"), "pt") as f:
         return POS_NAME in f.keys()
 
 
 def train_arm(root: Path, arm: str, threads: int | None = None, stage3_steps: int | None = None) -> Path:
     """Run (or resume) every stage of one arm; each starts from the previous stage's export. -> final folder."""
-    import pixtral.train.loop as loop
-    from pixtral.demo.fixed_resolution import load_fixed_resolution, swap_in_fixed_encoder
-    from pixtral.prompt.tokenizer import load_tokenizer
-    from pixtral.train.checkpointing import latest_checkpoint
-    from pixtral.train.config import make_config
-
     if arm not in ARMS:
         raise SystemExit(f"unknown arm {arm!r}: native or fixed")
     stock = loop.build_model
@@ -161,10 +174,6 @@ def train_arm(root: Path, arm: str, threads: int | None = None, stage3_steps: in
 
 def load_arm(root: Path, arm: str, folder: Path | None = None):
     """-> (model, tokenizer) of an arm's last stage (or of `folder`, an exported model of that arm)."""
-    from pixtral.checkpoint.loader import load_model
-    from pixtral.demo.fixed_resolution import load_fixed_resolution
-    from pixtral.prompt.tokenizer import load_tokenizer
-
     folder = folder or stage_dir(root, arm, STAGES[-1]) / "final"
     tokenizer = load_tokenizer(root / "init")
     if arm == "fixed":
@@ -186,8 +195,6 @@ def prompt_messages(row: dict[str, Any], base: Path) -> list[dict[str, Any]]:
 
 def blanked(row: dict[str, Any], base: Path, scratch: Path) -> dict[str, Any]:
     """The row with every image replaced by a white one of the same size (written under scratch)."""
-    from PIL import Image
-
     row = json.loads(json.dumps(row))
     for m in row["messages"]:
         for p in m["content"] if isinstance(m["content"], list) else []:
@@ -203,11 +210,6 @@ def blanked(row: dict[str, Any], base: Path, scratch: Path) -> dict[str, Any]:
 
 def answer_nll(model, tokenizer, row: dict[str, Any], base: Path) -> float:
     """Mean negative log-likelihood (nats) of the row's assistant tokens, teacher-forced."""
-    import torch
-    import torch.nn.functional as F
-
-    from pixtral.train.data import Record, encode_conversation
-
     sample, images = encode_conversation(Record(row["messages"], row["id"], base), tokenizer)
     ids = torch.tensor(sample.token_ids)
     with torch.inference_mode():
@@ -233,10 +235,6 @@ def char_similarity(a: str, b: str) -> float:
 def evaluate_jsonl(model, tokenizer, jsonl: Path, limit: int | None = None) -> list[dict[str, Any]]:
     """Greedy answers through pixtral.engine.Engine, exact match (the synthetic task's rule), and the
     answer's teacher-forced NLL with the real images and with white ones of the same sizes."""
-    from pixtral.engine.engine import Engine
-    from pixtral.engine.sampling import SamplingParams
-    from pixtral.evals.tasks.synthetic import exact_match
-
     engine = Engine(model, tokenizer, model_name="ablation")
     rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()][:limit]
     items = []
@@ -297,8 +295,6 @@ def evaluate_arm(
 
 def majority_answers(root: Path) -> dict[str, str]:
     """Each task's most frequent answer in the last stage's training data: what answering blind scores."""
-    from collections import Counter
-
     counts: dict[str, Counter] = defaultdict(Counter)
     with (root / "native" / "mixed.jsonl").open() as f:
         for line in f:
@@ -309,9 +305,6 @@ def majority_answers(root: Path) -> dict[str, str]:
 
 def report(root: Path, out_png: Path | None) -> str:
     """The per-task table, the paired (a) − (b) differences per group, and the plot."""
-    from pixtral.evals.stats import paired_difference
-    from pixtral.evals.tasks.synthetic import exact_match
-
     results = {arm: json.loads((root / f"eval-{arm}.json").read_text()) for arm in ARMS}
     majority = majority_answers(root)
     blind: dict[str, list[float]] = defaultdict(list)
@@ -388,7 +381,7 @@ def learning_curve(root: Path) -> dict[str, dict[int, dict[str, Any]]]:
 def plot(
     results: dict[str, Any], out_png: Path, curve: dict[str, dict[int, dict[str, Any]]] | None = None
 ) -> None:
-    import matplotlib
+    import matplotlib  # optional: only the plot needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -434,10 +427,6 @@ def plot(
 
 
 def main(argv: list[str] | None = None) -> int:
-    import logging
-
-    import torch
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     parser = argparse.ArgumentParser(
         prog="python -m pixtral.demo.ablation", description=__doc__.split("\n")[0]

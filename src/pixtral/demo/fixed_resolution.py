@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 from torch import nn
 
 from pixtral.config import PixtralConfig, VisionConfig
@@ -91,8 +92,6 @@ def swap_in_fixed_encoder(model: Pixtral, side: int = SIDE, seed: int = 0) -> Pi
 
 def load_fixed_resolution(folder: str | Path, side: int = SIDE) -> Pixtral:
     """A native checkpoint folder written from a fixed-resolution model -> the model, float32, eval mode."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     config = PixtralConfig.from_params_json(json.loads((folder / "params.json").read_text()))
     model = fixed_resolution_model(config, side)

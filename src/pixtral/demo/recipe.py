@@ -17,10 +17,22 @@ of the 1000 control tokens + the first 2000 tekken BPE ranks; `grow` makes it 4 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import random
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+from pixtral.checkpoint.formats import copy_tokenizer_files, write_checkpoint
+from pixtral.checkpoint.loader import open_checkpoint, save_model
 from pixtral.config import PixtralConfig, TextConfig, VisionConfig
+from pixtral.model.init import init_random_weights_
+from pixtral.model.pixtral import Pixtral
+from pixtral.synthetic.small_tokenizer import write_small_tokenizer
 
 N_WORDS = 2000  # BPE ranks kept by the small tokenizer; vocab_size = 1000 + N_WORDS
 MAX_SIDE = 192  # largest image side of the training data (12 x 12 patches)
@@ -74,11 +86,6 @@ def bundled_config() -> PixtralConfig:
 
 def write_init(out: str | Path, n_words: int = N_WORDS, seed: int = 0, std: float = 0.02) -> Path:
     """A native checkpoint of random weights in the demo shape, with the small tokenizer beside it."""
-    from pixtral.checkpoint.loader import save_model
-    from pixtral.model.init import init_random_weights_
-    from pixtral.model.pixtral import Pixtral
-    from pixtral.synthetic.small_tokenizer import write_small_tokenizer
-
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: exists and is not empty")
@@ -91,13 +98,6 @@ def write_init(out: str | Path, n_words: int = N_WORDS, seed: int = 0, std: floa
 def export_training_checkpoint(checkpoint: str | Path, init: str | Path, out: str | Path) -> Path:
     """A `pixtral train` checkpoint folder (torch.distributed.checkpoint) -> a native model folder (float32,
     params.json and the tokenizer from `init`): to use a run's intermediate weights, e.g. a run stopped early."""
-    import tempfile
-
-    import torch
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    from pixtral.checkpoint.formats import copy_tokenizer_files, write_checkpoint
-
     init, out = Path(init), Path(out)
     with tempfile.TemporaryDirectory() as tmp:
         dcp_to_torch_save(str(checkpoint), f"{tmp}/state.pt")
@@ -114,11 +114,6 @@ def grow_model(src: str | Path, out: str | Path, vision_layers: int = 0, text_la
     encoder and `text_layers` to the decoder, each a copy of the last block with its output projections
     (attention `wo`, feed-forward `w2`) set to zero, so every new block starts as the identity on the residual
     stream (block expansion, as in LLaMA Pro) and training then makes use of it."""
-    import torch
-
-    from pixtral.checkpoint.formats import copy_tokenizer_files, write_checkpoint
-    from pixtral.checkpoint.loader import open_checkpoint
-
     src, out = Path(src), Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: exists and is not empty")
@@ -144,10 +139,6 @@ def grow_model(src: str | Path, out: str | Path, vision_layers: int = 0, text_la
 def mix_jsonl(out: str | Path, sources: list[str | Path], seed: int = 0) -> int:
     """Concatenate `pixtral synth` JSONL files into one shuffled training file next to them: relative image
     paths are rewritten relative to ``out``'s folder. Returns the number of conversations."""
-    import json
-    import os
-    import random
-
     out = Path(out)
     rows = []
     for source in map(Path, sources):
@@ -178,8 +169,6 @@ def mix_jsonl(out: str | Path, sources: list[str | Path], seed: int = 0) -> int:
 
 
 def demo_config_from(folder: str | Path) -> PixtralConfig:
-    import json
-
     return PixtralConfig.from_params_json(json.loads((Path(folder) / "params.json").read_text()))
 
 

@@ -1,12 +1,13 @@
 """The one way to generate: messages in, text out (blocking or streamed).
 
 The CLI, the server and the in-process evaluation backend all call `Engine`. It owns the model, the
-tokenizer and the image limits; it turns OpenAI-shaped messages into a prompt (prompt/), runs the decoding
-scheduler (continuous batching, KV budget, image and prefix caches), and turns token ids back into text
-with stop strings applied. Many threads may call generate/stream at once: their requests are batched.
-`SamplingParams.n` choices of one prompt cost one encoding (tokens and image preprocessing), one vision
-encoder pass and one prefill; choice i is seeded `seed + i`. The contract the server, the evaluation
-harness and the test fakes rely on is `EngineClient` (engine/protocol.py).
+tokenizer and the media policy (which image sources it reads, how large); it turns OpenAI-shaped messages
+into a prompt (prompt/), runs the decoding scheduler (continuous batching, KV budget, image and prefix
+caches), and turns token ids back into text with stop strings applied. Many threads may call
+generate/stream at once: their requests are batched. `SamplingParams.n` choices of one prompt cost one
+encoding (tokens and image preprocessing), one vision encoder pass and one prefill; choice i is seeded
+`seed + i`. The contract the server, the evaluation harness and the test fakes rely on is `EngineClient`
+(engine/protocol.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pixtral.errors import ContextLengthError, InputError, PixtralError
 from pixtral.model.pixtral import Pixtral
 from pixtral.prompt.chat import EncodedPrompt, encode_chat
 from pixtral.prompt.detokenize import StreamingDetokenizer
-from pixtral.prompt.images import DEFAULT_LIMITS, FetchRemote, ImageLimits
+from pixtral.prompt.images import LOCAL_MEDIA, MediaPolicy
 from pixtral.prompt.system_prompt import load_system_prompt, with_default_system
 from pixtral.prompt.thinking import think_token_ids
 from pixtral.prompt.tokenizer import load_tokenizer, tokenizer_checked_config
@@ -66,8 +67,7 @@ class Engine:
         *,
         model_name: str = "pixtral",
         untrained: bool = False,
-        limits: ImageLimits = DEFAULT_LIMITS,
-        fetch_remote: FetchRemote | None = None,
+        media: MediaPolicy = LOCAL_MEDIA,
         scheduler: SchedulerConfig = DEFAULT_SCHEDULER,
         max_image_tokens: int | None = None,
     ) -> None:
@@ -76,8 +76,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.untrained = untrained
-        self.limits = limits
-        self.fetch_remote = fetch_remote
+        self.media = media  # which image sources encode() reads (a server's own policy is applied before)
         self.eos_id = model.config.eos_id
         self.scheduler = Scheduler(model, scheduler)
         self.system_prompt: str | None = None  # the model folder's SYSTEM_PROMPT.txt, for chats without one
@@ -92,8 +91,7 @@ class Engine:
         *,
         dtype: str | None = None,
         device: str = "auto",
-        limits: ImageLimits = DEFAULT_LIMITS,
-        fetch_remote: FetchRemote | None = None,
+        media: MediaPolicy = LOCAL_MEDIA,
         scheduler: SchedulerConfig = DEFAULT_SCHEDULER,
         max_image_tokens: int | None = None,
         quantize: str | None = None,
@@ -128,8 +126,7 @@ class Engine:
             tokenizer,
             model_name=str(model) if model is not None else "default",
             untrained=(ckpt.folder / UNTRAINED_MARKER).exists(),
-            limits=limits,
-            fetch_remote=fetch_remote,
+            media=media,
             scheduler=scheduler,
             max_image_tokens=max_image_tokens,
         )
@@ -158,8 +155,7 @@ class Engine:
         prompt = encode_chat(
             with_default_system(messages, self.system_prompt),
             self.tokenizer,
-            limits=self.limits,
-            fetch_remote=self.fetch_remote,
+            media=self.media,
             max_image_tokens=self.max_image_tokens,
             tools=tools,
         )

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from mistral_common.tokens.tokenizers.tekken import SpecialTokenPolicy
 
 from pixtral.errors import InputError
 
@@ -73,8 +74,6 @@ class Grammars:
         with self._lock:
             if self._compiler is None:
                 xgr = _xgrammar()
-                from mistral_common.tokens.tokenizers.tekken import SpecialTokenPolicy
-
                 tekken = self._tokenizer.instruct_tokenizer.tokenizer
                 n_control = tekken.num_special_tokens
                 vocab = [

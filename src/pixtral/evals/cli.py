@@ -11,8 +11,19 @@ import json
 import sys
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 from pixtral.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 from pixtral.errors import PixtralError
+from pixtral.evals.compare import compare_runs, print_comparison
+from pixtral.evals.config import EvalConfig
+from pixtral.evals.errors import EvalConfigError
+from pixtral.evals.judge import DEFAULT_JUDGE_URL
+from pixtral.evals.metrics import FIXED
+from pixtral.evals.report import render_reports
+from pixtral.evals.runner import run_eval
+from pixtral.evals.tasks import LMMS_EVAL_NAMES, TASKS
 
 EPILOG = """\
 examples:
@@ -161,10 +172,6 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 
 def _config_from_args(args: argparse.Namespace):
-    from pixtral.evals.config import EvalConfig
-    from pixtral.evals.errors import EvalConfigError
-    from pixtral.evals.judge import DEFAULT_JUDGE_URL
-
     if not args.task:
         raise EvalConfigError(
             "pass --task NAME (mm_mt_bench, mmmu, mathvista, chartqa, docvqa, vqav2, synthetic)"
@@ -194,9 +201,6 @@ def _num(x: float | None) -> str:
 
 
 def _print_summary(results: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"{results['provenance']['model']} · {results['provenance']['prompt_set']} prompts · "
                         f"{results['provenance']['scoring']} scoring")  # fmt: skip
     for col in ("task", "metric", "score", "95% CI", "n", "errors"):
@@ -224,32 +228,21 @@ def handle_eval(args: argparse.Namespace) -> int:
     try:
         action = getattr(args, "eval_action", None) or "run"
         if action == "run":
-            from pixtral.evals.runner import run_eval
-
             results = run_eval(_config_from_args(args))
             _print_summary(results)
             return 1 if any(t["counts"]["errors"] for t in results["tasks"].values()) else 0
         if action == "report":
-            from pixtral.evals.report import render_reports
-
             path = args.run_dir / "results.json"
             if not path.is_file():
-                from pixtral.evals.errors import EvalConfigError
-
                 raise EvalConfigError(f"{args.run_dir} has no results.json; run `pixtral eval run` first")
             render_reports(json.loads(path.read_text(encoding="utf-8")), args.run_dir)
             print(f"wrote {args.run_dir}/report.md and report.html")
             return 0
         if action == "compare":
-            from pixtral.evals.compare import compare_runs, print_comparison
-
             cmp = compare_runs(args.run_a, args.run_b, args.bootstrap)
             print(json.dumps(cmp, indent=2)) if args.json else print_comparison(cmp)
             return 0
         if action == "tasks":
-            from pixtral.evals.metrics import FIXED
-            from pixtral.evals.tasks import LMMS_EVAL_NAMES, TASKS
-
             for name, cls in TASKS.items():
                 t = cls()
                 ds = t.dataset

@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 from pixtral.evals.errors import EvalConfigError
 from pixtral.evals.scoring import _scale
 from pixtral.evals.stats import paired_difference
@@ -65,9 +68,6 @@ def compare_runs(run_a: Path, run_b: Path, n_boot: int = 1000) -> dict[str, Any]
 
 
 def print_comparison(cmp: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     for task, rows in cmp["tasks"].items():
         table = Table(title=f"{task}: B − A  (A={cmp['a']}, B={cmp['b']})")

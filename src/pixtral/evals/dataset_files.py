@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from pixtral.evals.errors import DatasetError
+from pixtral.units import format_bytes
 
 DATA_EXTS = (".parquet", ".arrow", ".jsonl")
 
@@ -115,7 +116,7 @@ def local_card(folder: Path) -> dict[str, Any] | None:
     readme = folder / "README.md"
     if not readme.is_file():
         return None
-    from huggingface_hub.repocard import metadata_load
+    from huggingface_hub.repocard import metadata_load  # lazy: ~0.5 s of start-up otherwise
 
     try:
         return metadata_load(readme)
@@ -149,7 +150,7 @@ class HuggingFaceHub:
     """The real hub, through ``huggingface_hub`` (token, endpoint, cache and offline mode from its environment)."""
 
     def listing(self, repo: str, revision: str | None) -> RepoListing:
-        from huggingface_hub import HfApi
+        from huggingface_hub import HfApi  # lazy: ~0.5 s of start-up otherwise
         from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
         try:
@@ -162,12 +163,12 @@ class HuggingFaceHub:
         )
 
     def download(self, repo: str, path: str, sha: str) -> Path:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download  # lazy: ~0.5 s of start-up otherwise
 
         return Path(hf_hub_download(repo, path, repo_type="dataset", revision=sha))
 
     def open(self, repo: str, path: str, sha: str) -> BinaryIO:
-        from huggingface_hub import HfFileSystem
+        from huggingface_hub import HfFileSystem  # lazy: ~0.5 s of start-up otherwise
 
         return HfFileSystem().open(f"datasets/{repo}@{sha}/{path}", "rb")
 
@@ -178,10 +179,5 @@ def hub_client() -> HubClient:
 
 
 def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "size unknown"
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
+    """A listing's total size (None when the hub did not say), in the one format (pixtral/units.py)."""
+    return "size unknown" if n is None else format_bytes(n)

@@ -13,6 +13,7 @@ from functools import lru_cache
 
 from rapidfuzz.distance import Levenshtein
 
+from pixtral.evals.errors import EvalConfigError
 from pixtral.evals.parsing import parse_flex2
 
 SCORING_MODES = ("fixed", "mistral-compat")
@@ -21,8 +22,6 @@ FIXED, COMPAT = SCORING_MODES
 
 def check_mode(mode: str) -> str:
     if mode not in SCORING_MODES:
-        from pixtral.evals.errors import EvalConfigError
-
         raise EvalConfigError(f"scoring mode must be one of {SCORING_MODES}, not {mode!r}")
     return mode
 

@@ -5,6 +5,16 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
 
 class ProgressReporter:
     def __init__(self, enabled: bool = True) -> None:
@@ -13,16 +23,6 @@ class ProgressReporter:
 
     def __enter__(self) -> ProgressReporter:
         if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),

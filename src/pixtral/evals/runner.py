@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pixtral.evals.backends.http import OpenAIHTTPBackend
+from pixtral.evals.backends.inprocess import InProcessBackend
 from pixtral.evals.config import EvalConfig
 from pixtral.evals.data import Rows, load_rows, select_indices
 from pixtral.evals.errors import BackendError, DatasetError, EvalConfigError
@@ -24,6 +25,7 @@ from pixtral.evals.judge import JudgeParams, build_judge_messages, judge, judge_
 from pixtral.evals.metrics import check_mode
 from pixtral.evals.progress import ProgressReporter
 from pixtral.evals.prompts import PromptSet, load_prompt_set
+from pixtral.evals.report import write_reports
 from pixtral.evals.scoring import score_task
 from pixtral.evals.store import GroupCommitter, Store, run_lock
 from pixtral.evals.tasks import get_task
@@ -100,8 +102,6 @@ class Runner:
     def _backend(self) -> Any:
         cfg = self.cfg
         if cfg.in_process:
-            from pixtral.evals.backends.inprocess import InProcessBackend
-
             return InProcessBackend(cfg.engine_model, cfg.engine_dtype, cfg.engine_device)
         return OpenAIHTTPBackend(
             cfg.endpoints,
@@ -303,8 +303,6 @@ class Runner:
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     """Run (or resume) an evaluation and write its reports; returns the aggregate results (results.json)."""
-    from pixtral.evals.report import write_reports
-
     started = time.time()
     runner = Runner(cfg)
     with run_lock(Path(cfg.output_dir)):

@@ -42,7 +42,7 @@ from pydantic import ValidationError
 
 from pixtral.errors import InputError
 from pixtral.prompt.image_budget import fit_image_budget
-from pixtral.prompt.images import DEFAULT_LIMITS, FetchRemote, ImageLimits, load_image
+from pixtral.prompt.images import LOCAL_MEDIA, MediaPolicy, MediaRefused, load_image
 
 ROLES = ("system", "user", "assistant", "tool")
 _MESSAGE_TYPES = {"system": SystemMessage, "user": UserMessage, "assistant": AssistantMessage}
@@ -62,15 +62,15 @@ def encode_chat(
     messages: Sequence[Mapping[str, Any]],
     tokenizer: MistralTokenizer,
     *,
-    limits: ImageLimits = DEFAULT_LIMITS,
-    fetch_remote: FetchRemote | None = None,
+    media: MediaPolicy = LOCAL_MEDIA,
     max_image_tokens: int | None = None,
     tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> EncodedPrompt:
     """Encode a conversation exactly as mistral-common does. Raises InputError naming the message (and
     part) at fault. With `max_image_tokens`, images whose [IMG] tokens would exceed it in total are scaled
-    down first (image_budget.py). `tools`: OpenAI-shaped function definitions."""
-    mistral_messages = to_mistral_messages(messages, tokenizer, limits=limits, fetch_remote=fetch_remote)
+    down first (image_budget.py). `tools`: OpenAI-shaped function definitions. `media`: which image sources
+    may be read, and how large (prompt/images.py)."""
+    mistral_messages = to_mistral_messages(messages, tokenizer, media=media)
     if max_image_tokens is not None:
         chunks = [c for m in mistral_messages if isinstance(m.content, list) for c in m.content]
         images = [c for c in chunks if isinstance(c, ImageChunk)]
@@ -92,8 +92,7 @@ def to_mistral_messages(
     messages: Sequence[Mapping[str, Any]],
     tokenizer: MistralTokenizer,
     *,
-    limits: ImageLimits = DEFAULT_LIMITS,
-    fetch_remote: FetchRemote | None = None,
+    media: MediaPolicy = LOCAL_MEDIA,
     allow_final_assistant: bool = False,
 ) -> list[MistralMessage]:
     """Validate OpenAI-shaped messages and build mistral-common messages (images loaded and checked).
@@ -112,10 +111,7 @@ def to_mistral_messages(
             f"message {last} is from the assistant and nothing from the user follows it: end the conversation "
             "with a user message (continuing an assistant reply is not supported)"
         )
-    return [
-        _convert_message(index, message, tokenizer, limits, fetch_remote)
-        for index, message in enumerate(messages)
-    ]
+    return [_convert_message(index, message, tokenizer, media) for index, message in enumerate(messages)]
 
 
 def _role(index: int, message: Any) -> str:
@@ -133,8 +129,7 @@ def _convert_message(
     index: int,
     message: Any,
     tokenizer: MistralTokenizer,
-    limits: ImageLimits,
-    fetch_remote: FetchRemote | None,
+    media: MediaPolicy,
 ) -> MistralMessage:
     where = f"message {index}"
     role = _role(index, message)
@@ -151,7 +146,7 @@ def _convert_message(
         chunks: str | list[TextChunk | ImageChunk] = content
     elif isinstance(content, Sequence) and not isinstance(content, (bytes, bytearray)):
         chunks = [
-            _convert_part(f"{where} ({role}) part {part_index}", role, part, tokenizer, limits, fetch_remote)
+            _convert_part(f"{where} ({role}) part {part_index}", role, part, tokenizer, media)
             for part_index, part in enumerate(content)
         ]
     else:
@@ -246,8 +241,7 @@ def _convert_part(
     role: str,
     part: Any,
     tokenizer: MistralTokenizer,
-    limits: ImageLimits,
-    fetch_remote: FetchRemote | None,
+    media: MediaPolicy,
 ) -> TextChunk | ImageChunk:
     if not isinstance(part, Mapping):
         raise InputError(f"{where} must be an object with a 'type', not {type(part).__name__}")
@@ -274,7 +268,9 @@ def _convert_part(
         if source is None:
             raise InputError(f"{where} needs 'image': a PIL image, bytes or a path")
     try:
-        image = load_image(source, limits, fetch_remote)
+        image = load_image(source, media)
+    except MediaRefused as e:  # keeps its reason (the server's error code)
+        raise MediaRefused(f"{where}: {e}", e.reason) from e
     except InputError as e:
         raise InputError(f"{where}: {e}") from e
     return ImageChunk(image=image)

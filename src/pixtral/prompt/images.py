@@ -11,6 +11,12 @@ it, so a truncated file fails here and not deep inside preprocessing.
 The image is returned as PIL decoded it: no EXIF orientation, no mode conversion. mistral-common does the
 RGB conversion (transparency -> white) and the resize itself, and it does not apply EXIF orientation
 either, so doing it here would change the pixels and, for rotated photos, the token count.
+
+Which sources may be read at all is a `MediaPolicy`: the one place that dispatches on a URL's scheme. The
+CLI, the Python API and training use `LOCAL_MEDIA` (any local file, no downloads); the server builds its own
+(serve/media.py: local files only below configured directories, http(s) only through its SSRF-guarded
+fetcher, a byte limit). A source the policy refuses raises `MediaRefused`, whose `reason` the server answers
+as its error code.
 """
 
 from __future__ import annotations
@@ -32,13 +38,15 @@ from PIL import Image, UnidentifiedImageError
 from pixtral.errors import InputError
 
 ImageSource = str | bytes | bytearray | Path | Image.Image
-FetchRemote = Callable[[str], bytes]
+FetchRemote = Callable[
+    [str], bytes
+]  # url -> bytes; raises InputError (MediaRefused) when it refuses or fails
 
 MiB = 1024 * 1024
 
 # PIL names the formats it reads; MPO is the multi-picture JPEG many cameras write.
 _FORMAT_ALIASES = {"MPO": "JPEG"}
-_URL_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*):")
+_URL_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*):")  # RFC 3986; one letter is a Windows drive
 
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # see the module docstring
 
@@ -64,46 +72,99 @@ class ImageLimits:
 DEFAULT_LIMITS = ImageLimits()
 
 
-def load_image(
-    source: ImageSource,
-    limits: ImageLimits = DEFAULT_LIMITS,
-    fetch_remote: FetchRemote | None = None,
-) -> Image.Image:
-    """Load one image from a `data:` URL, a local path or `file://` URL, raw bytes, a PIL image, or an
-    `http(s)://` URL (only through `fetch_remote(url) -> bytes`, which owns timeouts and address checks).
-    The limits apply to encoded sources; a PIL image is only checked to be non-empty and fully decoded.
+class MediaRefused(InputError):
+    """The media policy refuses this source (as opposed to a source that is broken). `reason` names the rule:
+    local_media_disabled, local_media_forbidden, remote_media_disabled, remote_media_refused, invalid_image."""
 
-    Raises InputError when the source cannot be read, is too large, is not an allowed format, or does not
-    decode completely.
+    reason = "invalid_image"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+@dataclass(frozen=True)
+class MediaPolicy:
+    """Which image sources may be read, and what an image may be. `data:` URLs (of an image/* type) are
+    always allowed; local paths and `file://` URLs as `local_roots` says; `http(s)://` URLs only through
+    `fetch_remote`, which owns timeouts and the address guard; any other scheme is refused."""
+
+    limits: ImageLimits = DEFAULT_LIMITS
+    # None: any local file (the user's own machine); (): no local file; else only files below these
+    # directories, symlinks resolved first.
+    local_roots: tuple[Path, ...] | None = None
+    fetch_remote: FetchRemote | None = None  # None: http(s) URLs are refused
+
+    def __post_init__(self) -> None:
+        if self.local_roots is not None:
+            object.__setattr__(
+                self, "local_roots", tuple(Path(os.path.realpath(r)) for r in self.local_roots)
+            )
+
+    @property
+    def schemes(self) -> frozenset[str]:
+        """The URL schemes this policy reads ("" stands for a plain path)."""
+        local = {"", "file"} if self.local_roots != () else set()
+        remote = {"http", "https"} if self.fetch_remote is not None else set()
+        return frozenset({"data"} | local | remote)
+
+    def accepted(self) -> str:
+        """The sources this policy reads, for error messages."""
+        kinds = ["a data:image/...;base64 URL"]
+        if self.local_roots is None:
+            kinds.append("a local path or file:// URL")
+        elif self.local_roots:
+            kinds.append(f"a file below {', '.join(str(r) for r in self.local_roots)}")
+        if self.fetch_remote is not None:
+            kinds.append("an http(s):// URL")
+        return ", ".join(kinds[:-1]) + " or " + kinds[-1] if len(kinds) > 1 else kinds[0]
+
+
+LOCAL_MEDIA = MediaPolicy()  # the CLI's, the Python API's and training's: the user's own files, no downloads
+
+
+def url_scheme(url: str) -> str:
+    """The lower-case scheme of a URL, or "" for a path (a one-letter scheme is a Windows drive: "C:\\x")."""
+    match = _URL_SCHEME.match(url)
+    return match.group(1).lower() if match and len(match.group(1)) > 1 else ""
+
+
+def load_image(source: ImageSource, media: MediaPolicy = LOCAL_MEDIA) -> Image.Image:
+    """Load one image from a `data:` URL, a local path or `file://` URL, raw bytes, a PIL image, or an
+    `http(s)://` URL, as far as `media` allows. Its limits apply to encoded sources; a PIL image is only
+    checked to be non-empty and fully decoded.
+
+    Raises MediaRefused when the policy refuses the source, InputError when the source cannot be read, is
+    too large, is not an allowed format, or does not decode completely.
     """
+    limits = media.limits
     if isinstance(source, Image.Image):
         return _check_pil_image(source)
     if isinstance(source, (bytes, bytearray)):
         return decode_image_bytes(bytes(source), limits, what="the image data")
     if isinstance(source, Path):
-        return _load_path(source, limits)
+        return _load_path(source, media)
     if not isinstance(source, str):
         raise InputError(
             f"an image must be a data: URL, a path, a file:// or http(s):// URL, bytes or a PIL image, "
             f"not {type(source).__name__}"
         )
     if not source:
-        raise InputError("the image URL is empty: give a data: URL, a path or an http(s):// URL")
+        raise InputError(f"the image URL is empty: send {media.accepted()}")
 
-    match = _URL_SCHEME.match(source)
-    scheme = match.group(1).lower() if match else ""
+    scheme = url_scheme(source)
     if scheme == "data":
         return decode_image_bytes(_data_url_payload(source, limits), limits, what="the data: URL")
     if scheme == "file":
-        return _load_path(Path(urllib.request.url2pathname(urllib.parse.urlparse(source).path)), limits)
+        return _load_path(Path(urllib.request.url2pathname(urllib.parse.urlsplit(source).path)), media)
     if scheme in ("http", "https"):
-        return _load_remote(source, limits, fetch_remote)
-    if match and source[match.end() :].startswith("//"):
-        raise InputError(
-            f"unsupported image URL scheme {scheme!r} in {_shorten(source)}: "
-            "use a data: URL, a file:// or http(s):// URL, or a local path"
+        return _load_remote(source, media)
+    if scheme:
+        raise MediaRefused(
+            f"unsupported image URL scheme {scheme!r} in {_shorten(source)}: send {media.accepted()}"
         )
-    return _load_path(Path(source), limits)
+    return _load_path(Path(source), media)
 
 
 def decode_image_bytes(data: bytes, limits: ImageLimits, what: str = "the image") -> Image.Image:
@@ -176,6 +237,11 @@ def _check_pixels(size: tuple[int, int], limits: ImageLimits, what: str) -> None
 
 def _data_url_payload(url: str, limits: ImageLimits) -> bytes:
     header, comma, payload = url.partition(",")
+    if not header.lower().startswith("data:image/"):
+        raise MediaRefused(
+            f"the data: URL is not an image (it starts {header[:40]!r}): "
+            "send data:image/png;base64,... or data:image/jpeg;base64,..."
+        )
     if not comma:
         raise InputError(f"the data: URL {_shorten(url)} has no ',' before its payload")
     if not header.lower().endswith(";base64"):
@@ -190,8 +256,23 @@ def _data_url_payload(url: str, limits: ImageLimits) -> bytes:
         raise InputError(f"the data: URL {_shorten(url)} holds invalid base64 ({e})") from e
 
 
-def _load_path(path: Path, limits: ImageLimits) -> Image.Image:
+def _load_path(path: Path, media: MediaPolicy) -> Image.Image:
+    """A local file, if the policy allows it."""
+    limits = media.limits
     what = f"the image file {str(path)!r}"
+    if media.local_roots == ():
+        raise MediaRefused(f"local image files are disabled: send {media.accepted()}", "local_media_disabled")
+    if media.local_roots is not None:
+        try:
+            path = Path(os.path.realpath(path))  # symlinks and ".." resolved before the check
+        except (ValueError, OSError) as e:
+            raise InputError(f"{what} is not a valid path ({e})") from e
+        if not any(path.is_relative_to(root) for root in media.local_roots):
+            raise MediaRefused(
+                f"{what} is outside the directories images may be read from "
+                f"({', '.join(str(r) for r in media.local_roots)})",
+                "local_media_forbidden",
+            )
     try:
         _check_bytes(os.stat(path).st_size, limits, what)
         with open(path, "rb") as file:
@@ -205,15 +286,18 @@ def _load_path(path: Path, limits: ImageLimits) -> Image.Image:
     return decode_image_bytes(data, limits, what=what)
 
 
-def _load_remote(url: str, limits: ImageLimits, fetch_remote: FetchRemote | None) -> Image.Image:
-    if fetch_remote is None:
-        raise InputError(
-            f"remote image URLs are disabled ({_shorten(url)}): send the image as a data: URL or a local path"
+def _load_remote(url: str, media: MediaPolicy) -> Image.Image:
+    if media.fetch_remote is None:
+        raise MediaRefused(
+            f"remote image URLs are disabled ({_shorten(url)}): send {media.accepted()}",
+            "remote_media_disabled",
         )
-    data = fetch_remote(url)  # the fetcher raises InputError itself when it refuses or fails
+    data = media.fetch_remote(
+        url
+    )  # the fetcher raises InputError (MediaRefused) itself when it refuses or fails
     if not isinstance(data, (bytes, bytearray)):
         raise TypeError(f"fetch_remote must return bytes, got {type(data).__name__}")
-    return decode_image_bytes(bytes(data), limits, what=f"the image at {_shorten(url)}")
+    return decode_image_bytes(bytes(data), media.limits, what=f"the image at {_shorten(url)}")
 
 
 def _shorten(text: str, limit: int = 64) -> str:

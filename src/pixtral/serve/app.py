@@ -29,14 +29,13 @@ from pixtral.engine.protocol import EngineClient
 from pixtral.engine.structured import StructuredOutput
 from pixtral.errors import InputError
 from pixtral.prompt.chat import EncodedPrompt, decode_ids, encode_chat, encode_text
-from pixtral.prompt.images import DEFAULT_LIMITS
 from pixtral.prompt.tool_calls import ForcedToolCalls, ToolCallStream, required_tools_schema, split_tool_calls
 from pixtral.serve import protocol as P
 from pixtral.serve.access_log import AccessLogMiddleware
 from pixtral.serve.errors import APIError, bad_request, install_error_handlers
 from pixtral.serve.limits import BodyLimitMiddleware
 from pixtral.serve.logprobs import LogprobsFormatter
-from pixtral.serve.media import check_request_shape, to_engine_messages
+from pixtral.serve.media import check_request_shape, media_policy, to_engine_messages
 from pixtral.serve.media_guard import RemoteMediaFetcher
 from pixtral.serve.metrics import CONTENT_TYPE, ServerMetrics
 from pixtral.serve.settings import ServeSettings
@@ -74,6 +73,7 @@ class ServerState:
                 max_redirects=settings.remote_max_redirects,
                 allowed_domains=settings.allowed_media_domains,
             )
+        self.media = media_policy(settings, self.fetcher)  # which image sources requests may name
         self._key_digest = hashlib.sha256(settings.api_key.encode()).digest() if settings.api_key else None
         if engine is not None:
             self.set_engine(engine)
@@ -270,12 +270,12 @@ async def _tokenize(state: ServerState, body: P.TokenizeRequest) -> P.TokenizeRe
         ids = encode_text(body.prompt, engine.tokenizer, bos=body.add_special_tokens is not False).token_ids
     else:
         check_request_shape(body, state.settings)
-        messages = await run_in_threadpool(to_engine_messages, body, state.settings, state.fetcher)
+        messages = await run_in_threadpool(to_engine_messages, body, state.media)
         encoded = await run_in_threadpool(
             encode_chat,
             messages,
             engine.tokenizer,
-            limits=getattr(engine, "limits", DEFAULT_LIMITS),
+            media=state.media,
             max_image_tokens=getattr(engine, "max_image_tokens", None),
             tools=[t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None,
         )
@@ -478,7 +478,7 @@ async def _chat(state: ServerState, body: P.ChatCompletionRequest, request: Requ
         structured = StructuredOutput.json_schema(schema or required_tools_schema(tools or []))
 
     async def make_spec() -> GenerationSpec:
-        messages = await run_in_threadpool(to_engine_messages, body, state.settings, state.fetcher)
+        messages = await run_in_threadpool(to_engine_messages, body, state.media)
         spec = _spec(body, messages, (body.top_logprobs or 0) if want_logprobs else None, tools=tools)
         if structured is not None:
             spec.extras["structured"] = structured

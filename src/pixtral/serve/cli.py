@@ -24,7 +24,9 @@ from pixtral.argtypes import (
     positive_float,
     positive_int,
 )
+from pixtral.errors import PixtralError
 from pixtral.model_options import add_load_options, add_model_option, load_engine
+from pixtral.serve.app import create_app
 from pixtral.serve.settings import API_KEY_ENV, ServeSettings
 
 log = logging.getLogger("pixtral.serve")
@@ -185,9 +187,7 @@ def run_serve(args: argparse.Namespace) -> int:
     """Listen first, then load the engine in a thread while /health answers "loading". Any failure before
     serving (a bad flag, a port that cannot be bound, a load that raises, whatever its type) ends the process
     with one `error: ...` line (or one ERROR log line for the load) and a non-zero status, never a traceback."""
-    import uvicorn
-
-    from pixtral.serve.app import create_app
+    import uvicorn  # lazy: only `pixtral serve` runs a server, not every command's start-up
 
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -257,8 +257,6 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def _describe(error: BaseException) -> str:
     """Our own errors and OS errors say what to fix; anything else is named by its type too."""
-    from pixtral.errors import PixtralError
-
     if isinstance(error, (PixtralError, OSError)) or not str(error):
         return str(error) or type(error).__name__
     return f"{type(error).__name__}: {error}"
@@ -297,7 +295,7 @@ def _exit_while_loading(code: int) -> None:
 def _draining_server(config: Any) -> Any:
     """A uvicorn.Server whose SIGTERM ends in exit status 0 once the drain is done (uvicorn re-raises the
     signal after its graceful shutdown, which would report a clean drain as death by SIGTERM)."""
-    import uvicorn
+    import uvicorn  # lazy: only `pixtral serve` runs a server, not every command's start-up
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:

@@ -1,28 +1,30 @@
-"""Turn a validated request's messages into engine messages, with every image loaded under the limits.
+"""Turn a validated request's messages into engine messages, with every image loaded under the server's
+media policy.
 
-Image sources: `data:` URLs always; `http(s)://` only through the SSRF-guarded fetcher when remote media is
-enabled; local paths / `file://` URLs only below `--allowed-local-media-path` directories. Every image is
-checked (bytes, header pixels, format) before it is decoded, and decoded completely before it is queued.
+The rules themselves live in one place, `prompt/images.py`'s `MediaPolicy`; this module only builds the
+server's policy from its settings and answers a refusal with the right status. Image sources: `data:` URLs
+always; `http(s)://` only through the SSRF-guarded fetcher (media_guard.py) when remote media is enabled;
+local paths / `file://` URLs only below `--allowed-local-media-path` directories. Every image is checked
+(bytes, header pixels, format) before it is decoded, and decoded completely before it is queued.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import urllib.parse
-import urllib.request
-from pathlib import Path
-
 from PIL import Image
 
 from pixtral.errors import InputError
-from pixtral.prompt.images import ImageLimits, decode_image_bytes, load_image
+from pixtral.prompt.images import ImageLimits, MediaPolicy, MediaRefused, load_image
 from pixtral.serve.errors import APIError, bad_request
-from pixtral.serve.media_guard import MediaFetchError, RemoteMediaFetcher
+from pixtral.serve.media_guard import RemoteMediaFetcher
 from pixtral.serve.protocol import ChatCompletionRequest, ImagePart, TextPart
 from pixtral.serve.settings import ServeSettings
 
-_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*):")
+# How a client switches a refused source on (a server's flag, so it is said here, not in prompt/).
+_HOW_TO_ENABLE = {
+    "local_media_disabled": " (or start the server with --allowed-local-media-path DIR)",
+    "remote_media_disabled": " (or start the server with --allow-remote-media)",
+}
+_STATUS = {"local_media_forbidden": 403}  # every other refusal is a 400
 
 
 def image_limits(settings: ServeSettings) -> ImageLimits:
@@ -65,69 +67,26 @@ def check_request_shape(request: ChatCompletionRequest, settings: ServeSettings)
     return n_images
 
 
-def _local_path(url: str, settings: ServeSettings, where: str) -> Path:
-    if not settings.allowed_local_media_paths:
-        raise bad_request(
-            f"{where}: local image files are disabled on this server; send the image as a "
-            "data:image/...;base64 URL (or start the server with --allowed-local-media-path DIR).",
-            code="local_media_disabled",
-        )
-    raw = urllib.request.url2pathname(urllib.parse.urlsplit(url).path) if url.startswith("file:") else url
-    try:
-        path = Path(os.path.realpath(raw))
-    except (ValueError, OSError) as e:
-        raise bad_request(f"{where}: invalid local path ({e}).") from e
-    if not any(path.is_relative_to(root) for root in settings.allowed_local_media_paths):
-        raise APIError(
-            403,
-            f"{where}: the file is outside the directories this server may read "
-            f"({', '.join(str(p) for p in settings.allowed_local_media_paths)}).",
-            code="local_media_forbidden",
-        )
-    return path
+def media_policy(settings: ServeSettings, fetcher: RemoteMediaFetcher | None) -> MediaPolicy:
+    """The server's policy: its limits, local files only below its allowed directories (none by default),
+    http(s) only through `fetcher` (None: refused)."""
+    return MediaPolicy(
+        limits=image_limits(settings), local_roots=settings.allowed_local_media_paths, fetch_remote=fetcher
+    )
 
 
-def load_part_image(
-    url: str, settings: ServeSettings, fetcher: RemoteMediaFetcher | None, where: str
-) -> Image.Image:
-    limits = image_limits(settings)
-    match = _SCHEME.match(url)
-    scheme = match.group(1).lower() if match and len(match.group(1)) > 1 else ""  # "C:\..." is a path
+def load_part_image(url: str, media: MediaPolicy, where: str) -> Image.Image:
+    """One image part's image, or the APIError that names the part and the rule it broke."""
     try:
-        if scheme == "data":
-            header = url[: min(len(url), 64)].split(",", 1)[0].lower()
-            if not header.startswith("data:image/"):
-                raise bad_request(
-                    f"{where}: the data: URL is not an image (it starts {header[:40]!r}); "
-                    "send data:image/png;base64,... or data:image/jpeg;base64,...",
-                    code="invalid_image",
-                )
-            return load_image(url, limits)
-        if scheme in ("http", "https"):
-            if fetcher is None:
-                raise bad_request(
-                    f"{where}: fetching http(s) image URLs is disabled on this server; send the image as a "
-                    "data:image/...;base64 URL (or start the server with --allow-remote-media).",
-                    code="remote_media_disabled",
-                )
-            try:
-                data = fetcher(url)
-            except MediaFetchError as e:
-                raise bad_request(f"{where}: {e}", code="remote_media_refused") from e
-            return decode_image_bytes(data, limits, what=f"{where}: the downloaded image")
-        if scheme in ("", "file"):
-            return load_image(_local_path(url, settings, where), limits)
-        raise bad_request(
-            f"{where}: unsupported URL scheme {scheme!r}; use a data:image/...;base64 URL.",
-            code="invalid_image",
-        )
+        return load_image(url, media)
+    except MediaRefused as e:
+        status = _STATUS.get(e.reason, 400)
+        raise APIError(status, f"{where}: {e}{_HOW_TO_ENABLE.get(e.reason, '')}", code=e.reason) from e
     except InputError as e:
         raise bad_request(f"{where}: {e}", code="invalid_image") from e
 
 
-def to_engine_messages(
-    request: ChatCompletionRequest, settings: ServeSettings, fetcher: RemoteMediaFetcher | None
-) -> list[dict]:
+def to_engine_messages(request: ChatCompletionRequest, media: MediaPolicy) -> list[dict]:
     """OpenAI messages -> engine messages ({"type": "image", "image": PIL.Image} for every image)."""
     out: list[dict] = []
     for i, message in enumerate(request.messages):
@@ -148,8 +107,6 @@ def to_engine_messages(
                 parts.append({"type": "text", "text": part.text})
             else:
                 where = f"messages[{i}].content[{j}]"
-                parts.append(
-                    {"type": "image", "image": load_part_image(part.image_url.url, settings, fetcher, where)}
-                )
+                parts.append({"type": "image", "image": load_part_image(part.image_url.url, media, where)})
         out.append({"role": role, "content": parts, **extra})
     return out

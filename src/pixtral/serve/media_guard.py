@@ -19,6 +19,8 @@ from urllib.parse import urljoin, urlsplit
 import httpcore
 import httpx
 
+from pixtral.prompt.images import MediaRefused
+
 Resolver = Callable[[str, int], list[str]]
 
 # Public addresses that still reach a cloud provider's instance metadata or host agent.
@@ -38,8 +40,10 @@ METADATA_HOSTNAMES = frozenset(
 )
 
 
-class MediaFetchError(Exception):
+class MediaFetchError(MediaRefused):
     """The remote image cannot be fetched; the message says why (safe to show the client)."""
+
+    reason = "remote_media_refused"
 
 
 class BlockedAddressError(MediaFetchError):

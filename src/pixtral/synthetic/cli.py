@@ -10,7 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from pixtral.synthetic.core import MAX_SIDE, MIN_MAX_SIDE, SPLITS
+from pixtral.synthetic.export import prepare_folder, write_jsonl, write_parquet
+from pixtral.synthetic.generate import generate, resolve_tasks
 from pixtral.synthetic.tasks import TASKS
 
 EPILOG = """\
@@ -61,11 +65,6 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def handle_synth(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from pixtral.synthetic.export import prepare_folder, write_jsonl, write_parquet
-    from pixtral.synthetic.generate import generate, resolve_tasks
-
     try:
         tasks = resolve_tasks(args.tasks)
     except ValueError as e:
@@ -96,7 +95,7 @@ def handle_synth(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m pixtral.synthetic.cli ARGS` is `pixtral synth ARGS` (same errors, same exit codes)."""
-    from pixtral.cli import main as pixtral_main
+    from pixtral.cli import main as pixtral_main  # here: pixtral.cli imports this module
 
     return pixtral_main(["synth", *(sys.argv[1:] if argv is None else argv)])
 

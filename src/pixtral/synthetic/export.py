@@ -130,7 +130,7 @@ def parquet_rows(samples: Iterable[Sample]) -> list[dict[str, Any]]:
 
 def write_parquet(path: Path | str, samples: Iterable[Sample]) -> Path:
     """Write ``samples`` as one parquet file (images embedded as PNG bytes); returns the path."""
-    import pyarrow as pa
+    import pyarrow as pa  # lazy: ~0.4 s of start-up for every `pixtral` command otherwise
     import pyarrow.parquet as pq
 
     image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])

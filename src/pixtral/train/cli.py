@@ -65,6 +65,7 @@ def handle_train(args: argparse.Namespace) -> int:
         return _report(e)
     if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         return launch_torchrun(args.nproc, torchrun_argv(args))
+    # lazy: the loop imports torch, which --help does not need
     from pixtral.train.hooks import evals_task_hook
     from pixtral.train.loop import train
 
@@ -109,7 +110,7 @@ def launch_torchrun(nproc: int, argv: list[str]) -> int:
     """Run `python -m pixtral.train argv` on `nproc` local ranks with torchrun's launcher, in this process.
     Returns the ranks' exit status (2: their error, printed once; 143: interrupted) without torchrun's
     traceback; a signal to this process is passed on to the ranks, which save a checkpoint and stop."""
-    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing import SignalException  # lazy, as the loop (handle_train)
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 

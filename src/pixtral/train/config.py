@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -26,11 +27,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "lora_targets": LORA_TARGETS,
     "overflow": ("truncate", "drop"),
     "precision": ("auto", "fp32", "bf16"),
-    "device": ("auto", "cpu", "cuda"),
     "distributed": ("ddp", "fsdp"),
     "export_formats": ("native", "hf"),
     "export_dtype": ("", "float32", "bfloat16", "float16"),
 }
+
+
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")  # as every other command's --device (engine/device.py)
 
 
 class TrainConfigError(PixtralError):
@@ -73,7 +76,7 @@ class TrainConfig:
     activation_checkpointing: bool = False
     deterministic: bool = False  # torch.use_deterministic_algorithms(True)
     threads: int = 0  # torch intra-op threads per rank; 0: torch's default
-    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" (one process; under torchrun: cuda:LOCAL_RANK)
     distributed: str = "ddp"  # with more than one rank: "ddp" or "fsdp" (FSDP2 fully_shard)
     # ---- output ------------------------------------------------------------------------------------------
     out_dir: str = "runs/train"
@@ -103,6 +106,8 @@ class TrainConfig:
                     raise TrainConfigError(
                         f"train config: {name}: {item!r} is not one of {', '.join(map(repr, allowed))}"
                     )
+        if not DEVICE.fullmatch(self.device):
+            raise bad("device", "is not one of auto, cpu, cuda or cuda:N")
         if self.mode == "full" and set(self.freeze) >= set(FREEZABLE):
             raise bad("freeze", "freezes everything: leave one part trainable or use mode='lora'")
         if self.mode == "lora" and (self.lora_rank <= 0 or not self.lora_targets):
@@ -147,7 +152,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         if path.suffix == ".json":
             values = json.loads(text)
         elif path.suffix == ".toml":
-            if sys.version_info >= (3, 11):
+            if sys.version_info >= (3, 11):  # imported here: a test reads TOML as Python 3.10 would
                 import tomllib
             else:  # a dependency on Python 3.10
                 import tomli as tomllib
@@ -155,7 +160,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             values = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml"):
             try:
-                import yaml
+                import yaml  # optional: only YAML configs need PyYAML
             except ImportError as e:
                 raise TrainConfigError(f"{path}: reading YAML needs PyYAML (pip install pyyaml)") from e
             values = yaml.safe_load(text)
@@ -250,6 +255,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             help_text = ("comma-separated; " if isinstance(default, list) else "") + f"default: {default!r}"
             if f.name in CHOICES:
                 metavar = "{" + ",".join(c for c in CHOICES[f.name] if c) + "}"
+            if f.name == "device":
+                metavar = "{auto,cpu,cuda,cuda:N}"
             group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=metavar, help=help_text)
 
 

@@ -36,7 +36,7 @@ from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
 from pixtral.errors import InputError, PixtralError
 from pixtral.prompt import chat as prompt_chat
-from pixtral.prompt.images import DEFAULT_LIMITS, ImageLimits
+from pixtral.prompt.images import LOCAL_MEDIA, MediaPolicy
 
 log = logging.getLogger("pixtral.train")
 
@@ -167,7 +167,7 @@ def _record(row: Any, where: str, base_dir: Path | None) -> Record:
 
 def _hf_records(name: str, split: str, from_disk: bool = False) -> list[Record]:
     try:
-        import datasets
+        import datasets  # here, not at the top: it takes seconds to import and only hub / disk datasets need it
     except ImportError as e:
         raise DataError("reading a Hugging Face dataset needs the datasets package") from e
     try:
@@ -233,11 +233,11 @@ def _is_relative_path(url: str) -> bool:
 
 
 def _to_mistral_messages(
-    messages: list[dict[str, Any]], tokenizer: MistralTokenizer, limits: ImageLimits, source: str
+    messages: list[dict[str, Any]], tokenizer: MistralTokenizer, media: MediaPolicy, source: str
 ) -> list[Any]:
     try:
         mistral = prompt_chat.to_mistral_messages(
-            messages, tokenizer, limits=limits, allow_final_assistant=True
+            messages, tokenizer, media=media, allow_final_assistant=True
         )
     except InputError as e:
         raise DataError(f"{source}: {e}") from e
@@ -256,14 +256,14 @@ def encode_conversation(
     messages: Sequence[Mapping[str, Any]] | Record,
     tokenizer: MistralTokenizer,
     *,
-    limits: ImageLimits = DEFAULT_LIMITS,
+    media: MediaPolicy = LOCAL_MEDIA,
     source: str = "conversation",
 ) -> tuple[Sample, list[np.ndarray]]:
     """Encode a conversation ending with an assistant turn -> (Sample, images as (3, H, W) float32)."""
     record = messages if isinstance(messages, Record) else Record(list(messages), source)
     resolved = _resolve_images(record)
     ft = _as_finetuning(tokenizer)
-    mc_messages = _to_mistral_messages(resolved, ft, limits, record.source)
+    mc_messages = _to_mistral_messages(resolved, ft, media, record.source)
     try:
         tokenized = ft.encode_chat_completion(ChatCompletionRequest(messages=mc_messages))
     except (MistralCommonException, ValueError, AssertionError) as e:
@@ -377,17 +377,17 @@ class ConversationDataset:
         tokenizer: MistralTokenizer,
         seq_len: int,
         overflow: str = "truncate",
-        limits: ImageLimits = DEFAULT_LIMITS,
+        media: MediaPolicy = LOCAL_MEDIA,
         name: str = "data",
         image_cache_size: int = 256,
     ) -> None:
-        self.tokenizer, self.limits, self.seq_len = tokenizer, limits, seq_len
+        self.tokenizer, self.media, self.seq_len = tokenizer, media, seq_len
         self.special = SpecialIds.of(tokenizer)
         self.records: list[Record] = []
         self.samples: list[Sample] = []
         self.stats = DataStats()
         for record in records:
-            sample, images = encode_conversation(record, tokenizer, limits=limits)
+            sample, images = encode_conversation(record, tokenizer, media=media)
             fitted, what = fit_to_context(sample, seq_len, self.special, overflow)
             if what == "truncated":
                 self.stats.truncated += 1
@@ -421,7 +421,7 @@ class ConversationDataset:
         sample = self.samples[index]
         if sample.n_images == 0:
             return []
-        again, images = encode_conversation(self.records[index], self.tokenizer, limits=self.limits)
+        again, images = encode_conversation(self.records[index], self.tokenizer, media=self.media)
         if again.token_ids[: len(sample)] != sample.token_ids:
             raise DataError(f"{sample.source}: encoding changed between two reads (an image file changed?)")
         return images[: sample.n_images]

@@ -13,6 +13,12 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed._composable import checkpoint
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from pixtral.engine.device import resolve_device
+from pixtral.errors import InputError
+from pixtral.train.config import TrainConfigError
 
 
 @dataclass(frozen=True)
@@ -36,16 +42,20 @@ def setup(device: str = "auto") -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    try:
+        dev = resolve_device(device)  # auto | cpu | cuda | cuda:N, and that it exists here
+    except InputError as e:
+        raise TrainConfigError(f"train config: {e}") from e
+    use_cuda = dev.type == "cuda"
     if use_cuda:
-        if not torch.cuda.is_available():
-            from pixtral.train.config import TrainConfigError
-
-            raise TrainConfigError("device='cuda' but torch sees no CUDA device; use device='cpu'")
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
+        if world_size > 1:  # torchrun: rank r of a node takes that node's GPU r
+            if ":" in device:
+                raise TrainConfigError(
+                    f"train config: device={device!r} names one GPU but {world_size} ranks run: use "
+                    "device='cuda' (each rank takes cuda:LOCAL_RANK) or CUDA_VISIBLE_DEVICES"
+                )
+            dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return DistInfo(rank, world_size, local_rank, dev)
@@ -89,8 +99,6 @@ def broadcast_object(obj: object) -> object:
 
 def apply_activation_checkpointing(model: nn.Module) -> None:
     """Recompute each decoder and vision block in the backward pass (composable API: names unchanged)."""
-    from torch.distributed._composable import checkpoint
-
     for block in _blocks(model):
         checkpoint(block)
 
@@ -105,10 +113,9 @@ def wrap(root: nn.Module, model: nn.Module, info: DistInfo, strategy: str) -> nn
     if not info.distributed:
         return root
     if strategy == "ddp":
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         return DDP(root, device_ids=device_ids)
+    # here, not at the top: FSDP2's public API needs torch >= 2.6 (DDP does not)
     from torch.distributed.fsdp import fully_shard
 
     for block in _blocks(model):

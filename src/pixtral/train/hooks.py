@@ -10,6 +10,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from pixtral.evals.config import EvalConfig
+from pixtral.evals.runner import run_eval
 from pixtral.train import distributed as D
 from pixtral.train.checkpointing import export_model
 from pixtral.train.loop import TrainContext
@@ -25,9 +27,6 @@ def evals_task_hook(ctx: TrainContext, step: int) -> dict[str, Any]:
     )
     scores: dict[str, Any] = {}
     if ctx.info.is_main:
-        from pixtral.evals.config import EvalConfig
-        from pixtral.evals.runner import run_eval
-
         eval_cfg = EvalConfig(
             tasks=[cfg.eval_task],
             output_dir=folder / "results",

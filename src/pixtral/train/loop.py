@@ -1,5 +1,7 @@
 """The training loop: one function, `train(config)`, the same on one process and under torchrun.
 
+Read it as three parts: `set_up` (data, model, optimizer, schedule, checkpoint resume), `train_step` (one
+optimizer step) and `_train` (the loop around it: logging, checkpoints, validation, signals, export).
 Per optimizer step: the step's rows for this rank (packing.RowSchedule), cut into micro-batches; the loss is
 a sum of token losses divided by the number of loss tokens of the whole global batch (all ranks, all
 micro-batches), so the gradient is the same whatever the split into ranks and micro-batches. DDP / FSDP
@@ -10,6 +12,7 @@ warmup + cosine schedule, metrics, and at their intervals: checkpoint, validatio
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import signal
@@ -23,11 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixtral.checkpoint.loader import DTYPES
+from pixtral.checkpoint.loader import DTYPES, load_model
 from pixtral.config import PixtralConfig, preset
 from pixtral.errors import ConfigError
 from pixtral.model.init import init_random_weights_
 from pixtral.model.pixtral import Pixtral
+from pixtral.prompt.tokenizer import load_tokenizer, packaged_tokenizer
 from pixtral.train import distributed as D
 from pixtral.train.checkpointing import (
     STATE_FILE,
@@ -119,13 +123,11 @@ class TrainResult:
 
 def build_model(cfg: TrainConfig) -> tuple[Pixtral, Any, Path | None, torch.dtype | None]:
     """-> (model in float32, tokenizer, folder to copy the tokenizer file from, stored dtype)."""
-    from pixtral.prompt.tokenizer import load_tokenizer, packaged_tokenizer
 
     if cfg.model.startswith("preset:"):
         model = Pixtral(preset(cfg.model.split(":", 1)[1]))
         init_random_weights_(model, seed=cfg.init_seed, std=cfg.init_std)
         return model, packaged_tokenizer(), None, None
-    from pixtral.checkpoint.loader import load_model
 
     model, ckpt = load_model(cfg.model, "float32")
     return model, load_tokenizer(ckpt.folder), ckpt.folder, ckpt.stored_dtype
@@ -214,14 +216,145 @@ def train(
         D.teardown()
 
 
+@dataclass
+class Run:
+    """Everything the step loop needs, made once by `set_up`."""
+
+    ctx: TrainContext
+    train_data: ConversationDataset
+    val_data: ConversationDataset | None
+    schedule: RowSchedule  # which rows each rank trains on at each step
+    trainable: list[nn.Parameter]
+    accumulation: int  # micro-batches per step on each rank
+    start_step: int  # 0, or the step of the checkpoint resumed from
+    resumed_from: Path | None  # that checkpoint
+
+
+@dataclass
+class StepStats:
+    loss: float  # mean token loss over the global batch
+    lr: float  # the learning rate the step used
+    grad_norm: float  # before clipping
+    n_tokens: float  # tokens of the global batch
+    n_loss: float  # loss tokens of the global batch
+    seconds: float
+    epoch: int
+
+
 def _train(
     cfg: TrainConfig, info: D.DistInfo, resume: bool, eval_hook: EvalHook | None, stop_after: int | None
 ) -> TrainResult:
+    """The step loop, with logging, checkpoints, validation and the eval hook at their intervals."""
+    run = set_up(cfg, info, resume)
+    ctx, start_step = run.ctx, run.start_step
+    metrics = MetricsLogger(
+        ctx.out_dir, info.is_main, cfg.max_steps, start_step, cfg.progress, cfg.tensorboard
+    )
+    if start_step:
+        metrics.message(f"resumed from {run.resumed_from} at step {start_step}")
+    metrics.message(
+        f"training {sum(p.numel() for p in run.trainable):,} parameters on {info.world_size} rank(s), "
+        f"{run.train_data.stats.samples} samples, {run.accumulation} micro-batch(es) of {cfg.micro_batch_size} "
+        "per step"
+    )
+
+    stop = {"flag": False, "signal": 0}
+    previous = _install_signal_handlers(stop)
+    result = TrainResult(steps=start_step)
+    timed_tokens, timed_seconds = 0.0, 0.0
+    step = start_step
+    try:
+        while step < cfg.max_steps:
+            s = train_step(run, step)
+            step += 1
+            if step > start_step + 1 or cfg.max_steps - start_step == 1:  # the first step warms up: not timed
+                timed_tokens, timed_seconds = timed_tokens + s.n_tokens, timed_seconds + s.seconds
+            result.losses[step], result.steps = s.loss, step
+            _log_step(metrics, cfg, step, s)
+            if not math.isfinite(s.loss):
+                raise FloatingPointError(f"step {step}: the loss is {s.loss}; lower lr or check the data")
+
+            stopping = D.any_rank(stop["flag"], info.device)
+            if stopping or (cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps):
+                _save(run, step)
+            if stopping:
+                metrics.message(f"interrupted: checkpoint saved at step {step}; continue with --resume")
+                # a rank that did not get the signal itself stops with the others, as if sent SIGTERM
+                result.interrupted, result.signal = True, stop["signal"] or signal.SIGTERM
+                return result
+            if run.val_data is not None and cfg.val_every and step % cfg.val_every == 0:
+                metrics.log({"step": step, "val_loss": evaluate_loss(ctx, run.val_data)})
+            if eval_hook is not None and cfg.eval_every and step % cfg.eval_every == 0:
+                metrics.log({"step": step, **eval_hook(ctx, step)})
+            if stop_after is not None and step - start_step >= stop_after:
+                return result
+
+        if start_step < cfg.max_steps or not list_checkpoints(ctx.out_dir):
+            _save(run, step)
+        if run.val_data is not None and not (cfg.val_every and step % cfg.val_every == 0):
+            metrics.log({"step": step, "val_loss": evaluate_loss(ctx, run.val_data)})
+        result.export_dir = export_model(
+            ctx.root,
+            ctx.out_dir / "final",
+            ctx.model_config,
+            info,
+            cfg.export_formats,
+            ctx.lora,
+            ctx.tokenizer_dir,
+            ctx.export_dtype,
+        )
+        metrics.message(f"exported the trained model to {result.export_dir}")
+        return result
+    finally:
+        result.tokens_per_s = timed_tokens / timed_seconds if timed_seconds else 0.0
+        _restore_signal_handlers(previous)
+        metrics.close()
+
+
+def train_step(run: Run, step: int) -> StepStats:
+    """One optimizer step (0-based `step`): this rank's rows in micro-batches, forward and backward on each,
+    then clipping, AdamW and the schedule. The loss is summed over tokens and divided by the loss-token count
+    of the whole global batch (not averaged per micro-batch), so the gradient is exactly the same whatever the
+    split into ranks and micro-batches; DDP / FSDP average over ranks, hence the world-size factor."""
+    ctx, cfg, info = run.ctx, run.ctx.config, run.ctx.info
+    t0 = time.perf_counter()
+    rows = run.schedule.rank_rows(step, info.rank, info.world_size)
+    _, epoch = run.schedule.step_rows(step)
+    pad_id = ctx.tokenizer.instruct_tokenizer.tokenizer.pad_id
+    patch = ctx.model_config.vision.patch_size
+    batches = [
+        collate(mb, run.train_data, pad_id, patch, cfg.pack)
+        for mb in _micro_batches(rows, cfg.micro_batch_size)
+    ]
+    n_loss, n_tokens = D.all_sum(
+        [sum(b.n_loss_tokens for b in batches), sum(b.n_tokens for b in batches)], info.device
+    )
+    local_loss = 0.0
+    for i, batch in enumerate(batches):
+        b = batch.to(info.device)
+        with _no_sync(ctx.wrapped, i == len(batches) - 1, cfg.distributed), _autocast(cfg, info.device):
+            loss_sum = ctx.wrapped(
+                b.token_ids, b.labels, b.images, b.positions, b.mask
+            )  # () summed token loss
+            (loss_sum * (info.world_size / max(n_loss, 1.0))).backward()
+        local_loss += float(loss_sum.detach())
+    grad_norm = _clip(run.trainable, cfg.grad_clip)
+    lr = ctx.optimizer.param_groups[0]["lr"]
+    ctx.optimizer.step()
+    ctx.scheduler.step()
+    ctx.optimizer.zero_grad(set_to_none=True)
+    (total_loss,) = D.all_sum([local_loss], info.device)
+    seconds = time.perf_counter() - t0
+    return StepStats(total_loss / max(n_loss, 1.0), lr, grad_norm, n_tokens, n_loss, seconds, epoch)
+
+
+def set_up(cfg: TrainConfig, info: D.DistInfo, resume: bool) -> Run:
+    """Data, model, optimizer and schedule, and the checkpoint state when resuming."""
     out_dir = Path(cfg.out_dir)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(cfg.seed)
-    accumulation = cfg.accumulation_steps(info.world_size)
+    accumulation = cfg.accumulation_steps(info.world_size)  # checks batch_size divides, before any work
 
     existing = latest_checkpoint(out_dir)
     if existing is not None and not resume:
@@ -246,31 +379,19 @@ def _train(
     wrapped = D.wrap(root, model, info, cfg.distributed)
 
     trainable = [p for p in root.parameters() if p.requires_grad]
-    decay = [p for p in trainable if p.dim() >= 2]
-    no_decay = [p for p in trainable if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2),
-        eps=cfg.eps,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
-    )
+    optimizer, scheduler = _optimizer(cfg, trainable)
 
     train_data = ConversationDataset(train_records, tokenizer, cfg.seq_len, cfg.overflow, name="data")
     val_data = None
     if val_records is not None:
         val_data = ConversationDataset(val_records, tokenizer, cfg.seq_len, cfg.overflow, name="val_data")
     schedule = RowSchedule(train_data.lengths(), cfg.seq_len, cfg.pack, cfg.seed, cfg.batch_size)
-    pad_id = tokenizer.instruct_tokenizer.tokenizer.pad_id
-    patch = model.config.vision.patch_size
 
-    start_step = 0
+    start_step, resumed_from = 0, None
     if resume and existing is not None:
         state = load_checkpoint(existing, root, optimizer, scheduler, info)
         _check_resumable(cfg, state, existing)
-        start_step = int(state["step"])
+        start_step, resumed_from = int(state["step"]), existing
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "train_config.json").write_text(_json(cfg.to_dict()))
@@ -290,118 +411,48 @@ def _train(
         _export_dtype(cfg, stored_dtype),
         out_dir,
     )
-    metrics = MetricsLogger(out_dir, info.is_main, cfg.max_steps, start_step, cfg.progress, cfg.tensorboard)
-    if start_step:
-        metrics.message(f"resumed from {existing} at step {start_step}")
-    metrics.message(
-        f"training {sum(p.numel() for p in trainable):,} parameters on {info.world_size} rank(s), "
-        f"{train_data.stats.samples} samples, {accumulation} micro-batch(es) of {cfg.micro_batch_size} per step"
+    return Run(ctx, train_data, val_data, schedule, trainable, accumulation, start_step, resumed_from)
+
+
+def _optimizer(cfg: TrainConfig, trainable: list[nn.Parameter]) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW (no weight decay on biases and norms: the 1-d parameters) and the warmup + cosine schedule."""
+    decay = [p for p in trainable if p.dim() >= 2]
+    no_decay = [p for p in trainable if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
     )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+    )
+    return optimizer, scheduler
 
-    stop = {"flag": False, "signal": 0}
-    previous = _install_signal_handlers(stop)
-    result = TrainResult(steps=start_step)
-    timed_tokens, timed_seconds = 0.0, 0.0
-    step = start_step
-    try:
-        while step < cfg.max_steps:
-            t0 = time.perf_counter()
-            rows = schedule.rank_rows(step, info.rank, info.world_size)
-            _, epoch = schedule.step_rows(step)
-            batches = [
-                collate(mb, train_data, pad_id, patch, cfg.pack)
-                for mb in _micro_batches(rows, cfg.micro_batch_size)
-            ]
-            n_loss, n_tokens = D.all_sum(
-                [sum(b.n_loss_tokens for b in batches), sum(b.n_tokens for b in batches)], info.device
-            )
-            local_loss = 0.0
-            for i, batch in enumerate(batches):
-                b = batch.to(info.device)
-                with _no_sync(wrapped, i == len(batches) - 1, cfg.distributed), _autocast(cfg, info.device):
-                    loss_sum = wrapped(b.token_ids, b.labels, b.images, b.positions, b.mask)
-                    (loss_sum * (info.world_size / max(n_loss, 1.0))).backward()
-                local_loss += float(loss_sum.detach())
-            grad_norm = _clip(trainable, cfg.grad_clip)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            (total_loss,) = D.all_sum([local_loss], info.device)
-            loss = total_loss / max(n_loss, 1.0)
-            step += 1
-            seconds = time.perf_counter() - t0
-            if step > start_step + 1 or cfg.max_steps - start_step == 1:
-                timed_tokens += n_tokens
-                timed_seconds += seconds
-            result.losses[step] = loss
-            result.steps = step
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                metrics.log(
-                    {
-                        "step": step,
-                        "loss": loss,
-                        "lr": lr,
-                        "grad_norm": grad_norm,
-                        "tokens": int(n_tokens),
-                        "loss_tokens": int(n_loss),
-                        "tokens_per_s": n_tokens / seconds,
-                        "step_s": seconds,
-                        "epoch": epoch,
-                    }
-                )
-            metrics.progress(
-                1, {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "tok/s": f"{n_tokens / seconds:.0f}"}
-            )
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"step {step}: the loss is {loss}; lower lr or check the data")
 
-            stopping = D.any_rank(stop["flag"], info.device)
-            if stopping or (cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps):
-                save_checkpoint(
-                    out_dir,
-                    step,
-                    root,
-                    optimizer,
-                    scheduler,
-                    info,
-                    _train_state(cfg, train_data),
-                    cfg.keep_last,
-                )
-            if stopping:
-                metrics.message(f"interrupted: checkpoint saved at step {step}; continue with --resume")
-                # a rank that did not get the signal itself stops with the others, as if sent SIGTERM
-                result.interrupted, result.signal = True, stop["signal"] or signal.SIGTERM
-                return result
-            if val_data is not None and cfg.val_every and step % cfg.val_every == 0:
-                metrics.log({"step": step, "val_loss": evaluate_loss(ctx, val_data)})
-            if eval_hook is not None and cfg.eval_every and step % cfg.eval_every == 0:
-                metrics.log({"step": step, **eval_hook(ctx, step)})
-            if stop_after is not None and step - start_step >= stop_after:
-                return result
-
-        if start_step < cfg.max_steps or not list_checkpoints(out_dir):
-            save_checkpoint(
-                out_dir, step, root, optimizer, scheduler, info, _train_state(cfg, train_data), cfg.keep_last
-            )
-        if val_data is not None and not (cfg.val_every and step % cfg.val_every == 0):
-            metrics.log({"step": step, "val_loss": evaluate_loss(ctx, val_data)})
-        result.export_dir = export_model(
-            root,
-            out_dir / "final",
-            model.config,
-            info,
-            cfg.export_formats,
-            lora,
-            tokenizer_dir,
-            ctx.export_dtype,
+def _log_step(metrics: MetricsLogger, cfg: TrainConfig, step: int, s: StepStats) -> None:
+    if step % cfg.log_every == 0 or step == cfg.max_steps:
+        metrics.log(
+            {
+                "step": step,
+                "loss": s.loss,
+                "lr": s.lr,
+                "grad_norm": s.grad_norm,
+                "tokens": int(s.n_tokens),
+                "loss_tokens": int(s.n_loss),
+                "tokens_per_s": s.n_tokens / s.seconds,
+                "step_s": s.seconds,
+                "epoch": s.epoch,
+            }
         )
-        metrics.message(f"exported the trained model to {result.export_dir}")
-        return result
-    finally:
-        result.tokens_per_s = timed_tokens / timed_seconds if timed_seconds else 0.0
-        _restore_signal_handlers(previous)
-        metrics.close()
+    tok_s = f"{s.n_tokens / s.seconds:.0f}"
+    metrics.progress(1, {"loss": f"{s.loss:.4f}", "lr": f"{s.lr:.2e}", "tok/s": tok_s})
+
+
+def _save(run: Run, step: int) -> None:
+    ctx, cfg = run.ctx, run.ctx.config
+    state = _train_state(cfg, run.train_data)
+    save_checkpoint(ctx.out_dir, step, ctx.root, ctx.optimizer, ctx.scheduler, ctx.info, state, cfg.keep_last)
 
 
 def _clip(params: list[torch.Tensor], max_norm: float) -> float:
@@ -476,6 +527,4 @@ def _restore_signal_handlers(previous: dict[int, Any]) -> None:
 
 
 def _json(obj: Any) -> str:
-    import json
-
     return json.dumps(obj, indent=2) + "\n"

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pixtral.checkpoint.formats import copy_tokenizer_files
+from pixtral.checkpoint.loader import DTYPES, load_model, save_model
 from pixtral.errors import CheckpointError
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter.safetensors"
@@ -218,8 +220,6 @@ def merge_lora_checkpoint(
 ) -> Path:
     """Load `base`, apply the adapters of folder `adapter`, merge them (in float32), and save a plain
     checkpoint to `out` in the base's stored dtype unless `dtype` is given (`pixtral convert --merge-lora`)."""
-    from pixtral.checkpoint.formats import copy_tokenizer_files
-    from pixtral.checkpoint.loader import DTYPES, load_model, save_model
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):

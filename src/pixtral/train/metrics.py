@@ -8,6 +8,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 log = logging.getLogger("pixtral.train")
 
 
@@ -31,12 +33,10 @@ class MetricsLogger:
         out_dir.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", encoding="utf-8")
         if progress:
-            from tqdm import tqdm
-
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
         if tensorboard:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # optional: tensorboard may be absent
 
                 self._tb = SummaryWriter(str(out_dir / "tensorboard"))
             except ImportError:

@@ -44,7 +44,7 @@ class InProcessBackend:
     async def complete(
         self, messages: list[Message], *, max_tokens: int, temperature: float, item_id: str | None = None
     ) -> Completion:
-        from pixtral.engine import SamplingParams
+        from pixtral.engine import SamplingParams  # lazy, as Engine above
 
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature)
         async with self._lock:
