@@ -102,7 +102,9 @@ class Runner:
         if cfg.in_process:
             from pixtral.evals.backends.inprocess import InProcessBackend
 
-            return InProcessBackend(cfg.engine_model, cfg.engine_dtype, cfg.engine_device)
+            return InProcessBackend(
+                cfg.engine_model, cfg.engine_dtype, cfg.engine_device, cfg.engine_tensor_parallel_size
+            )
         return OpenAIHTTPBackend(
             cfg.endpoints,
             model=cfg.model,

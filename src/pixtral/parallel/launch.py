@@ -129,7 +129,8 @@ def _follow_and_exit(spec: LoadSpec, rank: int, size: int) -> None:
     shard, _ = load_shard(spec, rank, size)
     follow(shard)
     dist.destroy_process_group()
-    sys.exit(0)
+    sys.stdout.flush()
+    os._exit(0)  # not sys.exit: Engine.load may run in a worker thread (eval --in-process)
 
 
 def _spawned_rank(spec: LoadSpec, rank: int, size: int, init_method: str) -> None:
