@@ -51,3 +51,15 @@ def port(text: str) -> int:
 def add_threads_option(p: argparse.ArgumentParser, help: str) -> None:
     """`--threads N`: CPU threads for torch, at least 1 (omitted: torch's choice)."""
     p.add_argument("--threads", type=positive_int, metavar="N", help=help)
+
+
+def add_tensor_parallel_option(p: argparse.ArgumentParser) -> None:
+    """`--tensor-parallel-size N`: the model split over N ranks (docs/tensor-parallel.md)."""
+    p.add_argument(
+        "--tensor-parallel-size",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="split the model over N processes / GPUs / machines (under torchrun: its N ranks; otherwise N "
+        "processes started here); N must divide the KV heads (default 1; docs/tensor-parallel.md)",
+    )

@@ -195,6 +195,55 @@ def concurrent_image_requests(engine: Engine, n: int, side: int, tokens: int) ->
     }
 
 
+def check_tensor_parallel(
+    device: torch.device, config: PixtralConfig, size: int, tokens: int = 8
+) -> dict[str, Any]:
+    """The model split over `size` ranks (parallel/, NCCL on CUDA) against one process, from a checkpoint
+    written here: greedy tokens and the largest logit difference on a prompt with an image, and decode
+    tokens/s of both."""
+    from pixtral.checkpoint.loader import load_model, save_model
+    from pixtral.model.kv_cache import SequenceKVCache
+    from pixtral.model.pixtral import no_images
+    from pixtral.parallel.launch import LoadSpec, start
+
+    dtype = default_dtype(device)
+    image = torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(0))
+    grid = 64 // config.vision.patch_size
+    v = config.vision
+    ids = [config.bos_id, 3] + ([v.image_token_id] * grid + [v.image_break_token_id]) * (grid - 1)
+    ids = torch.tensor([ids + [v.image_token_id] * grid + [v.image_end_token_id] + list(range(1000, 1010))])
+
+    def greedy(model) -> tuple[list[int], torch.Tensor, float]:
+        cache = SequenceKVCache.for_model(model, ids.shape[1] + tokens)
+        with torch.inference_mode():
+            first = model(
+                ids.to(model.device), [image.to(model.device, model.dtype)], caches=[cache], last_only=True
+            )
+            out, nxt = [], first[:, -1].argmax(-1, keepdim=True)
+            t0 = time.perf_counter()
+            for _ in range(tokens):
+                out.append(int(nxt))
+                nxt = model(nxt, image_mask=no_images(nxt), caches=[cache])[:, -1].argmax(-1, keepdim=True)
+            return out, first.float().cpu(), tokens / (time.perf_counter() - t0)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model(random_model_on(torch.device("cpu"), config, torch.float32), tmp)
+        one, _ = load_model(tmp, dtype=dtype, device=device)
+        want, want_logits, one_rate = greedy(one)
+        del one
+        parallel, _ = start(LoadSpec(tmp, dtype, device.type), size, exit_on_rank_loss=False)
+        try:
+            got, got_logits, tp_rate = greedy(parallel)
+        finally:
+            parallel.close()
+    return {
+        "size": size,
+        "greedy_identical": got == want,
+        "max_abs_logit_diff": float((got_logits - want_logits).abs().max()),
+        "decode_tok_s": {"1": one_rate, str(size): tp_rate},
+    }
+
+
 def run_gpu_check(
     device: str = "cuda",
     preset_name: str = "12b",
@@ -205,7 +254,10 @@ def run_gpu_check(
     image_side: int = 1024,
     request_image_side: int = 512,
     kv_cache_gib: float = 48.0,
+    tensor_parallel: int | None = None,
 ) -> dict[str, Any]:
+    """`tensor_parallel`: ranks of the tensor-parallel check (None: 2 when two CUDA devices are present,
+    else none; 0: none)."""
     where = resolve_device(device)
     dtype_name = default_dtype(where)
     report: dict[str, Any] = {
@@ -219,6 +271,14 @@ def run_gpu_check(
     report["parity"]["preset"] = parity_preset
     if where.type == "cuda":
         torch.cuda.empty_cache()
+    if tensor_parallel is None:
+        tensor_parallel = 2 if where.type == "cuda" and torch.cuda.device_count() >= 2 else 0
+    if tensor_parallel > 1:
+        report["tensor_parallel"] = check_tensor_parallel(
+            where, parity_config(parity_preset), tensor_parallel
+        )
+        if where.type == "cuda":
+            torch.cuda.empty_cache()
 
     model = random_model_on(where, preset(preset_name), getattr(torch, dtype_name))
     engine = Engine(
@@ -271,6 +331,13 @@ def main(argv: list[str] | None = None) -> int:
         "--request-image-side", type=int, default=512, help="image side of the concurrent requests"
     )
     ap.add_argument("--kv-cache-gib", type=float, default=48.0, help="KV budget of the speed engine")
+    ap.add_argument(
+        "--tensor-parallel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also check the model split over N ranks against one process (default: 2 with two GPUs; 0: off)",
+    )
     ap.add_argument("--json", type=Path, default=Path("gpu_check.json"), help="where the results go")
     args = ap.parse_args(argv)
     report = run_gpu_check(
@@ -283,11 +350,13 @@ def main(argv: list[str] | None = None) -> int:
         image_side=args.image_side,
         request_image_side=args.request_image_side,
         kv_cache_gib=args.kv_cache_gib,
+        tensor_parallel=args.tensor_parallel,
     )
     args.json.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     parity = report["parity"]
-    return 0 if parity.get("ok", True) else 1
+    tp_ok = report.get("tensor_parallel", {}).get("greedy_identical", True)
+    return 0 if parity.get("ok", True) and tp_ok else 1
 
 
 if __name__ == "__main__":

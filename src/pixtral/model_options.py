@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from pixtral.argtypes import add_threads_option
+from pixtral.argtypes import add_tensor_parallel_option, add_threads_option
 from pixtral.engine.quantize import GROUP_SIZES
 
 
@@ -38,6 +38,7 @@ def add_load_options(p: argparse.ArgumentParser, threads_help: str) -> None:
         default=128,
         help=f"int4 group size: {', '.join(map(str, GROUP_SIZES))} (default 128)",
     )
+    add_tensor_parallel_option(p)
     add_threads_option(p, threads_help)
 
 
@@ -55,5 +56,6 @@ def load_engine(args: argparse.Namespace, **engine_options):
         device=args.device,
         quantize=args.quantize,
         group_size=args.group_size,
+        tensor_parallel_size=args.tensor_parallel_size,
         **engine_options,
     )

@@ -126,3 +126,13 @@ def test_fp8_errors_name_the_tensor(fp8_folders, tmp_path):
     save_file(blockwise, str(tmp_path / "a" / NATIVE_WEIGHTS))
     with pytest.raises(CheckpointError, match="only per-tensor scales"):
         load_model(tmp_path / "a")
+
+
+def test_blocks_of_fp8_weights_are_the_blocks_of_the_dequantized_weight(fp8_folders):
+    _, native, hf, _ = fp8_folders
+    for folder in (native, hf):  # hf: the q/k permutation as well
+        for name in ("layers.0.attention.wq.weight", "layers.1.feed_forward.w2.weight"):
+            src = open_checkpoint(folder).sources[name]
+            whole = src.read()
+            assert src.read((8, 40), (16, 48)).dtype == torch.float32
+            assert torch.equal(src.read((8, 40), (16, 48)), whole[8:40, 16:48])

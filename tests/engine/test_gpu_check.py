@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 def test_gpu_check_script_runs_on_the_cpu_and_writes_its_json(tmp_path):
     out = tmp_path / "check.json"
     args = "--device cpu --preset tiny --parity-preset tiny --batches 1,4 --tokens 4 --requests 4"
-    args += f" --image-side 256 --request-image-side 64 --kv-cache-gib 1 --json {out}"
+    args += f" --image-side 256 --request-image-side 64 --kv-cache-gib 1 --tensor-parallel 2 --json {out}"
     result = subprocess.run(
         ["bash", str(REPO / "scripts" / "gpu_check.sh"), *args.split()],
         env={**os.environ, "PYTHON": sys.executable},
@@ -40,6 +40,8 @@ def test_gpu_check_script_runs_on_the_cpu_and_writes_its_json(tmp_path):
     assert decode["bytes_per_token_gb"] > 0 and decode["ceiling_tok_s_measured"] > 0
     concurrent = report["concurrent_image_requests"]
     assert concurrent["requests"] == 4 and concurrent["requests_per_s"] > 0
+    tp = report["tensor_parallel"]  # two gloo ranks here; NCCL on two GPUs
+    assert tp["size"] == 2 and tp["greedy_identical"] and tp["max_abs_logit_diff"] <= 1e-5
 
 
 def test_the_12b_parity_shape_has_the_12b_widths():

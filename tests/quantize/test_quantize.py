@@ -253,35 +253,16 @@ def test_load_quantized_keeps_only_the_quantized_weights(saved_model):
     assert full and all(n.startswith("vision_encoder.") for n in full)
 
 
-def test_row_reader_reads_the_stored_rows(saved_model):
-    from pixtral.checkpoint.loader import open_checkpoint
-
-    src = open_checkpoint(saved_model).sources["output.weight"]
-    read = qz._row_reader(src)
-    full = src.read()
-    assert torch.equal(read(0, full.shape[0]), full)
-    assert torch.equal(read(5, 17), full[5:17])
-
-
 def test_quantizing_from_row_chunks_equals_quantizing_the_whole_tensor(saved_model, monkeypatch):
     from pixtral.checkpoint.loader import open_checkpoint
 
     src = open_checkpoint(saved_model).sources["output.weight"]
     whole_q, whole_s = quantize_int8(src.read())
     monkeypatch.setattr(qz, "_CHUNK_ROWS", 7)  # many chunks, the last one short
-    q, s = quantize_int8(qz._row_reader(src), tuple(src.shape))
+    q, s = quantize_int8(src.read_rows, tuple(src.shape))
     assert torch.equal(q, whole_q) and torch.equal(s, whole_s)
-    q4, sz4 = quantize_int4(qz._row_reader(src), 32, tuple(src.shape))
+    q4, sz4 = quantize_int4(src.read_rows, 32, tuple(src.shape))
     assert torch.equal(q4, quantize_int4(src.read(), 32)[0]) and sz4.shape == (2, 1200, 2)
-
-
-def test_hf_q_and_k_are_read_whole_for_their_permutation(tmp_path, saved_model):
-    from pixtral.checkpoint.loader import open_checkpoint
-
-    save_model(load_model(saved_model)[0], tmp_path / "hf", "hf")
-    sources = open_checkpoint(tmp_path / "hf").sources
-    assert qz._row_reader(sources["layers.0.attention.wq.weight"]) is None
-    assert qz._row_reader(sources["layers.0.attention.wv.weight"]) is not None
 
 
 # ---- the CUDA paths, run on the CPU (their kernels are CUDA-only; the GPU check runs them for real) ------

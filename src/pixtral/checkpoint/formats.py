@@ -10,17 +10,15 @@ native tensor names, q/k rows laid out for interleaved RoPE, tensors in their st
 from __future__ import annotations
 
 import json
-import math
 import shutil
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from pixtral.checkpoint import fp8
 from pixtral.checkpoint.hf_names import (
-    half_to_interleaved,
     hf_to_native_name,
     interleaved_to_half,
     native_to_hf_name,
@@ -28,6 +26,7 @@ from pixtral.checkpoint.hf_names import (
 )
 from pixtral.checkpoint.progress import ByteProgress
 from pixtral.checkpoint.safetensors_file import SafetensorsFile, write_tensors
+from pixtral.checkpoint.source import TensorSource
 from pixtral.config import PixtralConfig
 from pixtral.errors import CheckpointError, ConfigError
 
@@ -65,33 +64,6 @@ def tokenizer_file(folder: Path) -> Path | None:
 
 
 FORMATS = ("native", "hf")
-
-
-@dataclass(frozen=True)
-class TensorSource:
-    file: SafetensorsFile
-    stored_name: str
-    to_native: Callable[[torch.Tensor], torch.Tensor] | None = None  # layout change on read
-    scale: TensorSource | None = None  # FP8 weights: their per-tensor scale (checkpoint/fp8.py)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.file.tensors[self.stored_name].shape
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype read() returns: the stored one, or float32 for a dequantized FP8 weight."""
-        return torch.float32 if self.scale is not None else self.file.tensors[self.stored_name].torch_dtype
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * self.dtype.itemsize
-
-    def read(self) -> torch.Tensor:
-        t = self.file.read(self.stored_name)
-        if self.scale is not None:
-            t = fp8.dequantize(t, self.scale.read(), f"{self.file.path}: tensor '{self.stored_name}'")
-        return self.to_native(t) if self.to_native else t
 
 
 def _native_weight_files(folder: Path) -> list[Path]:
@@ -149,11 +121,8 @@ def read_sources(folder: Path, fmt: str, config: PixtralConfig) -> dict[str, Ten
                 raise CheckpointError(f"{file}: unexpected tensor '{stored}' (not part of a Pixtral model)")
             if name in sources:
                 raise CheckpointError(f"{file}: tensor '{stored}' appears twice in the checkpoint")
-            to_native = None
-            heads = rope_heads(name, config) if fmt == "hf" else None
-            if heads is not None:
-                to_native = _permute(half_to_interleaved, *heads)
-            sources[name] = TensorSource(sf, stored, to_native)
+            heads = rope_heads(name, config) if fmt == "hf" else None  # permuted on read (source.py)
+            sources[name] = TensorSource(sf, stored, heads)
     return _attach_fp8_scales(sources, scales)
 
 
@@ -193,12 +162,6 @@ def _weight_files(folder: Path, fmt: str) -> list[Path]:
     if (folder / HF_WEIGHTS).is_file():
         return [folder / HF_WEIGHTS]
     raise CheckpointError(f"{folder}: no {HF_WEIGHTS} and no {HF_INDEX}")
-
-
-def _permute(
-    fn: Callable[..., torch.Tensor], n_heads: int, head_dim: int
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda t: fn(t, n_heads, head_dim).contiguous()
 
 
 # ---- write --------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from pixtral.checkpoint.formats import (
     TensorSource,
@@ -20,10 +21,12 @@ from pixtral.checkpoint.formats import (
 )
 from pixtral.checkpoint.hub import resolve_model_path
 from pixtral.checkpoint.progress import track
+from pixtral.checkpoint.source import TensorSlice
 from pixtral.config import PixtralConfig
 from pixtral.errors import CheckpointError
 from pixtral.model.pixtral import Pixtral
 
+Readable = TensorSource | TensorSlice  # what a plan reads: read(), read_rows(a, b), shape, dtype
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -95,22 +98,75 @@ def _check_against(config: PixtralConfig, sources: dict[str, TensorSource], fold
             )
 
 
-def load_model(
-    path: str | Path, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu"
-) -> tuple[Pixtral, Checkpoint]:
-    """Build the model on the meta device, then read, permute and cast one tensor at a time.
+class LoadPlan:
+    """What `load_model` makes of a checkpoint: the one loader's per-tensor transform hook.
 
-    Peak memory is the final weights plus one tensor in flight."""
+    `build` makes the model to fill, on the meta device (no memory); `tensor` decides, per native tensor
+    name, what to read from its source (the whole tensor, or a block: `source.slice(rows=, cols=)`) and what
+    to make of it: a tensor (the parameter), a module (replaces the module that owns the parameter, e.g. a
+    quantized linear), or SKIP (left unloaded: a part this process never runs). `finish` runs once every
+    tensor is in. This default reads each tensor whole and casts it to `dtype` on `device`; quantization
+    (engine/quantize.py) and tensor parallelism (parallel/tensor_parallel.py) are plans too."""
+
+    SKIP = None
+
+    def __init__(self, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu") -> None:
+        self.dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+        self.device = torch.device(device)
+
+    def build(self, config: PixtralConfig) -> Pixtral:
+        with torch.device("meta"):
+            return Pixtral(config)
+
+    def tensor(self, name: str, source: Readable, module: nn.Module) -> torch.Tensor | nn.Module | None:
+        return source.read().to(self.device, self.dtype)
+
+    def finish(self, model: Pixtral) -> Pixtral:
+        return model
+
+    def description(self, ckpt: Checkpoint) -> str:
+        return f"loading {ckpt.folder.name}"
+
+
+def load_model(
+    path: str | Path,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    plan: LoadPlan | None = None,
+) -> tuple[Pixtral, Checkpoint]:
+    """Build the model on the meta device, then fill it one tensor at a time as `plan` says (default: read,
+    permute and cast each tensor; `dtype` and `device` are the default plan's).
+
+    Peak memory is the final weights plus one tensor (or the block the plan reads) in flight."""
     ckpt = open_checkpoint(path)
-    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
-    with torch.device("meta"):
-        model = Pixtral(ckpt.config)
-    state = {}
-    for name, tensor in ckpt.tensors(progress=f"loading {ckpt.folder.name}"):
-        state[name] = tensor.to(device=device, dtype=torch_dtype)
-        del tensor
-    load_state(model, state)
-    return model.eval(), ckpt
+    plan = plan or LoadPlan(dtype, device)
+    model = plan.build(ckpt.config)
+    skipped = set()
+    for name, src in ckpt.tracked_sources(plan.description(ckpt)):
+        module_name, _, leaf = name.rpartition(".")
+        module = model.get_submodule(module_name) if module_name else model
+        made = plan.tensor(name, src, module)
+        if made is LoadPlan.SKIP:
+            skipped.add(name)
+        elif isinstance(made, nn.Module):
+            set_submodule(model, module_name, made)
+        else:  # a parameter as the model declares it (trainable: training loads through here too)
+            module._parameters[leaf] = nn.Parameter(
+                made, requires_grad=module._parameters[leaf].requires_grad
+            )
+        del made
+    model.tie_embeddings_()  # a tied output matrix is not in the checkpoint: it is the embedding matrix
+    left = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
+    left = [n for n in left if n not in skipped]
+    if left:
+        raise RuntimeError(f"not loaded from the checkpoint: {', '.join(left[:5])}")
+    return plan.finish(model.eval()), ckpt
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put `module` in place of the submodule called `name` ("layers.0.attention.wo")."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 def load_state(model: Pixtral, state: dict[str, torch.Tensor]) -> None:

@@ -105,12 +105,24 @@ class SafetensorsFile:
         The bytes are read straight into the tensor's buffer with readinto(): the file's pages stay in the
         page cache and never count toward this process's RSS."""
         info = self.tensors[name]
-        out = torch.empty(info.shape, dtype=info.torch_dtype)
+        return self.read_rows(name, 0, info.shape[0]) if info.shape else self._read_into(name, info.start, ())
+
+    def read_rows(self, name: str, a: int, b: int) -> torch.Tensor:
+        """Rows [a, b) of the tensor's first dimension (a contiguous byte range: one plain read)."""
+        info = self.tensors[name]
+        n = info.shape[0]
+        if not 0 <= a <= b <= n:
+            raise IndexError(f"{self.path}: tensor '{name}' has {n} rows; asked for rows [{a}, {b})")
+        row_bytes = (info.end - info.start) // n if n else 0
+        return self._read_into(name, info.start + a * row_bytes, (b - a, *info.shape[1:]))
+
+    def _read_into(self, name: str, start: int, shape: tuple[int, ...]) -> torch.Tensor:
+        out = torch.empty(shape, dtype=self.tensors[name].torch_dtype)
         if out.numel() == 0:
             return out
         buffer = out.view(-1).view(torch.uint8).numpy()
         with self.path.open("rb", buffering=0) as f:
-            f.seek(info.start)
+            f.seek(start)
             view, done = memoryview(buffer), 0
             while done < len(buffer):
                 n = f.readinto(view[done:])

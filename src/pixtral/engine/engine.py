@@ -96,6 +96,7 @@ class Engine:
         max_image_tokens: int | None = None,
         quantize: str | None = None,
         group_size: int = 128,
+        tensor_parallel_size: int = 1,
     ) -> Engine:
         """A model folder (native or HF format), a hub id, or None for the bundled default model.
 
@@ -103,11 +104,20 @@ class Engine:
         float32 on the CPU. Everything the engine makes afterwards (KV caches, ids, image tensors, sampling
         generators) is made on the model's device.
         quantize "int8" | "int4": the decoder's linear layers are quantized while loading (engine/quantize.py),
-        for the kernels of that device; `dtype` is then the dtype of everything else."""
+        for the kernels of that device; `dtype` is then the dtype of everything else.
+        tensor_parallel_size N > 1: the model is split over N ranks (parallel/launch.py: under torchrun, or
+        N - 1 processes started here); this process is rank 0, and on the other ranks of a torchrun group this
+        call does not return. The prefix cache is off (it holds rank 0's keys only)."""
         path = default_model_path() if model is None else model
         where = resolve_device(device)
         dtype = dtype or default_dtype(where)
-        if quantize:
+        if tensor_parallel_size > 1:
+            from pixtral.parallel.launch import LoadSpec, start
+
+            spec = LoadSpec(str(path), dtype, where.type, quantize, group_size)
+            net, ckpt = start(spec, tensor_parallel_size)
+            scheduler = replace(scheduler, prefix_cache_bytes=0)
+        elif quantize:
             from pixtral.engine.quantize import load_quantized
 
             net, ckpt, _ = load_quantized(path, quantize, dtype=dtype, group_size=group_size, device=where)
@@ -136,6 +146,8 @@ class Engine:
     def close(self) -> None:
         """Stop the scheduler's thread (also done at interpreter exit); the engine takes no requests after."""
         self.scheduler.close()
+        if hasattr(self.model, "close"):  # a tensor-parallel model stops its other ranks
+            self.model.close()
 
     def stats(self) -> dict[str, int]:
         """Queue, KV-memory and cache counters of the scheduler (what /metrics exports)."""

@@ -40,9 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixtral.checkpoint.formats import TensorSource
-from pixtral.checkpoint.loader import DTYPES, Checkpoint, open_checkpoint
-from pixtral.errors import CheckpointError
+from pixtral.checkpoint.loader import Checkpoint, LoadPlan, Readable, load_model, set_submodule
 from pixtral.model.norm import RMSNorm
 from pixtral.model.pixtral import Pixtral
 
@@ -396,11 +394,6 @@ class QuantizationSummary:
         return s + (f"; kept in full precision (shape): {', '.join(self.skipped)}" if self.skipped else "")
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 @torch.no_grad()
 def quantize_model_(
     model: Pixtral, mode: str = "int8", group_size: int = 128, include_output: bool = True
@@ -417,34 +410,52 @@ def quantize_model_(
             continue
         weight = module.weight.detach()
         q = quantized_linear(weight, mode, group_size, module.bias, weight.dtype, device=device)
-        _set_submodule(model, name, q)
+        set_submodule(model, name, q)
         done.append(name)
         nbytes += q.weight_bytes()
     return QuantizationSummary(mode, group_size, done, skipped, nbytes)
 
 
-def _row_reader(src: TensorSource) -> RowReader | None:
-    """Read rows [a, b) of a stored 2-D tensor with plain reads (like SafetensorsFile.read, for a slice);
-    None when the tensor needs a layout change on read (HF q/k) or FP8 scaling, which need the whole tensor."""
-    if src.to_native is not None or src.scale is not None or len(src.shape) != 2:
-        return None  # a layout change or an FP8 dequantization needs the whole tensor
-    info = src.file.tensors[src.stored_name]
-    n, k = info.shape
-    row_bytes = (info.end - info.start) // n
+class QuantizePlan(LoadPlan):
+    """Quantization as the loader's per-tensor hook (checkpoint/loader.py): each target linear's weight is
+    quantized as it is read, `_CHUNK_ROWS` rows at a time straight from its source (any format: the
+    checkpoint layer reads the rows, permuting HF q/k heads and scaling FP8 as needed), packed for
+    `device`'s kernels; every other tensor is read whole and cast to `dtype`. Only the quantized form of a
+    target is ever kept (the 1.3 GB output head of the 12B model is never in memory in bf16)."""
 
-    def read(a: int, b: int) -> torch.Tensor:
-        out = torch.empty((b - a, k), dtype=info.torch_dtype)
-        view, done = memoryview(out.view(-1).view(torch.uint8).numpy()), 0
-        with open(src.file.path, "rb", buffering=0) as f:
-            f.seek(info.start + a * row_bytes)
-            while done < len(view):
-                got = f.readinto(view[done:])
-                if not got:
-                    raise CheckpointError(f"{src.file.path}: tensor '{src.stored_name}': file ended early")
-                done += got
-        return out
+    def __init__(
+        self,
+        mode: str,
+        dtype: str | torch.dtype = "bfloat16",
+        group_size: int = 128,
+        include_output: bool = True,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        _check_mode(mode, group_size)
+        super().__init__(dtype, device)
+        self.mode, self.group_size, self.include_output = mode, group_size, include_output
+        self.summary = QuantizationSummary(mode, group_size, [], [], 0)
 
-    return read
+    def tensor(self, name: str, source: Readable, module: nn.Module) -> torch.Tensor | nn.Module | None:
+        module_name, _, leaf = name.rpartition(".")
+        if not (
+            isinstance(module, nn.Linear) and leaf == "weight" and is_target(module_name, self.include_output)
+        ):
+            return super().tensor(name, source, module)
+        if module.bias is not None:
+            raise NotImplementedError(f"{module_name}: quantize-while-loading of a biased linear")
+        if not can_quantize(self.mode, *source.shape, self.group_size, self.device.type):
+            self.summary.skipped.append(module_name)
+            return super().tensor(name, source, module)
+        q = quantized_linear(
+            source.read_rows, self.mode, self.group_size, None, self.dtype, tuple(source.shape), self.device
+        )
+        self.summary.quantized.append(module_name)
+        self.summary.weight_bytes += q.weight_bytes()
+        return q
+
+    def description(self, ckpt: Checkpoint) -> str:
+        return f"loading {ckpt.folder.name}, quantizing to {self.mode}"
 
 
 def load_quantized(
@@ -455,45 +466,16 @@ def load_quantized(
     include_output: bool = True,
     device: torch.device | str = "cpu",
 ) -> tuple[Pixtral, Checkpoint, QuantizationSummary]:
-    """Open a checkpoint and build the model tensor by tensor: target linears are quantized as soon as
-    their weight is read (only the quantized form is kept, packed for `device`'s kernels and put there);
-    everything else is cast to `dtype` and put on `device`.
+    """Open a checkpoint and build the model tensor by tensor through `QuantizePlan`: target linears are
+    quantized as soon as their weight is read (only the quantized form is kept, packed for `device`'s
+    kernels and put there); everything else is cast to `dtype` and put on `device`.
 
-    Peak memory: the quantized model plus one unquantized tensor in flight; target weights are read and
-    quantized _CHUNK_ROWS rows at a time (native format; HF q/k weights are read whole, then permuted).
-    The default dtype is bfloat16 for the unquantized parts: the 12B embedding alone is 2.7 GB in float32."""
-    _check_mode(mode, group_size)
-    ckpt = open_checkpoint(path)
-    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
-    device = torch.device(device)
-    with torch.device("meta"):
-        model = Pixtral(ckpt.config)
-    done, skipped, nbytes = [], [], 0
-    for name, src in ckpt.tracked_sources(f"loading {ckpt.folder.name}, quantizing to {mode}"):
-        module_name, _, leaf = name.rpartition(".")
-        module = model.get_submodule(module_name) if module_name else model
-        if isinstance(module, nn.Linear) and leaf == "weight" and is_target(module_name, include_output):
-            if module.bias is not None:
-                raise NotImplementedError(f"{module_name}: quantize-while-loading of a biased linear")
-            if can_quantize(mode, *src.shape, group_size, device.type):
-                # rows straight from the file when no layout change is needed (the 1.3 GB output head of
-                # the 12B model is then never in memory in bf16), else the whole tensor, permuted
-                weight = _row_reader(src) or src.read()
-                q = quantized_linear(weight, mode, group_size, None, torch_dtype, tuple(src.shape), device)
-                _set_submodule(model, module_name, q)
-                done.append(module_name)
-                nbytes += q.weight_bytes()
-                del weight
-                continue
-            skipped.append(module_name)
-        tensor = src.read()
-        module._parameters[leaf] = nn.Parameter(tensor.to(device, torch_dtype), requires_grad=False)
-        del tensor
-    model.tie_embeddings_()  # a tied output matrix is not in the checkpoint: it is the embedding matrix
-    left = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
-    if left:
-        raise RuntimeError(f"not loaded from the checkpoint: {', '.join(left[:5])}")
-    return model.eval(), ckpt, QuantizationSummary(mode, group_size, done, skipped, nbytes)
+    Peak memory: the quantized model plus one unquantized tensor in flight (a target weight: _CHUNK_ROWS
+    rows of it). The default dtype is bfloat16 for the unquantized parts: the 12B embedding alone is
+    2.7 GB in float32."""
+    plan = QuantizePlan(mode, dtype, group_size, include_output, device)
+    model, ckpt = load_model(path, plan=plan)
+    return model, ckpt, plan.summary
 
 
 def decoder_bytes_per_token(model: Pixtral) -> int:

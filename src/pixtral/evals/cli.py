@@ -14,7 +14,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from pixtral.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
+from pixtral.argtypes import (
+    add_tensor_parallel_option,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from pixtral.errors import PixtralError
 from pixtral.evals.compare import compare_runs, print_comparison
 from pixtral.evals.config import EvalConfig
@@ -77,6 +83,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="device for --in-process: auto (CUDA when available, the default), cpu, cuda or cuda:N",
     )
+    add_tensor_parallel_option(g)
     g.add_argument(
         "--concurrency", type=positive_int, default=8, help="requests in flight to the model (default 8)"
     )
@@ -186,7 +193,8 @@ def _config_from_args(args: argparse.Namespace):
     return EvalConfig(
         tasks=tasks, output_dir=args.output_dir, endpoints=args.endpoint or [], model=args.model,
         api_key_env=args.api_key_env, in_process=args.in_process, engine_model=args.engine_model,
-        engine_dtype=args.engine_dtype, engine_device=args.engine_device, concurrency=args.concurrency,
+        engine_dtype=args.engine_dtype, engine_device=args.engine_device,
+        engine_tensor_parallel_size=args.tensor_parallel_size, concurrency=args.concurrency,
         timeout=args.timeout, retries=args.retries, backoff=args.backoff, wait_for_endpoint=args.wait_for_endpoint, data_dir=args.data_dir,
         dataset=args.dataset, dataset_config=args.dataset_config, split=args.split, revision=args.revision,
         limit=args.limit, shuffle=args.shuffle, seed=args.seed, prompts=args.prompts, scoring=args.scoring,

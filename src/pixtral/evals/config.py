@@ -21,6 +21,7 @@ class EvalConfig:
     engine_model: str | None = None
     engine_dtype: str | None = None
     engine_device: str | None = None
+    engine_tensor_parallel_size: int = 1  # --in-process over N ranks (docs/tensor-parallel.md)
     concurrency: int = 8
     timeout: float = 600.0
     retries: int = 5

@@ -102,7 +102,9 @@ class Runner:
     def _backend(self) -> Any:
         cfg = self.cfg
         if cfg.in_process:
-            return InProcessBackend(cfg.engine_model, cfg.engine_dtype, cfg.engine_device)
+            return InProcessBackend(
+                cfg.engine_model, cfg.engine_dtype, cfg.engine_device, cfg.engine_tensor_parallel_size
+            )
         return OpenAIHTTPBackend(
             cfg.endpoints,
             model=cfg.model,

@@ -87,6 +87,7 @@ class KVPool:
         self.slot_len = slot_len
         self._owners: list[SequenceKVCache | None] = [None] * n_slots
         self.n_used = 0
+        self.n_clean = 0  # slots 0 .. n_clean - 1 hold finite values (zeroed once, or written since)
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, n_slots: int, slot_len: int) -> KVPool:
@@ -100,10 +101,21 @@ class KVPool:
         """A cache in the next slot, or None when the pool is full or max_len is over the slot length."""
         if max_len > self.slot_len or self.n_used == len(self._owners):
             return None
+        self.clean_below(self.n_used + 1)
         cache = SequenceKVCache.in_pool(self, self.n_used)
         self._owners[self.n_used] = cache
         self.n_used += 1
         return cache
+
+    def clean_below(self, n: int) -> None:
+        """Zero the slots below `n` that were never zeroed. A decode step reads every position below its
+        n_keys in every used slot and masks the ones a row may not see; a masked position still multiplies
+        its value by a zero weight, and never-written memory may hold NaN (0 * NaN = NaN). Each slot is
+        zeroed once, when first used, so memory the pool never uses is never touched."""
+        if n > self.n_clean:
+            self.k[:, self.n_clean : n].zero_()
+            self.v[:, self.n_clean : n].zero_()
+            self.n_clean = n
 
     def release(self, cache: SequenceKVCache) -> None:
         """Free the cache's slot; the last slot's sequence moves into it (its written positions are copied

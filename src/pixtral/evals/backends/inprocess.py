@@ -15,8 +15,14 @@ if TYPE_CHECKING:  # the HTTP path must not import torch
 class InProcessBackend:
     """Runs ``pixtral.engine.Engine.generate`` in a worker thread, one request at a time."""
 
-    def __init__(self, model: str | None = None, dtype: str | None = None, device: str | None = None) -> None:
-        self._load_kwargs: dict[str, Any] = {"model": model}
+    def __init__(
+        self,
+        model: str | None = None,
+        dtype: str | None = None,
+        device: str | None = None,
+        tensor_parallel_size: int = 1,
+    ) -> None:
+        self._load_kwargs: dict[str, Any] = {"model": model, "tensor_parallel_size": tensor_parallel_size}
         if dtype:
             self._load_kwargs["dtype"] = dtype
         if device:

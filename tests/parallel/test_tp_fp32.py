@@ -1,0 +1,82 @@
+"""Tensor parallelism over 2 gloo ranks against one process, float32, from a native checkpoint: logits
+within 1e-5 and identical greedy tokens for text, one image and three images of different sizes; the
+engine's scheduler on the sharded model (KV pool, own buffers, the n choices' copied prefill) gives every
+request exactly the tokens it gets in one process."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pixtral.checkpoint.loader import load_model, save_model
+from pixtral.engine.sampling import SamplingParams
+from pixtral.engine.scheduler import Scheduler, SchedulerConfig
+from pixtral.parallel.lockstep import TensorParallelModel
+from tests.engine.test_scheduler import EOS, collect, make_requests
+from tests.factories import prompt_with_images, random_model
+from tests.parallel.conftest import prefill_and_decode, start_group
+
+TOL = 1e-5  # float32: the all-reduced partial sums round differently from one matmul
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tp") / "native"
+    save_model(random_model(seed=11), folder, "native")
+    reference, _ = load_model(folder)
+    parallel = start_group(folder, 2)
+    yield reference, parallel
+    parallel.close()
+
+
+@pytest.mark.parametrize(
+    "grids", [[], [(2, 3)], [(1, 4), (3, 2), (2, 2)]], ids=["text", "one-image", "three-images"]
+)
+def test_logits_and_greedy_tokens_equal_one_process(models, grids):
+    reference, parallel = models
+    assert isinstance(parallel, TensorParallelModel) and parallel.shard.config.text.n_kv_heads == 1
+    ids, images = prompt_with_images(grids, seed=len(grids))
+    want, want_tokens = prefill_and_decode(reference, ids, images)
+    got, got_tokens = prefill_and_decode(parallel, ids, images)
+    assert got_tokens == want_tokens
+    for a, b in zip(want, got, strict=True):
+        assert a.shape == b.shape and (a - b).abs().max() <= TOL
+
+
+def test_a_whole_sequence_without_caches(models):
+    reference, parallel = models
+    ids, images = prompt_with_images([(2, 2)], seed=7)
+    with torch.inference_mode():
+        assert (reference(ids, images) - parallel(ids, images)).abs().max() <= TOL
+
+
+def test_the_scheduler_gives_each_request_its_one_process_tokens(models):
+    reference, parallel = models
+    # slots of 40 positions: the longer requests get buffers of their own; n=2 choices copy a prefill
+    config = SchedulerConfig(prefill_chunk=16, max_batch=4, kv_pool_slot_tokens=40, prefix_cache_bytes=0)
+    requests = make_requests(6)
+
+    def run(model):
+        scheduler = Scheduler(model, config)
+        handles = [
+            scheduler.submit(ids, ims, SamplingParams(max_tokens=6 + i), EOS)
+            for i, (ids, ims) in enumerate(requests)
+        ]
+        ids, ims = requests[1]
+        choices = [SamplingParams(max_tokens=5, temperature=0.8, seed=3 + i) for i in range(2)]
+        handles += scheduler.submit_choices(ids, ims, choices, EOS)
+        out = [collect(h)[0] for h in handles]
+        scheduler.close()
+        return out
+
+    assert run(parallel) == run(reference)
+
+
+def test_a_prefix_cache_hit_is_refused_not_miscomputed(models):
+    _, parallel = models
+    scheduler = Scheduler(parallel, SchedulerConfig(prefix_block=8))  # the prefix cache on
+    ids, ims = make_requests(2)[1]
+    assert collect(scheduler.submit(ids, ims, SamplingParams(max_tokens=2), EOS))[1].reason == "length"
+    tokens, finished = collect(scheduler.submit(ids, ims, SamplingParams(max_tokens=2), EOS))
+    scheduler.close()
+    assert finished.reason == "error" and "prefix cache" in str(finished.error)
