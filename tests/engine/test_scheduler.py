@@ -10,7 +10,7 @@ import torch
 from pixtral.engine import scheduler as scheduler_module
 from pixtral.engine.generate import decode_steps
 from pixtral.engine.prefix_cache import block_keys
-from pixtral.engine.sampling import SamplingParams, sample_next
+from pixtral.engine.sampling import SamplingParams, sample_batch
 from pixtral.engine.scheduler import Finished, Scheduler, SchedulerConfig
 from pixtral.errors import InputError
 from tests.factories import TEST_CONFIG, image_block, prompt_with_images, random_model
@@ -203,18 +203,18 @@ def test_a_request_that_fails_in_its_step_fails_alone_and_15_others_finish(test_
 
     poisoned_draws = []
 
-    def faulty_sample_next(logits, p, generator):  # raises at the poisoned request's third token (a decode)
-        if p.seed == params[POISON].seed:
+    def faulty_sample_batch(logits, rows, generators):  # raises from the poisoned request's third token on
+        if any(p.seed == params[POISON].seed for p in rows):
             poisoned_draws.append(len(poisoned_draws))
-            if len(poisoned_draws) == 3:
+            if len(poisoned_draws) >= 3:
                 raise RuntimeError("injected fault in sampling")
-        return sample_next(logits, p, generator)
+        return sample_batch(logits, rows, generators)
 
     forward = test_model.forward
     if where == "forward":
         monkeypatch.setattr(test_model, "forward", faulty_forward)
     else:
-        monkeypatch.setattr(scheduler_module, "sample_next", faulty_sample_next)
+        monkeypatch.setattr(scheduler_module, "sample_batch", faulty_sample_batch)
     scheduler = Scheduler(test_model)
     handles = [scheduler.submit(ids, ims, p, EOS) for (ids, ims), p in zip(requests, params, strict=True)]
     submitted.append(handles)

@@ -14,8 +14,10 @@ Each step of the loop (a background thread):
 An error while serving one request (its images, its prefill, its decode forward or its sampling) fails that
 request alone, with the error on its queue; the others carry on (a batched forward that raises is rerun row by
 row to find the culprit).
-Sampling runs per request with its own parameters and seeded generator, so a request's tokens do not depend
-on what it was batched with. Tokens go to each request's queue; the consumer (engine.py) turns them into text.
+Sampling is batched on the device (`_emit`: sampling.sample_batch), each row with its request's parameters
+and seeded generator, so a request's tokens do not depend on what it was batched with; the chosen ids reach
+the host in one transfer per step. Tokens go to each request's queue; the consumer (engine.py) turns them
+into text.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from pixtral.engine.sampling import (
     TokenHistory,
     TokenLogprobs,
     process_logits,
-    sample_next,
+    sample_batch,
     token_logprobs,
 )
 from pixtral.engine.structured import GrammarState
@@ -328,12 +330,13 @@ class Scheduler:
                 )[:full_blocks]
                 self.prefix_cache.store(keys, request.cache.k, request.cache.v)
             n = len(request.prompt_ids)
+            rows = [request]  # the n choices sample their first tokens from the same logits, in one batch
             for follower in request.followers:
                 if follower in self._running and follower.leader is request:
                     follower.cache.copy_prefix_from(request.cache.k[:, :n], request.cache.v[:, :n])
                     follower.prefilled, follower.leader = n, None
-                    self._emit_or_fail(follower, logits[0, -1])
-            self._emit(request, logits[0, -1])
+                    rows.append(follower)
+            self._emit(rows, logits[0, -1:].expand(len(rows), -1))
 
     def _decode(self, batch: list[Request]) -> None:
         """One token for every request of the batch. A request whose forward or sampling raises fails alone:
@@ -349,32 +352,82 @@ class Scheduler:
             for request in batch:
                 self._decode([request])
             return
-        for row, request in enumerate(batch):  # (B, vocab) -> one sampled token per request
-            self._emit_or_fail(request, logits[row])
+        self._emit(batch, logits)
 
-    def _emit_or_fail(self, request: Request, logits: torch.Tensor) -> None:
+    def _emit(self, batch: list[Request], logits: torch.Tensor) -> None:
+        """Sample one token for every request of `batch` from its row of logits (B, vocab), in one batched call
+        on the device (sampling.sample_batch: per-row parameters and generators), then move the B chosen ids
+        to the host in one transfer. Rows with a grammar, logit_bias, min_tokens or penalties get their logits
+        processed row by row first (device ops, no host sync); logprobs are taken in one batched call. A
+        request whose own part raises fails alone; a batched draw that raises is retried row by row."""
+        raw = logits.float()  # (B, vocab)
+        masked, processed = raw, raw
+        ok: list[int] = []  # the rows still in the batch
+        for row, request in enumerate(batch):
+            params = request.params
+            try:
+                row_logits = raw[row : row + 1]  # (1, vocab)
+                if params.structured is not None:  # the grammar's mask comes first, as vLLM's bitmask
+                    if request.grammar is None:
+                        request.grammar = GrammarState(params.structured)
+                    row_logits = row_logits.clone()
+                    request.grammar.mask_(row_logits)
+                    if masked is raw:
+                        masked = raw.clone()
+                    masked[row] = row_logits[0]
+                if params.penalised and request.history is None:
+                    request.history = TokenHistory(request.prompt_ids, raw.shape[-1], raw.device)
+                out = process_logits(row_logits, params, request.history, request.generated, request.stop_ids)
+                if out is not row_logits or params.structured is not None:
+                    if processed is raw:
+                        processed = raw.clone()
+                    processed[row] = out[0]
+                ok.append(row)
+            except Exception as e:
+                self._finish(request, Finished("error", e))
+        if len(ok) < len(batch):
+            index = torch.tensor(ok, device=raw.device)
+            batch = [batch[i] for i in ok]
+            masked, processed = masked.index_select(0, index), processed.index_select(0, index)
+        if not batch:
+            return
         try:
-            self._emit(request, logits)
+            sampled = sample_batch(processed, [r.params for r in batch], [r.generator for r in batch])  # (B,)
         except Exception as e:
-            self._finish(request, Finished("error", e))
+            if len(batch) == 1:
+                self._finish(batch[0], Finished("error", e))
+                return
+            for row, request in enumerate(batch):  # find the culprit: each row alone
+                try:
+                    one = sample_batch(processed[row : row + 1], [request.params], [request.generator])
+                except Exception as e:
+                    self._finish(request, Finished("error", e))
+                    continue
+                self._accept_all([request], one, masked[row : row + 1])
+            return
+        self._accept_all(batch, sampled, masked)
 
-    def _emit(self, request: Request, logits: torch.Tensor) -> None:
-        params = request.params
-        raw = logits[None].float()  # (1, vocab)
-        if params.structured is not None:  # the grammar's mask comes first, as vLLM's bitmask
-            if request.grammar is None:
-                request.grammar = GrammarState(params.structured)
-            raw = raw.clone()
-            request.grammar.mask_(raw)
-        if params.penalised and request.history is None:
-            request.history = TokenHistory(request.prompt_ids, raw.shape[-1], raw.device)
-        processed = process_logits(raw, params, request.history, request.generated, request.stop_ids)
-        sampled = sample_next(processed, params, request.generator)  # (1,)
-        if request.history is not None:
-            request.history.add(sampled)
-        if params.logprobs is not None:
-            request.logprobs += token_logprobs(raw, sampled, params.logprobs)
-        token = int(sampled[0])
+    def _accept_all(self, batch: list[Request], sampled: torch.Tensor, masked: torch.Tensor) -> None:
+        """Record the (B,) sampled ids: histories and logprobs on the device, then one transfer to the host."""
+        for row, request in enumerate(batch):
+            if request.history is not None:
+                request.history.add(sampled[row : row + 1])
+        want = [row for row, r in enumerate(batch) if r.params.logprobs is not None]
+        if want:
+            index = torch.tensor(want, device=sampled.device)
+            k = max(batch[row].params.logprobs for row in want)
+            entries = token_logprobs(masked.index_select(0, index), sampled.index_select(0, index), k)
+            for row, entry in zip(want, entries, strict=True):
+                n = batch[row].params.logprobs
+                batch[row].logprobs.append(TokenLogprobs(entry.token_id, entry.logprob, entry.top[:n]))
+        for request, token in zip(batch, sampled.tolist(), strict=True):  # the one host transfer
+            try:
+                self._record(request, token)
+            except Exception as e:
+                self._finish(request, Finished("error", e))
+
+    def _record(self, request: Request, token: int) -> None:
+        """The request's new token: the grammar advances, then a stop token, max_tokens or nothing ends it."""
         if request.grammar is not None:
             request.grammar.accept(token)
         request.generated += 1
