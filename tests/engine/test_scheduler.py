@@ -328,3 +328,63 @@ def test_scheduler_flags_become_the_config_and_bad_values_name_the_flag(test_mod
     if test_model.device.type == "cpu":
         with pytest.raises(InputError, match="kv-cache-memory 90%.*CUDA"):
             Scheduler(test_model, scheduler_config(p.parse_args(["--kv-cache-memory", "90%"])))
+
+
+def test_a_prefill_and_a_decode_that_overfill_a_tiny_pool_both_finish(test_model):
+    """A pool of 40 positions (blocks of 4) for prompts of 22 and 12 tokens + 6 new each, chunks of 12: the
+    second is admitted while the first decodes, the pool runs out, one is preempted, both finish unchanged
+    (and no two requests holding parts of the pool wait for each other: Scheduler._preempt_later)."""
+    requests = make_requests(8)[5:7]  # (4, 2) and (1, 1) images
+    params = SamplingParams(max_tokens=6)
+    config = SchedulerConfig(
+        kv_budget_bytes=40 * per_token_bytes(), kv_block_size=4, max_num_batched_tokens=12
+    )
+    scheduler = Scheduler(test_model, config)
+    handles = [scheduler.submit(ids, ims, params, EOS) for ids, ims in requests]
+    for h, (ids, ims) in zip(handles, requests, strict=True):
+        tokens, finished = collect(h, timeout=30)
+        assert finished.reason in ("length", "stop") and tokens == alone(test_model, ids, ims, params)
+    assert scheduler.preemptions >= 1 and scheduler.kv_bytes_used == 0
+
+
+def mixed_params(i: int, sampled: bool) -> SamplingParams:
+    """Request i's settings: temperatures, top-k, top-p, min-p, penalties, logit bias and logprobs vary."""
+    if not sampled:
+        extra = [{}, {"repetition_penalty": 1.3}, {"logit_bias": {1100 + i: 2.0}}, {"logprobs": 2}][i % 4]
+        return SamplingParams(max_tokens=5 + i, **extra)
+    extra = [
+        {"top_k": 5},
+        {"top_p": 0.8},
+        {"min_p": 0.05},
+        {"frequency_penalty": 0.5, "presence_penalty": 0.3},
+        {"top_k": 50, "top_p": 0.9, "logprobs": 3},
+        {},
+    ][i % 6]
+    return SamplingParams(max_tokens=5 + i, temperature=0.5 + 0.1 * (i % 5), seed=1000 + i, **extra)
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "seeded-sampling"])
+def test_16_concurrent_mixed_requests_each_equal_the_request_alone(test_model, monkeypatch, sampled):
+    """16 requests of different lengths, image counts (0-2) and sampling settings, submitted at once, run in
+    token-budget steps that mix decodes and prefill chunks (batched sampling): each gets its tokens (and
+    logprobs) alone."""
+    requests = make_requests(16)
+    params = [mixed_params(i, sampled) for i in range(16)]
+    scheduler = Scheduler(test_model, SchedulerConfig(max_num_batched_tokens=24))
+    steps = budget_steps(scheduler, monkeypatch)
+    handles = [scheduler.submit(ids, ims, p, EOS) for (ids, ims), p in zip(requests, params, strict=True)]
+    for i, (h, (ids, ims), p) in enumerate(zip(handles, requests, params, strict=True)):
+        tokens, finished = collect(h)
+        assert finished.reason in ("length", "stop"), finished
+        stop = p.stop_ids(TEST_CONFIG.eos_id)
+        reference = list(decode_steps(test_model, ids, [torch.as_tensor(m) for m in ims], p, stop_ids=stop))
+        assert tokens == [s.token_id for s in reference if s.token_id not in stop], f"request {i}"
+        if p.logprobs:
+            assert [e.token_id for e in h.logprobs] == [s.token_id for s in reference]
+            for entry, step in zip(h.logprobs, reference, strict=True):
+                logp = torch.log_softmax(step.logits.double(), -1)
+                assert (
+                    abs(entry.logprob - logp[step.token_id].item()) <= 1e-5 and len(entry.top) == p.logprobs
+                )
+    assert any(d > 0 and f > 0 for d, f in steps) and max(d for d, _ in steps) >= 8
+    assert scheduler.kv_bytes_used == 0 and scheduler.n_running == 0

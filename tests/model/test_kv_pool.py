@@ -33,6 +33,8 @@ def paged_forward(model, pool, tables, rows, features=None):
 @torch.inference_mode()
 def test_packed_prefills_and_decodes_equal_each_rows_own_cache(test_model):
     pool = PagedKVPool.for_model(test_model, n_blocks=64, block_size=4)
+    pool.k.fill_(float("nan"))  # what uninitialised memory may hold: masked positions must never read it
+    pool.v.fill_(float("nan"))
     tables: list[list[int]] = [[] for _ in GRIDS]
     own = []
     expected_prefill = []

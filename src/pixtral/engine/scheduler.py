@@ -29,6 +29,7 @@ into text.
 from __future__ import annotations
 
 import atexit
+import logging
 import queue
 import threading
 import weakref
@@ -53,6 +54,8 @@ from pixtral.engine.structured import GrammarState
 from pixtral.errors import InputError
 from pixtral.model.kv_cache import PagedBatch, PagedKVPool
 from pixtral.model.pixtral import ImageTokenMismatch, Pixtral
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,7 @@ class Scheduler:
         self._block_bytes = PagedKVPool.bytes_per_block(model.config.text, model.dtype, config.kv_block_size)
         self._n_blocks = self._pool_blocks()
         self._decode_step = None  # the compiled decode forward, made on first use
-        self._compile = bool(config.compile)  # compiled.py comes next
+        self._compile = config.compile if config.compile is not None else model.device.type == "cuda"
 
     def _pool_blocks(self) -> int:
         budget = self.config.kv_budget_bytes
@@ -228,7 +231,7 @@ class Scheduler:
         """Bytes of the KV blocks held by requests (charged as they fill)."""
         if self._pool is None:
             return 0
-        return (self._pool.n_blocks - self._pool.n_free) * self._block_bytes
+        return (self._n_blocks - self._pool.n_free) * self._block_bytes
 
     def stats(self) -> dict[str, int]:
         return {
@@ -267,8 +270,13 @@ class Scheduler:
         """One forward: the running decodes, then prefill chunks, within max_num_batched_tokens (module doc)."""
         self.steps += 1
         self._drop_cancelled()
-        if self._pool is None:
-            self._pool = PagedKVPool.for_model(self.model, self._n_blocks, self.config.kv_block_size)
+        if self._pool is None:  # with the compiled step, one more block: the padding rows' scratch
+            n_blocks = self._n_blocks + (1 if self._compile else 0)
+            self._pool = PagedKVPool.for_model(self.model, n_blocks, self.config.kv_block_size)
+            if self._compile:
+                from pixtral.engine.compiled import compiled_decode
+
+                self._decode_step = compiled_decode(self.model, self._pool.reserve())
         budget = self.config.max_num_batched_tokens
         rows: list[tuple[Request, int]] = []  # (request, new tokens this step)
         scheduled: set[int] = set()
@@ -284,7 +292,11 @@ class Scheduler:
         for request in [r for r in self._running if r.leader is None and len(r.tokens) - r.computed > 1]:
             if budget == 0:
                 break
+            if request not in self._running:  # preempted to make room for an earlier prefill
+                continue
             n = self._fit(request, min(len(request.tokens) - request.computed, budget))
+            while not n and self._preempt_later(request, scheduled):  # no block free: the later admitted go
+                n = self._fit(request, min(len(request.tokens) - request.computed, budget))
             if n:
                 rows.append((request, n))
                 scheduled.add(id(request))
@@ -314,6 +326,16 @@ class Scheduler:
             self._preempt(victim)
             if victim is request:
                 return False
+        return True
+
+    def _preempt_later(self, request: Request, scheduled: set[int]) -> bool:
+        """Preempt the latest request admitted after `request` that holds blocks and is not in this step (so
+        two prefills that each hold part of the pool cannot wait for each other forever); False if none."""
+        later = self._running[self._running.index(request) + 1 :]
+        victims = [r for r in later if r.blocks and id(r) not in scheduled]
+        if not victims:
+            return False
+        self._preempt(victims[-1])
         return True
 
     def _fit(self, request: Request, n: int) -> int:
@@ -470,8 +492,12 @@ class Scheduler:
         token_ids = torch.tensor([ids], device=device)  # (1, N)
         mask = torch.tensor([is_image], device=device)  # (1, N)
         index = torch.tensor(logits_at, dtype=torch.long, device=device)  # (K,)
-        if not features and self._compile and all(n == 1 for _, n in rows):
-            return self._compiled_decode(token_ids, batch, index)
+        if not features and self._decode_step is not None and all(n == 1 for _, n in rows):
+            try:
+                return self._decode_step(token_ids, batch, index)
+            except Exception as e:  # a compiler that fails here must not fail the requests: eager from now on
+                log.warning("the compiled decode step failed (%s); decoding eagerly from now on", e)
+                self._decode_step = None
         return self.model(
             token_ids,
             image_features=torch.cat(features) if features else None,
@@ -479,15 +505,6 @@ class Scheduler:
             caches=batch,
             logits_index=index,
         )
-
-    def _compiled_decode(
-        self, token_ids: torch.Tensor, batch: PagedBatch, index: torch.Tensor
-    ) -> torch.Tensor:
-        if self._decode_step is None:
-            from pixtral.engine.compiled import compiled_decode
-
-            self._decode_step = compiled_decode(self.model)
-        return self._decode_step(token_ids, batch, index)
 
     def _store_prefix(self, request: Request) -> None:
         full_blocks = (len(request.prompt_ids) - 1) // self.prefix_cache.block

@@ -107,9 +107,24 @@ class PagedKVPool:
         need = self.blocks_for(n_positions) - len(blocks)
         if need > len(self._free):
             return False
-        for _ in range(max(need, 0)):
-            blocks.append(self._free.pop())
+        if need > 0:
+            new = [self._free.pop() for _ in range(need)]
+            self._zero(new)
+            blocks += new
         return True
+
+    def _zero(self, blocks: list[int]) -> None:
+        """Zero blocks as they are handed out: attention reads a block's positions past a sequence's length
+        (masked), and garbage there could be NaN, which a mask does not cancel (NaN * 0 = NaN)."""
+        index = torch.tensor(blocks, device=self.k.device)
+        self.k.index_fill_(1, index, 0.0)
+        self.v.index_fill_(1, index, 0.0)
+
+    def reserve(self) -> int:
+        """Take one block out of circulation for good (a scratch block for padding rows) and return it."""
+        block = self._free.pop(0)  # the highest free id
+        self._zero([block])
+        return block
 
     def release(self, blocks: list[int]) -> None:
         """Give the table's blocks back (the table is emptied)."""
@@ -212,6 +227,10 @@ class PagedBatch:
             single_mask,
             segments,
         )
+
+
+def _padded(table: list[int], width: int) -> list[int]:
+    return table + [table[-1]] * (width - len(table))
 
 
 def causal_mask(n_queries: int, n_keys: int, device: torch.device) -> torch.Tensor | None:
