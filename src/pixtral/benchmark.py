@@ -40,6 +40,7 @@ from pixtral.engine import Engine, SamplingParams
 from pixtral.engine.device import default_dtype, resolve_device
 from pixtral.engine.scheduler import Finished, SchedulerConfig
 from pixtral.prompt.tokenizer import load_tokenizer
+from pixtral.scheduler_options import add_scheduler_options, scheduler_config
 
 
 def synchronize() -> None:
@@ -257,7 +258,7 @@ def bench_int8_vs_llama_cpp(native: Path, tmp: Path, n_tokens: int) -> list[dict
     gguf_path = tmp / "model-q8_0.gguf"
     export_gguf(native, gguf_path, "q8_0", mmproj=False)
     model, _, _ = load_quantized(native, "int8", dtype="float32")
-    engine = Engine(model, load_tokenizer(None), scheduler=SchedulerConfig(max_batch=1))
+    engine = Engine(model, load_tokenizer(None), scheduler=SchedulerConfig(max_num_seqs=1))
     ours, _ = decode_rate(engine, 1, n_tokens)
     engine.close()
     del engine, model
@@ -306,6 +307,7 @@ def _add_arguments(ap: argparse.ArgumentParser) -> None:
         help="decoded tokens per measurement, at least 2 (default 32)",
     )
     ap.add_argument("--no-peer", action="store_true", help="skip transformers")
+    add_scheduler_options(ap, kv_gib=8)
     ap.add_argument("--json", type=Path, help="also write the results here")
 
 
@@ -329,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
             model,
             load_tokenizer(None),
             model_name=args.preset,
-            scheduler=SchedulerConfig(kv_budget_bytes=8 * 1024**3, max_batch=32),
+            scheduler=scheduler_config(args),
         )
         hf = None
         if not args.no_peer:

@@ -20,6 +20,7 @@ from pixtral.evals.cli import add_eval_parser
 from pixtral.model_options import add_load_options, add_model_option, load_engine
 from pixtral.prompt.images import load_image
 from pixtral.prompt.tool_calls import split_tool_calls
+from pixtral.scheduler_options import add_scheduler_options
 from pixtral.serve.cli import add_serve_parser
 from pixtral.synthetic.cli import add_synthetic_parser
 from pixtral.train.cli import add_train_parser
@@ -122,6 +123,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     add_load_options(
         p, "CPU threads for torch (default: torch's choice; on a busy machine fewer is often faster)"
     )
+    add_scheduler_options(p)
 
 
 def _sampling_options(p: argparse.ArgumentParser, temperature: float) -> None:

@@ -286,7 +286,9 @@ def run_gpu_check(
         load_tokenizer(None),
         model_name=f"{preset_name}-random",
         untrained=True,
-        scheduler=SchedulerConfig(kv_budget_bytes=int(kv_cache_gib * 1024**3), max_batch=max(64, *batches)),
+        scheduler=SchedulerConfig(
+            kv_budget_bytes=int(kv_cache_gib * 1024**3), max_num_seqs=max(64, *batches)
+        ),
     )
     try:
         report["time_to_first_token"] = time_to_first_token(engine, image_side)

@@ -43,8 +43,10 @@ def add_load_options(p: argparse.ArgumentParser, threads_help: str) -> None:
 
 
 def load_engine(args: argparse.Namespace, **engine_options):
-    """The engine the flags above describe (`engine_options`: Engine.load's other arguments, e.g. limits)."""
+    """The engine the flags above and the scheduler's (scheduler_options.py) describe (`engine_options`:
+    Engine.load's other arguments, e.g. limits)."""
     from pixtral.engine import Engine
+    from pixtral.scheduler_options import scheduler_config
 
     if args.threads:
         import torch
@@ -57,5 +59,6 @@ def load_engine(args: argparse.Namespace, **engine_options):
         quantize=args.quantize,
         group_size=args.group_size,
         tensor_parallel_size=args.tensor_parallel_size,
+        scheduler=scheduler_config(args),
         **engine_options,
     )

@@ -65,7 +65,7 @@ def test_choices_whose_leader_is_cancelled_before_its_prefill_prefill_on_their_o
     params = [
         SamplingParams(max_tokens=6, temperature=0.9 if sampled else 0.0, seed=40 + i) for i in range(3)
     ]
-    scheduler = Scheduler(test_model, SchedulerConfig(prefill_chunk=4))
+    scheduler = Scheduler(test_model, SchedulerConfig(max_num_batched_tokens=4))
     requests = scheduler.submit_choices(ids, images, params, EOS)
     requests[0].cancel()
     assert collect(requests[0])[1].reason == "cancelled"

@@ -18,6 +18,7 @@ from pixtral.engine.sampling import (
     TokenHistory,
     apply_min_p,
     process_logits,
+    sample_batch,
     sample_next,
     token_logprobs,
 )
@@ -231,3 +232,66 @@ def test_engine_logprobs_align_with_the_generated_ids(engine):
     out = engine.generate(HELLO, SamplingParams(max_tokens=7, logprobs=2, stop=["zz"]))
     assert out.logprobs is not None and [e.token_id for e in out.logprobs] == out.token_ids
     assert all(len(e.top) == 2 and e.top[0][1] >= e.logprob - 1e-6 for e in out.logprobs)
+
+
+# ---- batched sampling: per-row parameters and generators ---------------------------------------------------
+
+MIXED = [
+    SamplingParams(temperature=0.0),
+    SamplingParams(temperature=0.7, seed=1),
+    SamplingParams(temperature=1.3, top_k=3, seed=2),
+    SamplingParams(temperature=1.0, top_p=0.6, seed=3),
+    SamplingParams(temperature=0.9, min_p=0.1, top_k=5, top_p=0.9, seed=4),
+    SamplingParams(temperature=1.0, top_k=1, seed=5),  # greedy by top_k
+]
+
+
+def generators(params) -> list[torch.Generator | None]:
+    return [None if p.greedy else torch.Generator().manual_seed(p.seed) for p in params]
+
+
+def test_a_rows_draws_do_not_depend_on_the_rows_batched_with_it():
+    logits = torch.randn(len(MIXED), V, generator=torch.Generator().manual_seed(7)) * 2
+    batched_gens, alone_gens = generators(MIXED), generators(MIXED)
+    for _ in range(30):
+        together = sample_batch(logits, MIXED, batched_gens).tolist()
+        alone = [
+            int(sample_batch(logits[i : i + 1], [p], [g])[0])
+            for i, (p, g) in enumerate(zip(MIXED, alone_gens, strict=True))
+        ]
+        assert together == alone
+        assert together[0] == int(logits[0].argmax()) and together[-1] == int(logits[-1].argmax())
+    # a sub-batch of the same rows (other neighbours) still gives each row its own sequence
+    sub = [1, 3]
+    gens = generators([MIXED[i] for i in sub])
+    ref = generators(MIXED)
+    for _ in range(10):
+        got = sample_batch(logits[sub], [MIXED[i] for i in sub], gens).tolist()
+        want = [int(sample_batch(logits[i : i + 1], [MIXED[i]], [ref[i]])[0]) for i in sub]
+        assert got == want
+
+
+def test_the_exponential_race_draws_the_softmax_distribution():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    params = SamplingParams(temperature=1.0, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    n = 4000
+    counts = torch.bincount(
+        torch.cat(
+            [sample_batch(logits.expand(100, -1), [params] * 100, [gen] * 100) for _ in range(n // 100)]
+        ),
+        minlength=4,
+    )
+    expected = torch.softmax(logits[0], -1) * n
+    # 4 sigma of a binomial count: fails on a wrong distribution (e.g. sampling without temperature 1)
+    assert ((counts - expected).abs() <= 4 * (expected * (1 - expected / n)).sqrt()).all(), (counts, expected)
+
+
+def test_batched_sampling_reads_nothing_back_to_the_host():
+    from tests.model.test_host_sync import HostReads
+
+    logits = torch.randn(len(MIXED), V)
+    gens = generators(MIXED)
+    with HostReads() as reads:
+        sample_batch(logits, MIXED, gens)
+    assert reads.seen == []

@@ -10,7 +10,7 @@ import torch
 from pixtral.engine import scheduler as scheduler_module
 from pixtral.engine.generate import decode_steps
 from pixtral.engine.prefix_cache import block_keys
-from pixtral.engine.sampling import SamplingParams, sample_next
+from pixtral.engine.sampling import SamplingParams, sample_batch
 from pixtral.engine.scheduler import Finished, Scheduler, SchedulerConfig
 from pixtral.errors import InputError
 from tests.factories import TEST_CONFIG, image_block, prompt_with_images, random_model
@@ -47,7 +47,7 @@ def make_requests(n: int, seed0: int = 0):
 
 @pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "seeded-sampling"])
 def test_batched_and_continuously_batched_requests_equal_each_request_alone(test_model, sampled):
-    scheduler = Scheduler(test_model, SchedulerConfig(prefill_chunk=16))
+    scheduler = Scheduler(test_model, SchedulerConfig(max_num_batched_tokens=16))
     requests = make_requests(7)
 
     def params(i):
@@ -196,25 +196,27 @@ def test_a_request_that_fails_in_its_step_fails_alone_and_15_others_finish(test_
     submitted = []  # the handles, once submitted: the poisoned request is recognised by its cache
 
     def faulty_forward(ids, *args, caches=None, **kwargs):  # raises in the poisoned request's decode steps
-        poisoned = submitted[0][POISON].cache if submitted else None
-        if caches and ids.shape[1] == 1 and any(c is poisoned for c in caches):
-            raise RuntimeError("injected fault in the forward")
+        poisoned = submitted[0][POISON] if submitted else None
+        if poisoned is not None and poisoned.generated > 0:  # a step holding one of its KV slots
+            size = caches.pool.block_size
+            if any(slot // size in poisoned.blocks for slot in caches.slots.tolist()):
+                raise RuntimeError("injected fault in the forward")
         return forward(ids, *args, caches=caches, **kwargs)
 
     poisoned_draws = []
 
-    def faulty_sample_next(logits, p, generator):  # raises at the poisoned request's third token (a decode)
-        if p.seed == params[POISON].seed:
+    def faulty_sample_batch(logits, rows, generators):  # raises from the poisoned request's third token on
+        if any(p.seed == params[POISON].seed for p in rows):
             poisoned_draws.append(len(poisoned_draws))
-            if len(poisoned_draws) == 3:
+            if len(poisoned_draws) >= 3:
                 raise RuntimeError("injected fault in sampling")
-        return sample_next(logits, p, generator)
+        return sample_batch(logits, rows, generators)
 
     forward = test_model.forward
     if where == "forward":
         monkeypatch.setattr(test_model, "forward", faulty_forward)
     else:
-        monkeypatch.setattr(scheduler_module, "sample_next", faulty_sample_next)
+        monkeypatch.setattr(scheduler_module, "sample_batch", faulty_sample_batch)
     scheduler = Scheduler(test_model)
     handles = [scheduler.submit(ids, ims, p, EOS) for (ids, ims), p in zip(requests, params, strict=True)]
     submitted.append(handles)
@@ -227,49 +229,162 @@ def test_a_request_that_fails_in_its_step_fails_alone_and_15_others_finish(test_
     assert scheduler.kv_bytes_used == 0 and scheduler.n_running == 0
 
 
-@pytest.mark.parametrize("slot_tokens", [None, 30, 0], ids=["pool", "pool-and-own-buffers", "no-pool"])
-def test_requests_in_the_kv_pool_or_past_it_equal_each_request_alone(test_model, slot_tokens, monkeypatch):
-    """Slots of 30 positions: short requests decode in the pool, long ones in buffers of their own (a step
-    that mixes them attends row by row); 2 slots for 5 requests, so slots are freed and reused."""
-    from pixtral.model.decoder import DecoderAttention
+def budget_steps(scheduler: Scheduler, monkeypatch) -> list[tuple[int, int]]:
+    """The (decode rows, prefill tokens) of every step the scheduler runs from now on."""
+    steps: list[tuple[int, int]] = []
+    run = scheduler._run
 
-    pooled_rows = []
-    pooled_decode = DecoderAttention._pooled_decode
+    def spy(rows):
+        run(rows)
+        steps.append(scheduler.last_step)
 
-    def spy(self, q, *args):
-        pooled_rows.append(q.shape[0])
-        return pooled_decode(self, q, *args)
+    monkeypatch.setattr(scheduler, "_run", spy)
+    return steps
 
-    monkeypatch.setattr(DecoderAttention, "_pooled_decode", spy)
-    requests = make_requests(5)
-    params = [SamplingParams(max_tokens=6 + 4 * i, temperature=0.7, seed=300 + i) for i in range(5)]
-    scheduler = Scheduler(test_model, SchedulerConfig(max_batch=2, kv_pool_slot_tokens=slot_tokens))
+
+def test_token_budget_steps_mix_decodes_and_prefill_chunks(test_model, monkeypatch):
+    """A budget of 12 tokens per step: while some requests decode, the prompts of others are prefilled in
+    chunks in the same forward, and no step carries more than 12 new tokens; outputs are unchanged."""
+    requests = make_requests(6)
+    params = [SamplingParams(max_tokens=8 + i, temperature=0.6 * (i % 2), seed=200 + i) for i in range(6)]
+    scheduler = Scheduler(test_model, SchedulerConfig(max_num_batched_tokens=12))
+    steps = budget_steps(scheduler, monkeypatch)
     handles = [scheduler.submit(ids, ims, p, EOS) for (ids, ims), p in zip(requests, params, strict=True)]
-    in_pool = []
-    for h, ((ids, ims), p) in zip(handles, zip(requests, params, strict=True), strict=True):
+    for h, (ids, ims), p in zip(handles, requests, params, strict=True):
         tokens, finished = collect(h)
-        assert finished.reason in ("length", "stop")
-        assert tokens == alone(test_model, ids, ims, p)
-    pool = scheduler._pool
-    if slot_tokens == 0:
-        assert pool is None and pooled_rows == []
-    else:
-        assert max(pooled_rows) == 2  # two rows in one attention call
-        assert pool is not None and pool.n_free == 2  # every slot released
-        in_pool = [
-            len(ids) + p.max_tokens <= pool.slot_len for (ids, _), p in zip(requests, params, strict=True)
-        ]
-        assert any(in_pool) and (slot_tokens is None or not all(in_pool))
-    assert scheduler.kv_bytes_used == 0
+        assert finished.reason in ("length", "stop") and tokens == alone(test_model, ids, ims, p)
+    assert all(d + f <= 12 for d, f in steps), steps
+    assert any(d > 0 and f > 0 for d, f in steps), steps  # decodes and prefill chunks in one forward
+    assert max(d for d, _ in steps) >= 4  # several decodes in one step
+    assert scheduler.kv_bytes_used == 0 and scheduler.n_running == 0
 
 
-def test_a_request_whose_start_fails_gives_its_kv_pool_slot_back(test_model):
-    scheduler = Scheduler(test_model, SchedulerConfig(max_batch=2))
+def test_a_prefill_chunk_that_samples_nothing_computes_no_logits(test_model, monkeypatch):
+    ((ids, ims),) = make_requests(2)[1:]  # 18 tokens with an image: chunks of 5, 5, 5, 3
+    scheduler = Scheduler(test_model, SchedulerConfig(max_num_batched_tokens=5))
+    heads = []
+    output = test_model.output.forward
+    monkeypatch.setattr(test_model.output, "forward", lambda h: heads.append(h.shape[1]) or output(h))
+    tokens, _ = collect(scheduler.submit(ids, ims, SamplingParams(max_tokens=3), EOS))
+    assert tokens == alone(test_model, ids, ims, SamplingParams(max_tokens=3))
+    assert heads[: len(ids) // 5] == [0] * (len(ids) // 5) and all(n == 1 for n in heads[len(ids) // 5 :])
+
+
+def per_token_bytes() -> int:
+    t = TEST_CONFIG.text
+    return 2 * t.n_layers * t.n_kv_heads * t.head_dim * 4
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "seeded-sampling"])
+def test_preemption_under_a_tiny_kv_budget_changes_no_output(test_model, sampled):
+    """A pool of 64 positions (blocks of 4) for 6 requests of up to ~45 positions each: decodes run out of
+    blocks, the latest admitted requests are preempted (recomputed later), and every output is unchanged."""
+    requests = make_requests(6)
+    params = [
+        SamplingParams(max_tokens=14 + 3 * i, temperature=0.8 if sampled else 0.0, seed=400 + i, top_k=20 * i)
+        for i in range(6)
+    ]
+    config = SchedulerConfig(
+        kv_budget_bytes=64 * per_token_bytes(), kv_block_size=4, max_num_batched_tokens=16
+    )
+    scheduler = Scheduler(test_model, config)
+    handles = [scheduler.submit(ids, ims, p, EOS) for (ids, ims), p in zip(requests, params, strict=True)]
+    for i, (h, (ids, ims), p) in enumerate(zip(handles, requests, params, strict=True)):
+        tokens, finished = collect(h)
+        assert finished.reason in ("length", "stop"), finished
+        assert tokens == alone(test_model, ids, ims, p), f"request {i}"
+    assert scheduler.preemptions > 0 and any(h.preempted for h in handles)
+    assert scheduler.kv_bytes_used == 0 and scheduler._pool.n_free == scheduler._pool.n_blocks
+
+
+def test_a_request_whose_start_fails_gives_its_kv_blocks_back(test_model):
+    scheduler = Scheduler(test_model, SchedulerConfig(max_num_seqs=2))
     ids, images = make_requests(2)[1]
     bad = [images[0][:, :5]]  # 5 pixels high: not a multiple of the patch size, refused by the vision encoder
     for _ in range(3):  # more failures than slots
         _, finished = collect(scheduler.submit(ids, bad, SamplingParams(max_tokens=3), EOS))
         assert finished.reason == "error"
-    assert scheduler._pool is not None and scheduler._pool.n_used == 0
+    assert scheduler.kv_bytes_used == 0 and scheduler.n_running == 0
     tokens, _ = collect(scheduler.submit(ids, images, SamplingParams(max_tokens=3), EOS))
     assert tokens == alone(test_model, ids, images, SamplingParams(max_tokens=3))
+
+
+def test_scheduler_flags_become_the_config_and_bad_values_name_the_flag(test_model, capsys):
+    import argparse
+
+    from pixtral.scheduler_options import add_scheduler_options, scheduler_config
+
+    p = argparse.ArgumentParser()
+    add_scheduler_options(p)
+    args = p.parse_args(["--kv-cache-memory", "0.5", "--max-num-seqs", "3", "--max-num-batched-tokens", "64"])
+    config = scheduler_config(args)
+    assert (config.kv_budget_bytes, config.max_num_seqs, config.max_num_batched_tokens) == (2**29, 3, 64)
+    assert config.compile is None and config.kv_memory_fraction is None
+    assert scheduler_config(p.parse_args(["--kv-cache-memory", "90%"])).kv_memory_fraction == 0.9
+    for bad in (["--kv-cache-memory", "0"], ["--kv-cache-memory", "150%"], ["--max-num-seqs", "0"]):
+        with pytest.raises(SystemExit):
+            p.parse_args(bad)
+        assert bad[0] in capsys.readouterr().err
+    if test_model.device.type == "cpu":
+        with pytest.raises(InputError, match="kv-cache-memory 90%.*CUDA"):
+            Scheduler(test_model, scheduler_config(p.parse_args(["--kv-cache-memory", "90%"])))
+
+
+def test_a_prefill_and_a_decode_that_overfill_a_tiny_pool_both_finish(test_model):
+    """A pool of 40 positions (blocks of 4) for prompts of 22 and 12 tokens + 6 new each, chunks of 12: the
+    second is admitted while the first decodes, the pool runs out, one is preempted, both finish unchanged
+    (and no two requests holding parts of the pool wait for each other: Scheduler._preempt_later)."""
+    requests = make_requests(8)[5:7]  # (4, 2) and (1, 1) images
+    params = SamplingParams(max_tokens=6)
+    config = SchedulerConfig(
+        kv_budget_bytes=40 * per_token_bytes(), kv_block_size=4, max_num_batched_tokens=12
+    )
+    scheduler = Scheduler(test_model, config)
+    handles = [scheduler.submit(ids, ims, params, EOS) for ids, ims in requests]
+    for h, (ids, ims) in zip(handles, requests, strict=True):
+        tokens, finished = collect(h, timeout=30)
+        assert finished.reason in ("length", "stop") and tokens == alone(test_model, ids, ims, params)
+    assert scheduler.preemptions >= 1 and scheduler.kv_bytes_used == 0
+
+
+def mixed_params(i: int, sampled: bool) -> SamplingParams:
+    """Request i's settings: temperatures, top-k, top-p, min-p, penalties, logit bias and logprobs vary."""
+    if not sampled:
+        extra = [{}, {"repetition_penalty": 1.3}, {"logit_bias": {1100 + i: 2.0}}, {"logprobs": 2}][i % 4]
+        return SamplingParams(max_tokens=5 + i, **extra)
+    extra = [
+        {"top_k": 5},
+        {"top_p": 0.8},
+        {"min_p": 0.05},
+        {"frequency_penalty": 0.5, "presence_penalty": 0.3},
+        {"top_k": 50, "top_p": 0.9, "logprobs": 3},
+        {},
+    ][i % 6]
+    return SamplingParams(max_tokens=5 + i, temperature=0.5 + 0.1 * (i % 5), seed=1000 + i, **extra)
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "seeded-sampling"])
+def test_16_concurrent_mixed_requests_each_equal_the_request_alone(test_model, monkeypatch, sampled):
+    """16 requests of different lengths, image counts (0-2) and sampling settings, submitted at once, run in
+    token-budget steps that mix decodes and prefill chunks (batched sampling): each gets its tokens (and
+    logprobs) alone."""
+    requests = make_requests(16)
+    params = [mixed_params(i, sampled) for i in range(16)]
+    scheduler = Scheduler(test_model, SchedulerConfig(max_num_batched_tokens=24))
+    steps = budget_steps(scheduler, monkeypatch)
+    handles = [scheduler.submit(ids, ims, p, EOS) for (ids, ims), p in zip(requests, params, strict=True)]
+    for i, (h, (ids, ims), p) in enumerate(zip(handles, requests, params, strict=True)):
+        tokens, finished = collect(h)
+        assert finished.reason in ("length", "stop"), finished
+        stop = p.stop_ids(TEST_CONFIG.eos_id)
+        reference = list(decode_steps(test_model, ids, [torch.as_tensor(m) for m in ims], p, stop_ids=stop))
+        assert tokens == [s.token_id for s in reference if s.token_id not in stop], f"request {i}"
+        if p.logprobs:
+            assert [e.token_id for e in h.logprobs] == [s.token_id for s in reference]
+            for entry, step in zip(h.logprobs, reference, strict=True):
+                logp = torch.log_softmax(step.logits.double(), -1)
+                assert (
+                    abs(entry.logprob - logp[step.token_id].item()) <= 1e-5 and len(entry.top) == p.logprobs
+                )
+    assert any(d > 0 and f > 0 for d, f in steps) and max(d for d, _ in steps) >= 8
+    assert scheduler.kv_bytes_used == 0 and scheduler.n_running == 0

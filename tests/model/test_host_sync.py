@@ -4,11 +4,10 @@ value (`int(t)`, `bool(t)`, `t.item()`, `t.tolist()`) and every op whose output 
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from pixtral.model.kv_cache import KVPool, SequenceKVCache
+from pixtral.model.kv_cache import PagedBatch, PagedKVPool, SequenceKVCache
 from pixtral.model.pixtral import no_images
 from tests.factories import prompt_with_images
 
@@ -33,18 +32,34 @@ def test_the_detector_sees_a_host_read():
     assert reads.seen == ["__int__"]
 
 
-@pytest.mark.parametrize("pooled", [False, True], ids=["own-caches", "kv-pool"])
 @torch.inference_mode()
-def test_a_batched_decode_forward_reads_nothing_back_to_the_host(test_model, pooled):
+def test_a_batched_decode_forward_reads_nothing_back_to_the_host(test_model):
     caches = []
-    pool = KVPool.for_model(test_model, n_slots=4, slot_len=64)
     for seed, grids in enumerate([[(2, 3)], [], [(1, 2), (2, 1)]]):
         ids, images = prompt_with_images(grids, seed=seed)
-        n = ids.shape[1] + 4
-        cache = pool.allocate(n) if pooled else SequenceKVCache.for_model(test_model, n)
+        cache = SequenceKVCache.for_model(test_model, ids.shape[1] + 4)
         test_model(ids, images, caches=[cache])
         caches.append(cache)
     ids = torch.tensor([[1100], [1101], [1102]])  # (B, 1): rows at different positions
     with HostReads() as reads:
         test_model(ids, image_mask=no_images(ids), caches=caches)
+    assert reads.seen == []
+
+
+@torch.inference_mode()
+def test_a_packed_decode_step_over_the_paged_pool_reads_nothing_back_to_the_host(test_model):
+    pool = PagedKVPool.for_model(test_model, n_blocks=32, block_size=4)
+    tables, lengths = [], []
+    for seed, grids in enumerate([[(2, 3)], [], [(1, 2), (2, 1)]]):
+        ids, images = prompt_with_images(grids, seed=seed)
+        table: list[int] = []
+        pool.grow(table, ids.shape[1] + 1)
+        batch = PagedBatch.build(pool, [(table, 0, ids.shape[1])])
+        test_model(ids, images, caches=batch)
+        tables.append(table)
+        lengths.append(ids.shape[1])
+    with HostReads() as reads:  # what the scheduler does per step: build the batch, run, pick the logits
+        batch = PagedBatch.build(pool, [(t, n, 1) for t, n in zip(tables, lengths, strict=True)])
+        ids = torch.tensor([[1100, 1101, 1102]])  # (1, N): three rows packed
+        test_model(ids, image_mask=no_images(ids), caches=batch, logits_index=torch.arange(3))
     assert reads.seen == []

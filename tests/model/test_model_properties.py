@@ -7,7 +7,7 @@ import torch
 
 from pixtral.engine.generate import decode_steps
 from pixtral.engine.sampling import SamplingParams
-from pixtral.model.decoder import causal_mask
+from pixtral.model.kv_cache import causal_mask
 from pixtral.model.pixtral import ImageTokenMismatch, no_images
 from tests.factories import TEST_CONFIG, prompt_with_images
 

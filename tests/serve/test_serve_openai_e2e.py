@@ -173,16 +173,16 @@ def test_100mb_body_refused(live_url):
 def test_a_request_failing_in_its_decode_step_gets_an_error_and_its_neighbours_200(
     live_url, engine, monkeypatch
 ):
-    sample_next, poison_seed, poisoned_draws = scheduler_module.sample_next, 4242, []
+    sample_batch, poison_seed, poisoned_draws = scheduler_module.sample_batch, 4242, []
 
-    def faulty_sample_next(logits, params, generator):  # the poisoned request fails mid-decode, batched
-        if params.seed == poison_seed:
+    def faulty_sample_batch(logits, rows, generators):  # the poisoned request fails mid-decode, batched
+        if any(p.seed == poison_seed for p in rows):
             poisoned_draws.append(engine.scheduler.n_running)
             if len(poisoned_draws) >= 3 and engine.scheduler.n_running >= 4:
                 raise RuntimeError("injected fault")
-        return sample_next(logits, params, generator)
+        return sample_batch(logits, rows, generators)
 
-    monkeypatch.setattr(scheduler_module, "sample_next", faulty_sample_next)
+    monkeypatch.setattr(scheduler_module, "sample_batch", faulty_sample_batch)
     bodies = [
         {
             "messages": [{"role": "user", "content": f"Tell me about the number {i}."}],

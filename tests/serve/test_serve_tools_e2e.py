@@ -40,7 +40,7 @@ def script(engine, monkeypatch):
     tekken = engine.tokenizer.instruct_tokenizer.tokenizer
     tokens: list[int] = []
     positions: dict[int, int] = {}
-    real = scheduler_module.sample_next
+    real = scheduler_module.sample_batch
 
     def set_script(before: str, calls_json: str) -> None:
         tokens[:] = tekken.encode(before, bos=False, eos=False) if before else []
@@ -48,14 +48,16 @@ def script(engine, monkeypatch):
         tokens.extend(tekken.encode(calls_json, bos=False, eos=False) + [engine.eos_id])
         positions.clear()
 
-    def scripted(logits, params, generator):
-        if params.seed != SCRIPTED_SEED:
-            return real(logits, params, generator)
-        at = positions.get(id(generator), 0)
-        positions[id(generator)] = at + 1
-        return torch.tensor([tokens[min(at, len(tokens) - 1)]])
+    def scripted(logits, rows, generators):  # the scripted rows' tokens replace the drawn ones
+        drawn = real(logits, rows, generators).tolist()
+        for i, (params, generator) in enumerate(zip(rows, generators, strict=True)):
+            if params.seed == SCRIPTED_SEED:
+                at = positions.get(id(generator), 0)
+                positions[id(generator)] = at + 1
+                drawn[i] = tokens[min(at, len(tokens) - 1)]
+        return torch.tensor(drawn)
 
-    monkeypatch.setattr(scheduler_module, "sample_next", scripted)
+    monkeypatch.setattr(scheduler_module, "sample_batch", scripted)
     return set_script
 
 

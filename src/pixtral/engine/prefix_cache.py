@@ -82,6 +82,11 @@ class PrefixCache:
             self.misses += 1
             return None
 
+    def has(self, key: bytes) -> bool:
+        """Whether the prefix that `key` identifies is stored."""
+        with self._lock:
+            return key in self._index
+
     def store(self, keys: list[bytes], k: torch.Tensor, v: torch.Tensor) -> None:
         """Keep k, v (n_layers, n, ...) for the prefix of len(keys) full blocks (copied)."""
         n = len(keys) * self.block

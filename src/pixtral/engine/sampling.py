@@ -15,7 +15,7 @@ request's state (`TokenHistory`: prompt-token mask and generated-token counts) l
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -200,29 +200,88 @@ def process_logits(
 def sample_next(
     logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """(B, vocab) float32 logits -> (B,) token ids.
+    """(B, vocab) float32 logits, every row with the same parameters and generator -> (B,) token ids
+    (`sample_batch` with one request's parameters on every row; the rows draw from `generator` in turn)."""
+    return sample_batch(logits, [params] * logits.shape[0], [generator] * logits.shape[0])
 
-    Temperature, then min_p, then top-k, then top-p (nucleus: keep the smallest set of tokens whose
-    probability reaches top_p, always at least one), then a draw from the renormalised distribution with
-    `generator`."""
-    if params.greedy:
-        return logits.argmax(dim=-1)
-    logits = logits / params.temperature
-    if params.min_p > 0:
-        logits = apply_min_p(logits, torch.full(logits.shape[:1], params.min_p, device=logits.device))
-    if params.top_k and params.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if params.top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of strictly more likely tokens
-        drop = before >= params.top_p  # top_p below float32's range rounds to 0 and would drop every token
-        drop[..., 0] = False  # the most likely token always stays
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        probs = probs / probs.sum(dim=-1, keepdim=True)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+def sample_batch(
+    logits: torch.Tensor,
+    params: Sequence[SamplingParams],
+    generators: Sequence[torch.Generator | None],
+) -> torch.Tensor:
+    """(B, vocab) float32 logits (after process_logits), one SamplingParams and generator per row -> (B,)
+    token ids on the logits' device, with no host sync.
+
+    Greedy rows take the argmax. Sampled rows: temperature, then min_p (drop tokens whose probability is below
+    min_p times the most likely one's), then top-k, then top-p (nucleus: keep the smallest set of tokens whose
+    probability reaches top_p, always at least one), then a draw by the exponential race: the argmax of
+    probs / q with q ~ Exp(1) drawn from the row's own generator (the winner is token i with probability
+    p_i / sum p, so no renormalisation is needed). Each filter runs on the rows that ask for it only, and each
+    row's noise comes from its generator, so a row's token depends on its logits, parameters and generator
+    alone, never on the rows it is batched with (a seeded request gives the same tokens alone or in a batch)."""
+    b = logits.shape[0]
+    out = logits.argmax(dim=-1)  # (B,): the greedy rows' tokens (the others are replaced below)
+    rows = [i for i in range(b) if not params[i].greedy]
+    if not rows:
+        return out
+    device = logits.device
+    chosen = [params[i] for i in rows]
+    index = None if len(rows) == b else torch.tensor(rows, device=device)
+    x = logits if index is None else logits.index_select(0, index)  # (S, vocab), S = sampled rows
+    x = x / torch.tensor([p.temperature for p in chosen], dtype=x.dtype, device=device)[:, None]
+    x = _on_rows(
+        x,
+        [p.min_p for p in chosen],
+        [p.min_p > 0 for p in chosen],
+        lambda r, v: apply_min_p(r, _row_values(r, v)),
+    )
+    vocab = x.shape[-1]
+    x = _on_rows(x, [p.top_k for p in chosen], [0 < p.top_k < vocab for p in chosen], apply_top_k)
+    probs = torch.softmax(x, dim=-1)  # (S, vocab)
+    probs = _on_rows(probs, [p.top_p for p in chosen], [p.top_p < 1.0 for p in chosen], apply_top_p)
+    q = torch.empty_like(probs)  # (S, vocab) Exp(1) noise, each row from its own generator
+    for j, i in enumerate(rows):
+        q[j].exponential_(generator=generators[i])
+    q.clamp_(min=torch.finfo(q.dtype).tiny)  # a zero draw would make 0 / 0 = nan for a dropped token
+    drawn = (probs / q).argmax(dim=-1)  # (S,)
+    return drawn if index is None else out.index_copy(0, index, drawn)
+
+
+def _on_rows(x: torch.Tensor, values: list, active: list[bool], fn) -> torch.Tensor:
+    """fn(x[rows], values of those rows) on the active rows of x (S, vocab) only; the others are untouched,
+    so a row's result never depends on whether its neighbours use the filter."""
+    if not any(active):
+        return x
+    rows = [j for j, a in enumerate(active) if a]
+    vals = [values[j] for j in rows]
+    if len(rows) == x.shape[0]:
+        return fn(x, vals)
+    index = torch.tensor(rows, device=x.device)
+    return x.index_copy(0, index, fn(x.index_select(0, index), vals))
+
+
+def _row_values(x: torch.Tensor, values: list[float]) -> torch.Tensor:
+    return torch.tensor(values, dtype=x.dtype, device=x.device)  # (n,)
+
+
+def apply_top_k(logits: torch.Tensor, k: list[int]) -> torch.Tensor:
+    """logits (n, vocab); k: n ints in (0, vocab) -> -inf below each row's k-th largest logit."""
+    top = torch.topk(logits, max(k), dim=-1).values  # (n, max k)
+    kth = top.gather(-1, torch.tensor(k, device=logits.device)[:, None] - 1)  # (n, 1)
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def apply_top_p(probs: torch.Tensor, top_p: list[float]) -> torch.Tensor:
+    """probs (n, vocab); top_p: n floats -> probs with 0 outside each row's nucleus (the smallest set of most likely
+    tokens whose mass reaches top_p; the most likely token always stays). Not renormalised."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of strictly more likely tokens
+    drop = (
+        before >= _row_values(probs, top_p)[:, None]
+    )  # top_p below float32's range rounds to 0 and would drop every token
+    drop[..., 0] = False
+    return torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
 
 
 @dataclass(frozen=True)

@@ -1,26 +1,35 @@
-"""Continuous batching on one model: requests join and leave between decode steps.
+"""Continuous batching on one model, as vLLM schedules: every step is one forward over a token budget.
 
 Each step of the loop (a background thread):
-1. admit waiting requests whose KV cache fits the byte budget (a request that could never fit is rejected
-   with a clear error; one that does not fit now waits);
-2. prefill at most `prefill_chunk` prompt tokens of one request, so a new prompt never stalls the running
-   decodes for longer than one chunk (images are encoded once per content, through the image cache; a cached
-   prompt prefix skips its share of the prefill). The n choices of one prompt (`submit_choices`) are admitted
-   together and prefilled once: the others copy the first one's KV cache and sample from its last logits;
-3. decode one token for every running request in one batched forward: requests whose KV cache is a slot of
-   the shared KV pool (model/kv_cache.py: `max_batch` slots, each of `kv_pool_slot_tokens` positions) attend
-   in one call per layer; a request longer than a slot (or past `max_batch` with its sibling choices) has a
-   buffer of its own, and a step that holds one runs attention row by row.
+1. the running requests each get their next tokens, within `max_num_batched_tokens` for the whole step:
+   first every decode (one token), then prefill chunks of the requests still prefilling, in admission order;
+   then waiting requests are admitted (at most `max_num_seqs` running) and prefilled with what is left. A
+   prefill chunk computes no logits unless it ends the prompt. Images are encoded once per content, at
+   admission, through the image cache; a cached prompt prefix skips its share of the prefill. The n choices
+   of one prompt (`submit_choices`) are admitted together and prefilled once: the others copy the first
+   one's KV blocks and sample from its last logits;
+2. the KV cache is a pool of blocks (model/kv_cache.py: `PagedKVPool`, `kv_budget_bytes` in all, blocks of
+   `kv_block_size` positions) charged as sequences grow. When a decode finds no free block, the most
+   recently admitted request is preempted (recompute): its blocks are freed and it goes back to the front of
+   the waiting queue with its generated tokens appended to its prompt, to be prefilled again and resumed
+   where it was (its sampling generator and grammar state kept, so its output does not change). Only a
+   request whose prompt + max_tokens exceeds the whole pool is refused, at submission;
+3. the step's new tokens (decodes and prefill chunks of many requests) run as one packed forward
+   (`PagedBatch`): every layer attends all the one-token rows in one call and each chunk in one call, and
+   the output head runs only on the positions that sample.
 An error while serving one request (its images, its prefill, its decode forward or its sampling) fails that
 request alone, with the error on its queue; the others carry on (a batched forward that raises is rerun row by
 row to find the culprit).
-Sampling runs per request with its own parameters and seeded generator, so a request's tokens do not depend
-on what it was batched with. Tokens go to each request's queue; the consumer (engine.py) turns them into text.
+Sampling is batched on the device (`_emit`: sampling.sample_batch), each row with its request's parameters
+and seeded generator, so a request's tokens do not depend on what it was batched with; the chosen ids reach
+the host in one transfer per step. Tokens go to each request's queue; the consumer (engine.py) turns them
+into text.
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
 import queue
 import threading
 import weakref
@@ -38,30 +47,41 @@ from pixtral.engine.sampling import (
     TokenHistory,
     TokenLogprobs,
     process_logits,
-    sample_next,
+    sample_batch,
     token_logprobs,
 )
 from pixtral.engine.structured import GrammarState
 from pixtral.errors import InputError
-from pixtral.model.kv_cache import KVPool, SequenceKVCache
-from pixtral.model.pixtral import Pixtral, no_images
+from pixtral.model.kv_cache import PagedBatch, PagedKVPool
+from pixtral.model.pixtral import ImageTokenMismatch, Pixtral
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    kv_budget_bytes: int = 2 * 1024**3
-    max_batch: int = 32
-    prefill_chunk: int = 512  # prompt tokens per step
+    kv_budget_bytes: int = 2 * 1024**3  # the KV pool (--kv-cache-memory)
+    # CUDA only: the pool takes this fraction of the device's free memory when it is made (None: the bytes)
+    kv_memory_fraction: float | None = None
+    kv_block_size: int = 16  # positions per KV block
+    max_num_seqs: int = 32  # running requests at most (--max-num-seqs)
+    max_num_batched_tokens: int = (
+        512  # new tokens per step: decodes + prefill chunks (--max-num-batched-tokens)
+    )
     image_cache_bytes: int = 256 * 1024**2
     prefix_cache_bytes: int = 512 * 1024**2
     prefix_block: int = 32
-    # Positions per KV-pool slot: None = the KV budget shared by max_batch slots (at most the model's context
-    # and 16384); 0 = no pool (every request its own buffer, decode attention row by row). The pool is made
-    # at the first request and charged like any cache: each request still charges its bytes to the budget.
-    kv_pool_slot_tokens: int | None = None
+    compile: bool | None = None  # torch.compile the decode step (engine/compiled.py); None: on CUDA only
+
+    def __post_init__(self) -> None:
+        for name in ("kv_block_size", "max_num_seqs", "max_num_batched_tokens", "kv_budget_bytes"):
+            if getattr(self, name) < 1:
+                raise InputError(f"scheduler setting {name} must be at least 1, got {getattr(self, name)}")
+        if self.kv_memory_fraction is not None and not 0 < self.kv_memory_fraction <= 1:
+            raise InputError(f"the KV memory fraction must be in (0, 1], got {self.kv_memory_fraction}")
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: two choices of one prompt are different requests
 class Request:
     prompt_ids: list[int]
     images: list[np.ndarray]
@@ -70,12 +90,13 @@ class Request:
     events: queue.Queue = field(default_factory=queue.Queue)  # token ids, then a Finished
     cancelled: threading.Event = field(default_factory=threading.Event)
     # scheduler state
-    cache: SequenceKVCache | None = None
+    tokens: list[int] = field(default_factory=list)  # prompt + generated: what the KV cache must hold
+    blocks: list[int] = field(default_factory=list)  # its block table in the KV pool
+    computed: int = 0  # positions of `tokens` whose keys/values are in the pool
     features: torch.Tensor | None = None  # (n_img_tokens, dim), in prompt order
     image_hashes: list[str] = field(default_factory=list)
-    prefilled: int = 0
     generated: int = 0
-    last_token: int = -1
+    preempted: int = 0  # times its KV cache was dropped to make room (then recomputed)
     generator: torch.Generator | None = None
     history: TokenHistory | None = None  # for the penalties, on the logits' device (sampling.py)
     grammar: GrammarState | None = None  # with params.structured: the matcher (structured.py)
@@ -83,6 +104,9 @@ class Request:
     logprobs: list[TokenLogprobs] = field(default_factory=list)
     leader: Request | None = None  # a sibling choice waiting for this request's prefill
     followers: list[Request] = field(default_factory=list)  # the other choices of the same prompt
+
+    def __post_init__(self) -> None:
+        self.tokens = list(self.prompt_ids)
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -100,16 +124,39 @@ class Scheduler:
         self.config = config = config or SchedulerConfig()
         self.image_cache = ImageFeatureCache(config.image_cache_bytes)
         self.prefix_cache = PrefixCache(config.prefix_cache_bytes, config.prefix_block)
-        self.kv_bytes_used = 0
         self.steps = 0
         self.prefill_tokens = 0  # prompt tokens run through the model (cached prefixes and copies excluded)
         self.finished_requests = 0
+        self.preemptions = 0
+        self.last_step: tuple[int, int] = (0, 0)  # (decode rows, prefill tokens) of the latest step
         self._waiting: deque[Request] = deque()
         self._running: list[Request] = []
         self._work = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self._pool: KVPool | None = None
+        self._pool: PagedKVPool | None = None
+        self._block_bytes = PagedKVPool.bytes_per_block(model.config.text, model.dtype, config.kv_block_size)
+        self._n_blocks = self._pool_blocks()
+        self._decode_step = None  # the compiled decode forward, made on first use
+        self._compile = config.compile if config.compile is not None else model.device.type == "cuda"
+
+    def _pool_blocks(self) -> int:
+        budget = self.config.kv_budget_bytes
+        fraction = self.config.kv_memory_fraction
+        if fraction is not None:
+            if self.model.device.type != "cuda":
+                raise InputError(
+                    f"--kv-cache-memory {fraction * 100:g}%: a share of free memory needs a CUDA device; "
+                    f"on {self.model.device} give GiB (e.g. 4)"
+                )
+            free, _ = torch.cuda.mem_get_info(self.model.device)
+            budget = int(free * fraction)
+        return max(1, budget // self._block_bytes)
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        """Positions the KV pool holds in all."""
+        return self._n_blocks * self.config.kv_block_size
 
     # ---- public, thread-safe ----------------------------------------------------------------------
 
@@ -136,13 +183,14 @@ class Scheduler:
         for follower in requests[1:]:
             follower.leader = leader
         leader.followers = requests[1:]
-        need = sum(self._kv_bytes(r) for r in requests)
-        if need > self.config.kv_budget_bytes:
+        longest = len(prompt_ids) + max(p.max_tokens for p in params)
+        if longest > self.kv_capacity_tokens:  # could not finish even alone in the whole pool
+            need = longest * self._block_bytes // self.config.kv_block_size
             raise InputError(
                 f"this request needs {_human(need)} of KV cache ({len(prompt_ids)} prompt tokens + "
-                f"{params[0].max_tokens} new tokens{f', × {len(params)} choices' if len(params) > 1 else ''}) "
-                f"but the budget is {_human(self.config.kv_budget_bytes)}: lower max_tokens or n, or shorten "
-                "the prompt"
+                f"{max(p.max_tokens for p in params)} new tokens) but the budget is "
+                f"{_human(self._n_blocks * self._block_bytes)} (--kv-cache-memory): lower max_tokens or "
+                "shorten the prompt"
             )
         with self._work:
             if self._closed:
@@ -178,13 +226,21 @@ class Scheduler:
     def n_running(self) -> int:
         return len(self._running)
 
+    @property
+    def kv_bytes_used(self) -> int:
+        """Bytes of the KV blocks held by requests (charged as they fill)."""
+        if self._pool is None:
+            return 0
+        return (self._n_blocks - self._pool.n_free) * self._block_bytes
+
     def stats(self) -> dict[str, int]:
         return {
             "requests_waiting": self.n_waiting,
             "requests_running": self.n_running,
             "requests_finished": self.finished_requests,
+            "requests_preempted": self.preemptions,
             "kv_bytes_used": self.kv_bytes_used,
-            "kv_budget_bytes": self.config.kv_budget_bytes,
+            "kv_budget_bytes": self._n_blocks * self._block_bytes,
             "image_cache_hits": self.image_cache.hits,
             "image_cache_misses": self.image_cache.misses,
             "prefix_cache_hits": self.prefix_cache.hits,
@@ -211,22 +267,97 @@ class Scheduler:
 
     @torch.inference_mode()
     def step(self) -> None:
+        """One forward: the running decodes, then prefill chunks, within max_num_batched_tokens (module doc)."""
         self.steps += 1
         self._drop_cancelled()
-        self._admit()
-        prefilling = [r for r in self._running if r.prefilled < len(r.prompt_ids) and r.leader is None]
-        if prefilling:
-            try:
-                self._prefill_chunk(prefilling[0])
-            except Exception as e:  # a bad prompt fails its own request only
-                self._finish(prefilling[0], Finished("error", e))
-        decoding = [r for r in self._running if r.prefilled == len(r.prompt_ids) and r.generated > 0]
-        if decoding:
-            self._decode(decoding)
+        if self._pool is None:  # with the compiled step, one more block: the padding rows' scratch
+            n_blocks = self._n_blocks + (1 if self._compile else 0)
+            self._pool = PagedKVPool.for_model(self.model, n_blocks, self.config.kv_block_size)
+            if self._compile:
+                from pixtral.engine.compiled import compiled_decode
 
-    def _kv_bytes(self, request: Request) -> int:
-        n = len(request.prompt_ids) + request.params.max_tokens
-        return n * SequenceKVCache.bytes_per_token(self.model.config.text, self.model.dtype)
+                self._decode_step = compiled_decode(self.model, self._pool.reserve())
+        budget = self.config.max_num_batched_tokens
+        rows: list[tuple[Request, int]] = []  # (request, new tokens this step)
+        scheduled: set[int] = set()
+        for request in [r for r in self._running if r.leader is None and len(r.tokens) - r.computed == 1]:
+            if budget == 0:
+                break
+            if request not in self._running:  # preempted to make room for an earlier row
+                continue
+            if self._grow(request, request.computed + 1, scheduled):
+                rows.append((request, 1))
+                scheduled.add(id(request))
+                budget -= 1
+        for request in [r for r in self._running if r.leader is None and len(r.tokens) - r.computed > 1]:
+            if budget == 0:
+                break
+            if request not in self._running:  # preempted to make room for an earlier prefill
+                continue
+            n = self._fit(request, min(len(request.tokens) - request.computed, budget))
+            while not n and self._preempt_later(request, scheduled):  # no block free: the later admitted go
+                n = self._fit(request, min(len(request.tokens) - request.computed, budget))
+            if n:
+                rows.append((request, n))
+                scheduled.add(id(request))
+                budget -= n
+        while budget and self._waiting and len(self._running) < self.config.max_num_seqs:
+            request = self._admit_next()
+            if request is None:
+                break
+            n = (
+                self._fit(request, min(len(request.tokens) - request.computed, budget))
+                if request.leader is None
+                else 0
+            )
+            if n:
+                rows.append((request, n))
+                scheduled.add(id(request))
+                budget -= n
+        if rows:
+            self._run(rows)
+
+    def _grow(self, request: Request, n_positions: int, scheduled: set[int]) -> bool:
+        """Blocks for n_positions of `request`, preempting the most recently admitted requests not in this
+        step until they fit; False when `request` itself had to go (it is then back in the waiting queue)."""
+        while not self._pool.grow(request.blocks, n_positions):
+            victims = [r for r in self._running if r.blocks and id(r) not in scheduled and r is not request]
+            victim = victims[-1] if victims else request
+            self._preempt(victim)
+            if victim is request:
+                return False
+        return True
+
+    def _preempt_later(self, request: Request, scheduled: set[int]) -> bool:
+        """Preempt the latest request admitted after `request` that holds blocks and is not in this step (so
+        two prefills that each hold part of the pool cannot wait for each other forever); False if none."""
+        later = self._running[self._running.index(request) + 1 :]
+        victims = [r for r in later if r.blocks and id(r) not in scheduled]
+        if not victims:
+            return False
+        self._preempt(victims[-1])
+        return True
+
+    def _fit(self, request: Request, n: int) -> int:
+        """How many of the next n tokens of a prefilling request fit in free blocks (blocks taken for them)."""
+        room = (len(request.blocks) + self._pool.n_free) * self._pool.block_size - request.computed
+        n = min(n, room)
+        if n > 0:
+            self._pool.grow(request.blocks, request.computed + n)
+        return max(n, 0)
+
+    def _preempt(self, request: Request) -> None:
+        """Recompute preemption: free the request's KV blocks (and those of its choices still waiting for its
+        prefill) and put it back at the front of the waiting queue; its tokens so far become its prompt."""
+        waiting = [f for f in request.followers if f.leader is request and f in self._running]
+        for r in (request, *waiting):
+            self._pool.release(r.blocks)
+            r.computed = 0
+            self._running.remove(r)
+        request.preempted += 1
+        self.preemptions += 1
+        with self._work:
+            self._waiting.appendleft(request)
 
     def _drop_cancelled(self) -> None:
         for request in [r for r in self._running if r.cancelled.is_set()]:
@@ -237,49 +368,27 @@ class Scheduler:
                 for choice in (request, *request.followers):
                     choice.events.put(Finished("cancelled"))
 
-    def _admit(self) -> None:
-        while self._waiting and len(self._running) < self.config.max_batch:
-            request = self._waiting[0]
-            choices = [request, *request.followers]
-            need = sum(self._kv_bytes(r) for r in choices)
-            if self.kv_bytes_used + need > self.config.kv_budget_bytes:
-                return  # waits for memory to free up
-            with self._work:
-                self._waiting.popleft()
-            try:
-                for choice in choices:
-                    self._start(choice)
-            except Exception as e:
-                for choice in choices:
-                    if choice.cache is not None and choice.cache.pool is not None:
-                        choice.cache.pool.release(choice.cache)  # give the slot back
-                    choice.cache = None
-                    choice.events.put(Finished("error", e))
-                continue
-            self.kv_bytes_used += need
-            self._running += choices
-
-    def _start(self, request: Request) -> None:
-        """Allocate the KV cache and the generator; a leader also gets its prompt ready (_prepare_prompt); a
-        follower waits for its leader's prefill (see _prefill_chunk)."""
-        request.cache = self._allocate(len(request.prompt_ids) + request.params.max_tokens)
-        if not request.params.greedy:
-            request.generator = seeded_generator(request.params.seed, self.model.device)
-        if request.leader is None:
+    def _admit_next(self) -> Request | None:
+        """Start the first waiting request (with its sibling choices) if its tokens fit the free blocks now;
+        its images are encoded and a cached prefix reused. None when it must wait for memory."""
+        request = self._waiting[0]
+        choices = [request, *(f for f in request.followers if f.leader is request)]
+        if self._pool.blocks_for(len(request.tokens)) > self._pool.n_free and self._running:
+            return None  # waits for memory to free up (alone, it always fits: checked at submission)
+        with self._work:
+            self._waiting.popleft()
+        try:
+            for choice in choices:
+                if choice.generator is None and not choice.params.greedy:
+                    choice.generator = seeded_generator(choice.params.seed, self.model.device)
             self._prepare_prompt(request)
-
-    def _allocate(self, max_len: int) -> SequenceKVCache:
-        """A slot of the KV pool when one is free and long enough, else a buffer of its own."""
-        if self._pool is None and self.config.kv_pool_slot_tokens != 0:
-            slot_len = self.config.kv_pool_slot_tokens
-            if slot_len is None:
-                per_token = SequenceKVCache.bytes_per_token(self.model.config.text, self.model.dtype)
-                share = self.config.kv_budget_bytes // (self.config.max_batch * per_token)
-                slot_len = min(share, self.model.config.text.max_seq_len, 16384)
-            if slot_len > 0:
-                self._pool = KVPool.for_model(self.model, self.config.max_batch, slot_len)
-        cache = self._pool.allocate(max_len) if self._pool is not None else None
-        return cache or SequenceKVCache.for_model(self.model, max_len)
+        except Exception as e:
+            for choice in choices:
+                self._pool.release(choice.blocks)
+                choice.events.put(Finished("error", e))
+            return self._admit_next() if self._waiting else None
+        self._running += choices
+        return request
 
     def _prepare_prompt(self, request: Request) -> None:
         """Encode the images (cached by content) and reuse a cached prompt prefix."""
@@ -293,92 +402,206 @@ class Scheduler:
                 self.image_cache.put(key, cached)
             features.append(cached)
         request.features = torch.cat(features) if features else None
+        image_id = self.model.config.vision.image_token_id
+        n_slots = sum(1 for t in request.prompt_ids if t == image_id)
+        n_features = 0 if request.features is None else request.features.shape[0]
+        if n_slots != n_features:
+            raise ImageTokenMismatch(
+                f"the prompt has {n_slots} [IMG] tokens but the images give {n_features} patch features"
+            )
         keys = block_keys(
             request.prompt_ids, request.image_hashes, self.model.config.vision, self.prefix_cache.block
         )
-        # Reuse at most len - 1 tokens: the last prompt token must run to give the first logits.
-        hit = self.prefix_cache.lookup(keys, len(request.prompt_ids) - 1)
-        if hit is not None:
-            request.cache.copy_prefix_from(*hit)
-            request.prefilled = hit[0].shape[1]
+        # Reuse at most len - 1 tokens: the last token must run to give the first logits.
+        hit = self.prefix_cache.lookup(keys, min(len(request.prompt_ids), len(request.tokens) - 1))
+        if hit is not None and self._pool.grow(request.blocks, hit[0].shape[1]):
+            self._pool.write(request.blocks, *hit)
+            request.computed = hit[0].shape[1]
 
-    def _prefill_chunk(self, request: Request) -> None:
-        start = request.prefilled
-        end = min(len(request.prompt_ids), start + self.config.prefill_chunk)
-        chunk = request.prompt_ids[start:end]
-        ids = torch.tensor([chunk], device=self.model.device)  # (1, T)
-        image_id = self.model.config.vision.image_token_id
-        features = None
-        if request.features is not None:  # counted on the host list: no device sync
-            before = sum(1 for t in request.prompt_ids[:start] if t == image_id)
-            inside = sum(1 for t in chunk if t == image_id)
-            features = request.features[before : before + inside] if inside else None
-        last = end == len(request.prompt_ids)
-        logits = self.model(ids, image_features=features, caches=[request.cache], last_only=last)
-        request.prefilled = end
-        self.prefill_tokens += end - start
-        if last:
-            full_blocks = (len(request.prompt_ids) - 1) // self.prefix_cache.block
-            if full_blocks:
-                keys = block_keys(
-                    request.prompt_ids,
-                    request.image_hashes,
-                    self.model.config.vision,
-                    self.prefix_cache.block,
-                )[:full_blocks]
-                self.prefix_cache.store(keys, request.cache.k, request.cache.v)
-            n = len(request.prompt_ids)
+    def _run(self, rows: list[tuple[Request, int]]) -> None:
+        """One packed forward over `rows`, then the sampling of the rows whose chunk ends their tokens. A
+        forward that raises is rerun row by row, so only the culprit fails (a failed forward leaves every
+        request's computed length unchanged; what it wrote to the pool is rewritten)."""
+        rows.sort(key=lambda row: row[1] > 1)  # the one-token rows first (PagedBatch)
+        try:
+            logits = self._forward(rows)
+        except Exception as e:
+            if len(rows) == 1:
+                self._finish(rows[0][0], Finished("error", e))
+                return
+            for row in rows:
+                if row[0] in self._running:
+                    self._run([row])
+            return
+        sampling: list[Request] = []
+        index: list[int] = []  # the row of `logits` each sampling request draws from
+        n_decode = 0
+        k = -1
+        for request, n in rows:
+            was_prompt = request.computed < len(request.prompt_ids)
+            if n == 1 and request.generated > 0 and request.computed == len(request.tokens) - 1:
+                n_decode += 1
+            else:
+                self.prefill_tokens += n
+            request.computed += n
+            if request.computed < len(request.tokens):
+                continue  # a prefill chunk that samples nothing
+            k += 1
+            if was_prompt and not request.preempted:
+                self._store_prefix(request)
+            row = k
+            sampling.append(request)
+            index.append(row)
             for follower in request.followers:
                 if follower in self._running and follower.leader is request:
-                    follower.cache.copy_prefix_from(request.cache.k[:, :n], request.cache.v[:, :n])
-                    follower.prefilled, follower.leader = n, None
-                    self._emit_or_fail(follower, logits[0, -1])
-            self._emit(request, logits[0, -1])
+                    follower.leader = None
+                    if self._pool.grow(follower.blocks, request.computed):
+                        self._pool.copy_blocks(request.blocks, follower.blocks)
+                        follower.computed = request.computed
+                        sampling.append(follower)
+                        index.append(row)
+                    else:  # no room for a copy now: it prefills on its own
+                        self._prepare_follower(follower)
+        self.last_step = (n_decode, sum(n for _, n in rows) - n_decode)
+        if sampling:
+            self._emit(sampling, logits[0, index])
 
-    def _decode(self, batch: list[Request]) -> None:
-        """One token for every request of the batch. A request whose forward or sampling raises fails alone:
-        when the batched forward raises, each row is rerun alone (a row never depends on the others, and a
-        failed forward leaves every cache's length unchanged), so only the culprit gets the error."""
-        ids = torch.tensor([[r.last_token] for r in batch], device=self.model.device)  # (B, 1)
+    def _forward(self, rows: list[tuple[Request, int]]) -> torch.Tensor:
+        """The packed forward of a step: logits (1, K, vocab) of the rows whose chunk ends their tokens."""
+        device = self.model.device
+        image_id = self.model.config.vision.image_token_id
+        ids: list[int] = []
+        is_image: list[bool] = []
+        features = []
+        logits_at: list[int] = []
+        for request, n in rows:
+            start, end = request.computed, request.computed + n
+            chunk = request.tokens[start:end]
+            ids += chunk
+            n_prompt = len(request.prompt_ids)
+            # image positions: [IMG] ids of the original prompt only (a generated [IMG] is a plain token)
+            is_image += [t == image_id and p < n_prompt for p, t in enumerate(chunk, start)]
+            if request.features is not None and start < n_prompt:  # counted on the host: no device sync
+                before = sum(1 for t in request.prompt_ids[:start] if t == image_id)
+                inside = sum(1 for t in request.prompt_ids[start : min(end, n_prompt)] if t == image_id)
+                if inside:
+                    features.append(request.features[before : before + inside])
+            if end == len(request.tokens):
+                logits_at.append(len(ids) - 1)
+        batch = PagedBatch.build(self._pool, [(r.blocks, r.computed, n) for r, n in rows])
+        token_ids = torch.tensor([ids], device=device)  # (1, N)
+        mask = torch.tensor([is_image], device=device)  # (1, N)
+        index = torch.tensor(logits_at, dtype=torch.long, device=device)  # (K,)
+        if not features and self._decode_step is not None and all(n == 1 for _, n in rows):
+            try:
+                return self._decode_step(token_ids, batch, index)
+            except Exception as e:  # a compiler that fails here must not fail the requests: eager from now on
+                log.warning("the compiled decode step failed (%s); decoding eagerly from now on", e)
+                self._decode_step = None
+        return self.model(
+            token_ids,
+            image_features=torch.cat(features) if features else None,
+            image_mask=mask,
+            caches=batch,
+            logits_index=index,
+        )
+
+    def _store_prefix(self, request: Request) -> None:
+        full_blocks = (len(request.prompt_ids) - 1) // self.prefix_cache.block
+        if not full_blocks or self.prefix_cache.capacity == 0:
+            return
+        keys = block_keys(
+            request.prompt_ids, request.image_hashes, self.model.config.vision, self.prefix_cache.block
+        )[:full_blocks]
+        if not self.prefix_cache.has(keys[-1]):
+            self.prefix_cache.store(
+                keys, *self._pool.read(request.blocks, full_blocks * self.prefix_cache.block)
+            )
+
+    def _prepare_follower(self, follower: Request) -> None:
         try:
-            logits = self.model(ids, image_mask=no_images(ids), caches=[r.cache for r in batch])[:, -1]
+            self._prepare_prompt(follower)
+        except Exception as e:
+            self._finish(follower, Finished("error", e))
+
+    def _emit(self, batch: list[Request], logits: torch.Tensor) -> None:
+        """Sample one token for every request of `batch` from its row of logits (B, vocab), in one batched call
+        on the device (sampling.sample_batch: per-row parameters and generators), then move the B chosen ids
+        to the host in one transfer. Rows with a grammar, logit_bias, min_tokens or penalties get their logits
+        processed row by row first (device ops, no host sync); logprobs are taken in one batched call. A
+        request whose own part raises fails alone; a batched draw that raises is retried row by row."""
+        raw = logits.float()  # (B, vocab)
+        masked, processed = raw, raw
+        ok: list[int] = []  # the rows still in the batch
+        for row, request in enumerate(batch):
+            params = request.params
+            try:
+                row_logits = raw[row : row + 1]  # (1, vocab)
+                if params.structured is not None:  # the grammar's mask comes first, as vLLM's bitmask
+                    if request.grammar is None:
+                        request.grammar = GrammarState(params.structured)
+                    row_logits = row_logits.clone()
+                    request.grammar.mask_(row_logits)
+                    if masked is raw:
+                        masked = raw.clone()
+                    masked[row] = row_logits[0]
+                if params.penalised and request.history is None:
+                    request.history = TokenHistory(request.prompt_ids, raw.shape[-1], raw.device)
+                out = process_logits(row_logits, params, request.history, request.generated, request.stop_ids)
+                if out is not row_logits or params.structured is not None:
+                    if processed is raw:
+                        processed = raw.clone()
+                    processed[row] = out[0]
+                ok.append(row)
+            except Exception as e:
+                self._finish(request, Finished("error", e))
+        if len(ok) < len(batch):
+            index = torch.tensor(ok, device=raw.device)
+            batch = [batch[i] for i in ok]
+            masked, processed = masked.index_select(0, index), processed.index_select(0, index)
+        if not batch:
+            return
+        try:
+            sampled = sample_batch(processed, [r.params for r in batch], [r.generator for r in batch])  # (B,)
         except Exception as e:
             if len(batch) == 1:
                 self._finish(batch[0], Finished("error", e))
                 return
-            for request in batch:
-                self._decode([request])
+            for row, request in enumerate(batch):  # find the culprit: each row alone
+                try:
+                    one = sample_batch(processed[row : row + 1], [request.params], [request.generator])
+                except Exception as e:
+                    self._finish(request, Finished("error", e))
+                    continue
+                self._accept_all([request], one, masked[row : row + 1])
             return
-        for row, request in enumerate(batch):  # (B, vocab) -> one sampled token per request
-            self._emit_or_fail(request, logits[row])
+        self._accept_all(batch, sampled, masked)
 
-    def _emit_or_fail(self, request: Request, logits: torch.Tensor) -> None:
-        try:
-            self._emit(request, logits)
-        except Exception as e:
-            self._finish(request, Finished("error", e))
+    def _accept_all(self, batch: list[Request], sampled: torch.Tensor, masked: torch.Tensor) -> None:
+        """Record the (B,) sampled ids: histories and logprobs on the device, then one transfer to the host."""
+        for row, request in enumerate(batch):
+            if request.history is not None:
+                request.history.add(sampled[row : row + 1])
+        want = [row for row, r in enumerate(batch) if r.params.logprobs is not None]
+        if want:
+            index = torch.tensor(want, device=sampled.device)
+            k = max(batch[row].params.logprobs for row in want)
+            entries = token_logprobs(masked.index_select(0, index), sampled.index_select(0, index), k)
+            for row, entry in zip(want, entries, strict=True):
+                n = batch[row].params.logprobs
+                batch[row].logprobs.append(TokenLogprobs(entry.token_id, entry.logprob, entry.top[:n]))
+        for request, token in zip(batch, sampled.tolist(), strict=True):  # the one host transfer
+            try:
+                self._record(request, token)
+            except Exception as e:
+                self._finish(request, Finished("error", e))
 
-    def _emit(self, request: Request, logits: torch.Tensor) -> None:
-        params = request.params
-        raw = logits[None].float()  # (1, vocab)
-        if params.structured is not None:  # the grammar's mask comes first, as vLLM's bitmask
-            if request.grammar is None:
-                request.grammar = GrammarState(params.structured)
-            raw = raw.clone()
-            request.grammar.mask_(raw)
-        if params.penalised and request.history is None:
-            request.history = TokenHistory(request.prompt_ids, raw.shape[-1], raw.device)
-        processed = process_logits(raw, params, request.history, request.generated, request.stop_ids)
-        sampled = sample_next(processed, params, request.generator)  # (1,)
-        if request.history is not None:
-            request.history.add(sampled)
-        if params.logprobs is not None:
-            request.logprobs += token_logprobs(raw, sampled, params.logprobs)
-        token = int(sampled[0])
+    def _record(self, request: Request, token: int) -> None:
+        """The request's new token: the grammar advances, then a stop token, max_tokens or nothing ends it."""
         if request.grammar is not None:
             request.grammar.accept(token)
         request.generated += 1
-        request.last_token = token
+        request.tokens.append(token)
         if token in request.stop_ids:
             self._finish(request, Finished("stop"))
             return
@@ -389,19 +612,14 @@ class Scheduler:
     def _finish(self, request: Request, outcome: Finished) -> None:
         if request in self._running:
             self._running.remove(request)
-            self.kv_bytes_used -= self._kv_bytes(request)
-        if request.cache is not None and request.cache.pool is not None:
-            request.cache.pool.release(request.cache)  # the slot is free for the next request
-        request.cache = None  # frees the KV memory
+        if self._pool is not None:
+            self._pool.release(request.blocks)  # the blocks are free for the next request
         request.features = None
         for follower in request.followers:  # still waiting for this prefill: each prefills on its own
             if follower.leader is request:
                 follower.leader = None
                 if follower in self._running:
-                    try:
-                        self._prepare_prompt(follower)
-                    except Exception as e:
-                        self._finish(follower, Finished("error", e))
+                    self._prepare_follower(follower)
         self.finished_requests += 1
         request.events.put(outcome)
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from pixtral.config import TextConfig
 from pixtral.model.feed_forward import FeedForward
-from pixtral.model.kv_cache import PooledBatch, SequenceKVCache
+from pixtral.model.kv_cache import PagedBatch, SequenceKVCache, causal_mask
 from pixtral.model.norm import RMSNorm
 from pixtral.model.rope import apply_rope
 
@@ -32,7 +32,7 @@ class DecoderAttention(nn.Module):
         self,
         x: torch.Tensor,
         rope: torch.Tensor,
-        caches: list[SequenceKVCache] | PooledBatch | None,
+        caches: list[SequenceKVCache] | PagedBatch | None,
         mask: torch.Tensor | None = None,
         q_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -49,8 +49,8 @@ class DecoderAttention(nn.Module):
             out = F.scaled_dot_product_attention(
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, enable_gqa=True
             ).transpose(1, 2)  # (B, T, H, hd)
-        elif isinstance(caches, PooledBatch):  # a decode step of rows in one pool: one attention call
-            out = self._pooled_decode(q, k, v, caches)
+        elif isinstance(caches, PagedBatch):  # a packed step over the paged pool
+            out = self._paged(q[0], k[0], v[0], caches)[None]
         else:  # each row against its own cache: rows may sit at different positions
             out = torch.empty_like(q)
             for row, cache in enumerate(caches):
@@ -64,40 +64,43 @@ class DecoderAttention(nn.Module):
                 )[0].transpose(0, 1)
         return self.wo(out.reshape(b, t, -1))  # (B, T, H, hd) -> (B, T, dim)
 
-    def _pooled_decode(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PooledBatch
-    ) -> torch.Tensor:
-        """q, k, v (B, 1, heads, hd) of one new token per row -> (B, 1, H, hd): write each row's key and value
-        at its position in its slot, then attend over the first n_keys positions of the pool's used slots at
-        once (a view: no copy; positions past a row's length are masked, slots that are not rows dropped)."""
-        keys, values = batch.pool.k[self.layer], batch.pool.v[self.layer]  # (slots, slot_len, KV, hd)
-        keys[batch.slots, batch.positions] = k[:, 0]  # (B, KV, hd) into (slot_b, position_b)
-        values[batch.slots, batch.positions] = v[:, 0]
-        keys = keys[: batch.n_used, : batch.n_keys]  # (P, n_keys, KV, hd), P = used slots
-        values = values[: batch.n_used, : batch.n_keys]
-        # GQA without repeating keys: the G query heads of a KV head act as G queries of that head
-        # (query head h uses KV head h // G), so SDPA takes its fused path with the mask broadcast over them.
-        b, group = q.shape[0], self.n_heads // self.n_kv_heads
-        queries = q.new_zeros(batch.n_used, self.n_kv_heads, group, self.head_dim)  # (P, KV, G, hd)
-        queries[batch.slots] = q.view(b, self.n_kv_heads, group, self.head_dim)
-        out = F.scaled_dot_product_attention(
-            queries,
-            keys.transpose(1, 2),  # (P, KV, n_keys, hd)
-            values.transpose(1, 2),
-            attn_mask=batch.mask,  # (P, 1, 1, n_keys)
-        )  # (P, KV, G, hd)
-        return out[batch.slots].reshape(b, 1, self.n_heads, self.head_dim)
-
-
-def causal_mask(n_queries: int, n_keys: int, device: torch.device) -> torch.Tensor | None:
-    """Bottom-right aligned causal mask (True = attend): query i sees keys up to n_keys - n_queries + i.
-    None when every query may see every key (a single decode step)."""
-    if n_queries == 1:
-        return None
-    offset = n_keys - n_queries
-    q = torch.arange(n_queries, device=device)[:, None]
-    k = torch.arange(n_keys, device=device)[None, :]
-    return k <= q + offset  # (T, S)
+    def _paged(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PagedBatch) -> torch.Tensor:
+        """q (N, H, hd), k, v (N, KV, hd) of a packed step -> (N, H, hd). The N new keys/values go to their
+        pool slots in one indexed store; the one-token rows attend in one call over their gathered blocks
+        (GQA as G queries per KV head, so SDPA keeps its fused kernel with a mask); each segment (a prefill
+        chunk) attends causally over its own keys in one call."""
+        pool = batch.pool
+        keys_flat = pool.k[self.layer].view(-1, self.n_kv_heads, self.head_dim)  # (blocks * bs, KV, hd)
+        values_flat = pool.v[self.layer].view(-1, self.n_kv_heads, self.head_dim)
+        keys_flat.index_copy_(0, batch.slots, k)
+        values_flat.index_copy_(0, batch.slots, v)
+        out = torch.empty_like(q)
+        n = batch.n_single
+        if n:
+            group = self.n_heads // self.n_kv_heads
+            tables = batch.single_blocks.flatten()  # (n * max_blocks,)
+            shape = (n, -1, self.n_kv_heads, self.head_dim)
+            keys = pool.k[self.layer].index_select(0, tables).view(shape)  # (n, S, KV, hd)
+            values = pool.v[self.layer].index_select(0, tables).view(shape)
+            out[:n] = F.scaled_dot_product_attention(
+                q[:n].view(n, self.n_kv_heads, group, self.head_dim),  # (n, KV, G, hd)
+                keys.transpose(1, 2),  # (n, KV, S, hd)
+                values.transpose(1, 2),
+                attn_mask=batch.single_mask,  # (n, 1, 1, S)
+            ).reshape(n, self.n_heads, self.head_dim)
+        for seg in batch.segments:
+            if seg.key_slots is None:  # from position 0: its keys are the new ones
+                keys, values = k[seg.start : seg.end], v[seg.start : seg.end]
+            else:
+                keys, values = keys_flat[seg.key_slots], values_flat[seg.key_slots]  # (S, KV, hd)
+            out[seg.start : seg.end] = F.scaled_dot_product_attention(
+                q[seg.start : seg.end].transpose(0, 1)[None],  # (1, H, T, hd)
+                keys.transpose(0, 1)[None],
+                values.transpose(0, 1)[None],
+                attn_mask=seg.mask,
+                enable_gqa=True,
+            )[0].transpose(0, 1)
+        return out
 
 
 class DecoderBlock(nn.Module):
@@ -112,7 +115,7 @@ class DecoderBlock(nn.Module):
         self,
         x: torch.Tensor,
         rope: torch.Tensor,
-        caches: list[SequenceKVCache] | PooledBatch | None,
+        caches: list[SequenceKVCache] | PagedBatch | None,
         mask: torch.Tensor | None = None,
         q_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:

@@ -1,10 +1,14 @@
 """Key/value buffers for incremental decoding: one per sequence, post-RoPE keys (as in the reference).
 
-Each sequence owns a contiguous buffer for all layers, sized by the engine (prompt + max new tokens), and
-knows how many positions it holds. A batch of sequences is a list of these: rows of a batched forward may
-sit at different positions, which is what continuous batching needs. Positions come from the cache:
-the next token of a sequence is at `cache.length`. The buffers are made on the device and in the dtype the
-caller names (`for_model`: the model's), never on a default device.
+Two layouts:
+- `SequenceKVCache`: a sequence owns a contiguous buffer for all layers (prompt + max new tokens) and knows
+  how many positions it holds; a batch is a list of these, attended row by row. The reference loop
+  (engine/generate.py) and training-side callers use it.
+- `PagedKVPool` + `PagedBatch`: the engine's layout. One preallocated pool of fixed-size blocks shared by
+  all sequences, a block table per sequence, and a step that packs the new tokens of many sequences (decodes
+  and prefill chunks) into one forward (docs/engine.md, "Token-budget steps over a paged KV pool").
+The buffers are made on the device and in the dtype the caller names (`for_model`: the model's), never on a
+default device.
 """
 
 from __future__ import annotations
@@ -22,16 +26,6 @@ class SequenceKVCache:
         self.k = torch.empty(shape, dtype=dtype, device=device)
         self.v = torch.empty(shape, dtype=dtype, device=device)
         self.length = 0  # positions written (and visible) so far
-        self.pool: KVPool | None = None  # set when the buffers are a slot of a shared pool
-        self.slot = -1
-
-    @classmethod
-    def in_pool(cls, pool: KVPool, slot: int) -> SequenceKVCache:
-        """A cache whose buffers are slot `slot` of `pool` (views: writes go to the pool)."""
-        cache = cls.__new__(cls)
-        cache.k, cache.v = pool.k[:, slot], pool.v[:, slot]  # (n_layers, slot_len, n_kv, hd)
-        cache.length, cache.pool, cache.slot = 0, pool, slot
-        return cache
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, max_len: int) -> SequenceKVCache:
@@ -71,99 +65,180 @@ class SequenceKVCache:
         self.length = n
 
 
-class KVPool:
-    """Preallocated KV for `n_slots` sequences of up to `slot_len` positions each, in one buffer per k and v:
-    (n_layers, n_slots, slot_len, n_kv, hd). The sequences in the pool always hold slots 0 .. n_used - 1
-    (a freed slot takes the last sequence's keys and values), so a decode step attends over one plain view
-    of the pool, `k[layer, :n_used, :n_keys]`, in one call per layer (`PooledBatch`), with no gather and no
-    loop over sequences. Made on the model's device and dtype."""
+class PagedKVPool:
+    """Preallocated KV in blocks of `block_size` positions, shared by every sequence of the engine: one buffer
+    per k and v of shape (n_layers, n_blocks, block_size, n_kv, hd). A sequence owns a list of blocks (its
+    block table), handed out one at a time as it grows and given back when it ends or is preempted, so memory
+    is charged as it fills. Made on the model's device and in its dtype."""
 
     def __init__(
-        self, config: TextConfig, n_slots: int, slot_len: int, dtype: torch.dtype, device: str | torch.device
+        self,
+        config: TextConfig,
+        n_blocks: int,
+        block_size: int,
+        dtype: torch.dtype,
+        device: str | torch.device,
     ) -> None:
-        shape = (config.n_layers, n_slots, slot_len, config.n_kv_heads, config.head_dim)
+        shape = (config.n_layers, n_blocks, block_size, config.n_kv_heads, config.head_dim)
         self.k = torch.empty(shape, dtype=dtype, device=device)
         self.v = torch.empty(shape, dtype=dtype, device=device)
-        self.slot_len = slot_len
-        self._owners: list[SequenceKVCache | None] = [None] * n_slots
-        self.n_used = 0
-        self.n_clean = 0  # slots 0 .. n_clean - 1 hold finite values (zeroed once, or written since)
+        self.block_size = block_size
+        self.n_blocks = n_blocks
+        self._free = list(range(n_blocks - 1, -1, -1))  # a stack: the lowest ids first
 
     @classmethod
-    def for_model(cls, model: torch.nn.Module, n_slots: int, slot_len: int) -> KVPool:
-        return cls(model.config.text, n_slots, slot_len, model.dtype, model.device)
+    def for_model(cls, model: torch.nn.Module, n_blocks: int, block_size: int) -> PagedKVPool:
+        return cls(model.config.text, n_blocks, block_size, model.dtype, model.device)
+
+    @staticmethod
+    def bytes_per_block(config: TextConfig, dtype: torch.dtype, block_size: int) -> int:
+        return block_size * SequenceKVCache.bytes_per_token(config, dtype)
 
     @property
     def n_free(self) -> int:
-        return len(self._owners) - self.n_used
+        return len(self._free)
 
-    def allocate(self, max_len: int) -> SequenceKVCache | None:
-        """A cache in the next slot, or None when the pool is full or max_len is over the slot length."""
-        if max_len > self.slot_len or self.n_used == len(self._owners):
-            return None
-        self.clean_below(self.n_used + 1)
-        cache = SequenceKVCache.in_pool(self, self.n_used)
-        self._owners[self.n_used] = cache
-        self.n_used += 1
-        return cache
+    def blocks_for(self, n_positions: int) -> int:
+        return -(-n_positions // self.block_size)
 
-    def clean_below(self, n: int) -> None:
-        """Zero the slots below `n` that were never zeroed. A decode step reads every position below its
-        n_keys in every used slot and masks the ones a row may not see; a masked position still multiplies
-        its value by a zero weight, and never-written memory may hold NaN (0 * NaN = NaN). Each slot is
-        zeroed once, when first used, so memory the pool never uses is never touched."""
-        if n > self.n_clean:
-            self.k[:, self.n_clean : n].zero_()
-            self.v[:, self.n_clean : n].zero_()
-            self.n_clean = n
+    def grow(self, blocks: list[int], n_positions: int) -> bool:
+        """Append blocks to the table `blocks` until it holds n_positions; False (nothing taken) when the
+        pool has too few free blocks."""
+        need = self.blocks_for(n_positions) - len(blocks)
+        if need > len(self._free):
+            return False
+        if need > 0:
+            new = [self._free.pop() for _ in range(need)]
+            self._zero(new)
+            blocks += new
+        return True
 
-    def release(self, cache: SequenceKVCache) -> None:
-        """Free the cache's slot; the last slot's sequence moves into it (its written positions are copied
-        and its cache object re-pointed), keeping the used slots contiguous."""
-        slot = cache.slot
-        if cache.pool is not self or slot < 0:
-            return
-        last = self.n_used - 1
-        if slot != last:
-            moved = self._owners[last]
-            n = moved.length
-            self.k[:, slot, :n] = self.k[:, last, :n]
-            self.v[:, slot, :n] = self.v[:, last, :n]
-            moved.k, moved.v, moved.slot = self.k[:, slot], self.v[:, slot], slot
-            self._owners[slot] = moved
-        self._owners[last] = None
-        self.n_used -= 1
-        cache.slot = -1
+    def _zero(self, blocks: list[int]) -> None:
+        """Zero blocks as they are handed out: attention reads a block's positions past a sequence's length
+        (masked), and garbage there could be NaN, which a mask does not cancel (NaN * 0 = NaN)."""
+        index = torch.tensor(blocks, device=self.k.device)
+        self.k.index_fill_(1, index, 0.0)
+        self.v.index_fill_(1, index, 0.0)
+
+    def reserve(self) -> int:
+        """Take one block out of circulation for good (a scratch block for padding rows) and return it."""
+        block = self._free.pop(0)  # the highest free id
+        self._zero([block])
+        return block
+
+    def release(self, blocks: list[int]) -> None:
+        """Give the table's blocks back (the table is emptied)."""
+        self._free.extend(reversed(blocks))
+        blocks.clear()
+
+    def slots(self, blocks: list[int], start: int, end: int) -> list[int]:
+        """Flat slot indices (block * block_size + offset) of positions start .. end - 1 of a sequence."""
+        bs = self.block_size
+        return [blocks[p // bs] * bs + p % bs for p in range(start, end)]
+
+    def read(self, blocks: list[int], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first n positions of a sequence: k, v (n_layers, n, n_kv, hd) (copies)."""
+        index = torch.tensor(self.slots(blocks, 0, n), device=self.k.device)
+        return self._flat(self.k)[:, index], self._flat(self.v)[:, index]
+
+    def write(self, blocks: list[int], k: torch.Tensor, v: torch.Tensor) -> None:
+        """Positions 0 .. n - 1 of a sequence from k, v (n_layers, n, n_kv, hd) (a cached prefix)."""
+        index = torch.tensor(self.slots(blocks, 0, k.shape[1]), device=self.k.device)
+        self._flat(self.k)[:, index] = k
+        self._flat(self.v)[:, index] = v
+
+    def copy_blocks(self, source: list[int], target: list[int]) -> None:
+        """Copy whole blocks source[i] -> target[i] (another choice of the same prompt)."""
+        src = torch.tensor(source, device=self.k.device)
+        dst = torch.tensor(target, device=self.k.device)
+        self.k[:, dst] = self.k[:, src]
+        self.v[:, dst] = self.v[:, src]
+
+    @staticmethod
+    def _flat(x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], -1, *x.shape[3:])  # (n_layers, n_blocks * block_size, n_kv, hd)
 
 
 @dataclass
-class PooledBatch:
-    """What every layer of one decode step needs for its one attention call, built once per forward. The
-    call covers the pool's used slots 0 .. n_used - 1; a used slot that is not a row of this step (a request
-    still waiting for its prefill) is computed against its first key only and its output is dropped."""
+class Segment:
+    """A run of several new tokens of one sequence inside a packed step (a prefill chunk)."""
 
-    pool: KVPool
-    slots: torch.Tensor  # (B,) int64: the pool slot of each row
-    positions: torch.Tensor  # (B,) int64: where each row's new key goes (= its cache length)
-    n_used: int  # slots the call covers
-    n_keys: int  # keys read per slot: the longest row's length + 1 (shorter rows are masked)
-    mask: torch.Tensor  # (n_used, 1, 1, n_keys) bool, True = attend
+    start: int  # first index in the packed step
+    end: int
+    key_slots: torch.Tensor | None  # (S,) flat slots of all its keys so far; None: starts at position 0
+    mask: torch.Tensor | None  # (T, S) bool causal mask, True = attend
+
+
+@dataclass
+class PagedBatch:
+    """One step over the paged pool, every row's new tokens packed into one sequence of N tokens: first
+    `n_single` rows of one new token each (decodes, and prefill chunks of one token), then the segments of
+    several tokens. Built once per forward from host-side lengths and block tables (no host sync); every
+    layer writes the N new keys/values with one indexed store, attends the single-token rows in one call over
+    their gathered blocks, and each segment in one call."""
+
+    pool: PagedKVPool
+    positions: torch.Tensor  # (1, N) int64
+    slots: torch.Tensor  # (N,) int64: the flat pool slot each new key/value goes to
+    n_single: int
+    single_blocks: torch.Tensor | None  # (n_single, max_blocks) int64 block tables (padded, masked)
+    single_mask: torch.Tensor | None  # (n_single, 1, 1, max_blocks * block_size) bool, True = attend
+    segments: list[Segment]
 
     @staticmethod
-    def of(caches: list[SequenceKVCache], n_new: int) -> PooledBatch | None:
-        """For a decode step (one new token per row) whose caches are all slots of one pool; else None."""
-        pool = caches[0].pool if caches else None
-        if n_new != 1 or pool is None or any(c.pool is not pool or c.slot < 0 for c in caches):
-            return None
-        lengths = [c.length for c in caches]
-        n_keys = max(lengths) + 1
-        if n_keys > pool.slot_len:
-            raise ValueError(f"KV cache holds {pool.slot_len} positions; asked to write up to {n_keys}")
-        last_key = [0] * pool.n_used  # the last key each used slot sees: rows their new one, others key 0
-        for c in caches:
-            last_key[c.slot] = c.length
+    def build(pool: PagedKVPool, rows: list[tuple[list[int], int, int]]) -> PagedBatch:
+        """rows: (block table, first new position, number of new tokens), the one-token rows first; every
+        table already holds its new positions."""
         device = pool.k.device
-        positions = torch.tensor(lengths, device=device)
-        slots = torch.tensor([c.slot for c in caches], device=device)
-        mask = torch.arange(n_keys, device=device)[None, :] <= torch.tensor(last_key, device=device)[:, None]
-        return PooledBatch(pool, slots, positions, pool.n_used, n_keys, mask[:, None, None, :])
+        bs = pool.block_size
+        positions: list[int] = []
+        slots: list[int] = []
+        single = [r for r in rows if r[2] == 1]
+        n_single = len(single)
+        if any(r[2] == 1 for r in rows[n_single:]):
+            raise ValueError("PagedBatch rows: the one-token rows must come first")
+        single_blocks = single_mask = None
+        if single:
+            width = max(pool.blocks_for(start + 1) for _, start, _ in single)
+            tables = [
+                (blocks[: pool.blocks_for(start + 1)] + [0] * width)[:width] for blocks, start, _ in single
+            ]
+            single_blocks = torch.tensor(tables, device=device)
+            last = torch.tensor([start for _, start, _ in single], device=device)
+            single_mask = (torch.arange(width * bs, device=device)[None, :] <= last[:, None])[
+                :, None, None, :
+            ]
+        segments = []
+        for blocks, start, n in rows:
+            first = len(positions)
+            positions += range(start, start + n)
+            slots += pool.slots(blocks, start, start + n)
+            if n > 1:
+                key_slots = (
+                    None if start == 0 else torch.tensor(pool.slots(blocks, 0, start + n), device=device)
+                )
+                segments.append(Segment(first, first + n, key_slots, causal_mask(n, start + n, device)))
+        return PagedBatch(
+            pool,
+            torch.tensor([positions], device=device),
+            torch.tensor(slots, device=device),
+            n_single,
+            single_blocks,
+            single_mask,
+            segments,
+        )
+
+
+def _padded(table: list[int], width: int) -> list[int]:
+    return table + [table[-1]] * (width - len(table))
+
+
+def causal_mask(n_queries: int, n_keys: int, device: torch.device) -> torch.Tensor | None:
+    """Bottom-right aligned causal mask (True = attend): query i sees keys up to n_keys - n_queries + i.
+    None when every query may see every key (a single decode step)."""
+    if n_queries == 1:
+        return None
+    offset = n_keys - n_queries
+    q = torch.arange(n_queries, device=device)[:, None]
+    k = torch.arange(n_keys, device=device)[None, :]
+    return k <= q + offset  # (T, S)

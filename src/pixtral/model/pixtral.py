@@ -22,7 +22,7 @@ from torch import nn
 from pixtral.config import PixtralConfig
 from pixtral.model.adapter import PatchMerger, VisionLanguageAdapter
 from pixtral.model.decoder import DecoderBlock
-from pixtral.model.kv_cache import PooledBatch, SequenceKVCache
+from pixtral.model.kv_cache import PagedBatch, SequenceKVCache
 from pixtral.model.norm import RMSNorm
 from pixtral.model.rope import decoder_rope, llama4_query_scale
 from pixtral.model.vision_encoder import VisionEncoder
@@ -106,10 +106,11 @@ class Pixtral(nn.Module):
         *,
         image_features: torch.Tensor | None = None,
         image_mask: torch.Tensor | None = None,
-        caches: list[SequenceKVCache] | None = None,
+        caches: list[SequenceKVCache] | PagedBatch | None = None,
         last_only: bool = False,
         positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        logits_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """token_ids (B, T) -> logits (B, T, vocab) float32 (or (B, 1, vocab) with last_only).
 
@@ -120,6 +121,10 @@ class Pixtral(nn.Module):
         keys/values are appended to it. Without, each row is a whole sequence from position 0: for packed
         training rows, `positions` (B, T) restarts at 0 per sample and `mask` (B, 1, T, T) bool (True = attend)
         keeps attention causal within each sample.
+        With a `PagedBatch` as `caches`, token_ids (1, N) are the new tokens of many sequences packed in one
+        row (model/kv_cache.py), at the batch's positions, their keys/values written to the paged pool.
+        `logits_index` (K,) int64: only those positions go through the output head -> logits (B, K, vocab)
+        (a prefill chunk that samples nothing needs none).
         """
         if images:
             if image_features is not None:
@@ -127,21 +132,24 @@ class Pixtral(nn.Module):
             image_features = self.encode_images(images)
         h = self.embed(token_ids, image_features, image_mask)  # (B, T, dim)
         b, t = token_ids.shape
-        if positions is None:
+        paged = isinstance(caches, PagedBatch)
+        if paged:
+            positions = caches.positions
+        elif positions is None:
             starts = torch.tensor([c.length for c in caches] if caches else [0] * b, device=h.device)
             positions = starts[:, None] + torch.arange(t, device=h.device)  # (B, T)
         rope = decoder_rope(positions, self.config.text)  # (B, T, 1, hd/2)
         scaling = self.config.text.llama_4_scaling
         q_scale = llama4_query_scale(positions, scaling) if scaling else None  # (B, T, 1, 1)
-        # a decode step of rows that share a KV pool: one attention call per layer (built once, for all)
-        kv = (PooledBatch.of(caches, t) or caches) if caches else caches
         for layer in self.layers:
-            h = layer(h, rope, kv, mask, q_scale)
-        if caches:
+            h = layer(h, rope, caches, mask, q_scale)
+        if caches and not paged:
             for cache in caches:
                 cache.advance(t)
         if last_only:
             h = h[:, -1:]
+        elif logits_index is not None:
+            h = h[:, logits_index]  # (B, K, dim)
         return self.output(self.norm(h)).float()
 
 

@@ -26,6 +26,7 @@ from pixtral.argtypes import (
 )
 from pixtral.errors import PixtralError
 from pixtral.model_options import add_load_options, add_model_option, load_engine
+from pixtral.scheduler_options import add_scheduler_options
 from pixtral.serve.app import create_app
 from pixtral.serve.settings import API_KEY_ENV, ServeSettings
 
@@ -93,6 +94,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="the model id clients send (default: the model folder's name, or the hub id)",
     )
     add_load_options(p, "CPU threads for torch (default: torch's choice; 1 is often best on 2 busy cores)")
+    add_scheduler_options(p)
 
     g = p.add_argument_group("limits (a request over one gets a 4xx that names it)")
     _setting(g, "--max-body-bytes", "max_body_bytes", positive_int, "largest request body")
