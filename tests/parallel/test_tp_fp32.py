@@ -11,6 +11,7 @@ import torch
 from pixtral.checkpoint.loader import load_model, save_model
 from pixtral.engine.sampling import SamplingParams
 from pixtral.engine.scheduler import Scheduler, SchedulerConfig
+from pixtral.model.kv_cache import SequenceKVCache
 from pixtral.parallel.lockstep import TensorParallelModel
 from tests.engine.test_scheduler import EOS, collect, make_requests
 from tests.factories import prompt_with_images, random_model
@@ -52,11 +53,18 @@ def test_a_whole_sequence_without_caches(models):
 
 def test_the_scheduler_gives_each_request_its_one_process_tokens(models):
     reference, parallel = models
-    # slots of 40 positions: the longer requests get buffers of their own; n=2 choices copy a prefill
-    config = SchedulerConfig(prefill_chunk=16, max_batch=4, kv_pool_slot_tokens=40, prefix_cache_bytes=0)
+    # a small paged pool (10 blocks of 8 positions on every rank: two requests fill it): steps mix decodes
+    # and prefill chunks, requests are preempted and recomputed, n=2 choices start from block copies
     requests = make_requests(6)
 
     def run(model):
+        config = SchedulerConfig(
+            max_num_batched_tokens=16,
+            max_num_seqs=4,
+            kv_block_size=8,
+            kv_budget_bytes=10 * 8 * SequenceKVCache.bytes_per_token(model.config.text, torch.float32),
+            prefix_cache_bytes=0,
+        )
         scheduler = Scheduler(model, config)
         handles = [
             scheduler.submit(ids, ims, SamplingParams(max_tokens=6 + i), EOS)
@@ -67,9 +75,11 @@ def test_the_scheduler_gives_each_request_its_one_process_tokens(models):
         handles += scheduler.submit_choices(ids, ims, choices, EOS)
         out = [collect(h)[0] for h in handles]
         scheduler.close()
-        return out
+        return out, sum(h.preempted for h in handles)
 
-    assert run(parallel) == run(reference)
+    got, preempted = run(parallel)
+    assert preempted > 0  # the pool is small enough that recomputed requests are part of the test
+    assert got == run(reference)[0]
 
 
 def test_a_prefix_cache_hit_is_refused_not_miscomputed(models):

@@ -45,7 +45,7 @@ class CompiledDecode:
         pool_v: torch.Tensor,
     ) -> torch.Tensor:
         pool = _PoolView(pool_k, pool_v)
-        batch = PagedBatch(pool, positions, slots, token_ids.shape[1], tables, mask, [])
+        batch = PagedBatch(pool, [], positions, slots, token_ids.shape[1], tables, mask, [])
         mask_ids = torch.zeros_like(token_ids, dtype=torch.bool)
         return self.model(token_ids, image_mask=mask_ids, caches=batch)
 

@@ -116,7 +116,9 @@ class Engine:
 
             spec = LoadSpec(str(path), dtype, where.type, quantize, group_size)
             net, ckpt = start(spec, tensor_parallel_size)
-            scheduler = replace(scheduler, prefix_cache_bytes=0)
+            scheduler = replace(
+                scheduler, prefix_cache_bytes=0, compile=False
+            )  # the ranks follow forwards only
         elif quantize:
             from pixtral.engine.quantize import load_quantized
 

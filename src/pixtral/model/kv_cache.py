@@ -85,6 +85,9 @@ class PagedKVPool:
         self.block_size = block_size
         self.n_blocks = n_blocks
         self._free = list(range(n_blocks - 1, -1, -1))  # a stack: the lowest ids first
+        # When a list: every write into the pool made outside a forward is logged there, ("copy", source,
+        # target) or ("write", blocks), for a tensor-parallel group to replay on its other ranks.
+        self.outside_writes: list[tuple] | None = None
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, n_blocks: int, block_size: int) -> PagedKVPool:
@@ -143,12 +146,16 @@ class PagedKVPool:
 
     def write(self, blocks: list[int], k: torch.Tensor, v: torch.Tensor) -> None:
         """Positions 0 .. n - 1 of a sequence from k, v (n_layers, n, n_kv, hd) (a cached prefix)."""
+        if self.outside_writes is not None:
+            self.outside_writes.append(("write", list(blocks)))
         index = torch.tensor(self.slots(blocks, 0, k.shape[1]), device=self.k.device)
         self._flat(self.k)[:, index] = k
         self._flat(self.v)[:, index] = v
 
     def copy_blocks(self, source: list[int], target: list[int]) -> None:
         """Copy whole blocks source[i] -> target[i] (another choice of the same prompt)."""
+        if self.outside_writes is not None:
+            self.outside_writes.append(("copy", list(source), list(target)))
         src = torch.tensor(source, device=self.k.device)
         dst = torch.tensor(target, device=self.k.device)
         self.k[:, dst] = self.k[:, src]
@@ -178,6 +185,7 @@ class PagedBatch:
     their gathered blocks, and each segment in one call."""
 
     pool: PagedKVPool
+    rows: list[tuple[list[int], int, int]]  # what it was built from (block table, first position, count)
     positions: torch.Tensor  # (1, N) int64
     slots: torch.Tensor  # (N,) int64: the flat pool slot each new key/value goes to
     n_single: int
@@ -220,6 +228,7 @@ class PagedBatch:
                 segments.append(Segment(first, first + n, key_slots, causal_mask(n, start + n, device)))
         return PagedBatch(
             pool,
+            [(list(blocks), start, n) for blocks, start, n in rows],
             torch.tensor([positions], device=device),
             torch.tensor(slots, device=device),
             n_single,

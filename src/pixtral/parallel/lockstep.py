@@ -2,18 +2,20 @@
 
 `TensorParallelModel` (rank 0) looks like a `Pixtral` to the engine and its scheduler, which stay unaware of
 tensor parallelism: its forward first broadcasts the step's inputs (token ids, image features, masks,
-positions) and a description of the KV caches the step continues, then runs rank 0's shard, whose
-collectives the other ranks meet in `follow`, running the same forward on their shards with KV caches of
-their own heads. Images are encoded on rank 0 only (it alone holds the vision encoder); their features
-travel with the inputs.
+positions, which positions need logits) and a description of the KV caches the step continues, then runs rank
+0's shard, whose collectives the other ranks meet in `follow`, running the same forward on their shards with
+KV caches of their own heads. Images are encoded on rank 0 only (it alone holds the vision encoder); their
+features travel with the inputs.
 
-The KV caches are the scheduler's (rank 0's); each other rank mirrors them (`KVMirror`) from the description
-sent with every forward: each cache has an id; the message names the step's rows and their lengths, every
-live cache with its KV-pool slot (a freed slot takes the pool's last sequence, so a follower moves its own
-data the same way) and the caches whose contents the scheduler copied rather than computed (the n choices
-of one prompt start from a copy of the first one's prefill): rank 0 finds a copy's source by comparing its
-keys at the last copied position with a fingerprint kept per cache after each forward. The prefix cache
-stores copies of rank 0's keys only: under tensor parallelism the engine turns it off.
+The KV caches are the scheduler's (rank 0's); each other rank keeps its own copy for its heads (`KVMirror`):
+- the paged pool (the scheduler's, model/kv_cache.py): every rank has a pool of the same blocks, so a step's
+  block tables (`PagedBatch.rows`) mean the same positions on every rank and are all a follower needs to
+  build the same batch. What the scheduler writes into the pool outside a forward is logged by the pool
+  (`outside_writes`) and travels with the next step: block copies (the n choices of one prompt start from a
+  copy of the first one's prefill) are replayed; a cached prefix written in (a prefix-cache hit) holds rank
+  0's keys only and cannot be replayed, so it is refused (the engine turns the prefix cache off under tensor
+  parallelism).
+- per-sequence caches (`SequenceKVCache`, the reference generation loop): mirrored by id and length.
 
 A step that stops half-way would leave the ranks waiting at different collectives, so rank 0 raises the
 model's input errors (the [IMG] count, a full KV cache) before it sends anything, and any other failure
@@ -34,7 +36,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pixtral.errors import PixtralError
-from pixtral.model.kv_cache import KVPool, SequenceKVCache
+from pixtral.model.kv_cache import PagedBatch, PagedKVPool, SequenceKVCache
 from pixtral.model.pixtral import ImageTokenMismatch, Pixtral
 
 log = logging.getLogger(__name__)
@@ -65,10 +67,9 @@ class TensorParallelModel(nn.Module):
         super().__init__()
         self.shard, self.size, self._on_close = shard, size, on_close
         self._ids: weakref.WeakKeyDictionary[SequenceKVCache, int] = weakref.WeakKeyDictionary()
+        self._pools: weakref.WeakKeyDictionary[PagedKVPool, int] = weakref.WeakKeyDictionary()
         self._new_id = itertools.count()
-        self._pools: weakref.WeakKeyDictionary[KVPool, int] = weakref.WeakKeyDictionary()
-        self._synced: dict[int, int] = {}  # cache id -> positions the other ranks hold
-        self._prints: dict[int, tuple[int, torch.Tensor, torch.Tensor]] = {}  # id -> (length, k, v) there
+        self._synced: dict[int, int] = {}  # per-sequence cache id -> positions the other ranks hold
         self._lock = threading.Lock()  # one message at a time (the scheduler's thread, close, keep-alive)
         self.failed: str | None = None
         self.closed = False
@@ -99,10 +100,11 @@ class TensorParallelModel(nn.Module):
         *,
         image_features: torch.Tensor | None = None,
         image_mask: torch.Tensor | None = None,
-        caches: list[SequenceKVCache] | None = None,
+        caches: list[SequenceKVCache] | PagedBatch | None = None,
         last_only: bool = False,
         positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        logits_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """As Pixtral.forward; the other ranks run the same step."""
         if images:
@@ -116,6 +118,7 @@ class TensorParallelModel(nn.Module):
             "last_only": last_only,
             "positions": _cpu(positions),
             "mask": _cpu(mask),
+            "logits_index": _cpu(logits_index),
         }
         with self._lock:
             self._check()
@@ -131,6 +134,7 @@ class TensorParallelModel(nn.Module):
                     last_only=last_only,
                     positions=positions,
                     mask=mask,
+                    logits_index=logits_index,
                 )
             except Exception as e:
                 # past the broadcast, a step that stops half-way leaves the ranks at different collectives
@@ -142,8 +146,9 @@ class TensorParallelModel(nn.Module):
                 self.failed = f"{what} ({type(e).__name__}: {e})"
                 raise TensorParallelError(self.failed) from e
             finally:
-                if caches:
-                    self._after(caches)
+                if caches and not isinstance(caches, PagedBatch):
+                    for cache in caches:
+                        self._synced[self._ids[cache]] = cache.length
 
     def _refuse_bad_inputs(self, token_ids, image_features, image_mask, caches) -> None:
         """The model's own input errors, raised here before any rank starts the step (raised half-way, they
@@ -158,7 +163,7 @@ class TensorParallelModel(nn.Module):
                 raise ImageTokenMismatch(
                     f"the prompt has {n_slots} [IMG] tokens but the images give {n_features} patch features"
                 )
-        for cache in caches or ():
+        for cache in [] if isinstance(caches, PagedBatch) else caches or ():  # pool blocks: granted before
             if cache.length + token_ids.shape[1] > cache.max_len:
                 raise ValueError(
                     f"KV cache holds {cache.max_len} positions; asked to write up to {cache.length + token_ids.shape[1]}"
@@ -170,56 +175,38 @@ class TensorParallelModel(nn.Module):
         if self.closed:
             raise TensorParallelError("the tensor-parallel group is closed")
 
-    def _describe(self, caches: list[SequenceKVCache]) -> dict:
-        """What the other ranks need to mirror the step's KV caches (see the module docstring)."""
-        rows, copies = [], []
+    def _describe(self, caches: list[SequenceKVCache] | PagedBatch) -> dict:
+        """What the other ranks need to continue the step's KV caches (see the module docstring)."""
+        if isinstance(caches, PagedBatch):
+            pool = caches.pool
+            if pool not in self._pools:
+                self._pools[pool] = next(self._new_id)
+                pool.outside_writes = []
+            outside, pool.outside_writes = pool.outside_writes, []
+            if any(entry[0] == "write" for entry in outside):
+                raise TensorParallelError(
+                    "a cached prefix was written into the KV pool (a prefix-cache hit): it holds rank 0's "
+                    "keys only, so the other ranks cannot follow; turn the prefix cache off"
+                )
+            return {
+                "pool": (self._pools[pool], pool.n_blocks, pool.block_size),
+                "rows": caches.rows,
+                "copies": [(src, dst) for _, src, dst in outside],
+            }
+        rows = []
         for cache in caches:
             cid = self._ids.get(cache)
             if cid is None:
                 cid = self._ids[cache] = next(self._new_id)
-            if self._synced.get(cid, 0) != cache.length:  # written outside the model: a copy
-                copies.append((cid, self._copy_source(cache, cid), cache.length))
-            rows.append(cid)
-        live = {cid: (c.slot if c.pool is not None else -1, c.max_len) for c, cid in self._ids.items()}
-        pooled = next((c.pool for c in self._ids if c.pool is not None), None)
-        pool = None
-        if pooled is not None:
-            if pooled not in self._pools:
-                self._pools[pooled] = next(self._new_id)
-            pool = (self._pools[pooled], pooled.n_used + pooled.n_free, pooled.slot_len, pooled.n_used)
-        for cid in [cid for cid in self._synced if cid not in live]:  # freed caches
-            del self._synced[cid]
-        return {
-            "rows": rows,
-            "lengths": [c.length for c in caches],
-            "live": live,
-            "pool": pool,
-            "copies": copies,
-        }
-
-    def _copy_source(self, cache: SequenceKVCache, cid: int) -> int:
-        n = cache.length
-        for src, (length, k, v) in self._prints.items():
-            if (
-                src != cid
-                and length == n
-                and torch.equal(cache.k[:, n - 1], k)
-                and torch.equal(cache.v[:, n - 1], v)
-            ):
-                return src
-        raise TensorParallelError(
-            f"a KV cache holds {n} positions that no forward wrote and that copy no known cache (a prefix-cache "
-            "hit?): under tensor parallelism the other ranks cannot follow; turn the prefix cache off"
-        )
-
-    def _after(self, caches: list[SequenceKVCache]) -> None:
+            if self._synced.get(cid, 0) != cache.length:
+                raise TensorParallelError(
+                    f"a KV cache holds {cache.length} positions that no forward wrote: under tensor "
+                    "parallelism the other ranks cannot follow a cache filled outside the model"
+                )
+            rows.append((cid, cache.length, cache.max_len))
         live = set(self._ids.values())
-        self._prints = {cid: p for cid, p in self._prints.items() if cid in live}  # the dead were resolved
-        for cache in caches:
-            cid, n = self._ids[cache], cache.length
-            self._synced[cid] = n
-            if n:
-                self._prints[cid] = (n, cache.k[:, n - 1].clone(), cache.v[:, n - 1].clone())
+        self._synced = {cid: n for cid, n in self._synced.items() if cid in live}  # freed caches
+        return {"own": rows, "live": sorted(live)}
 
     def keep_alive(self) -> None:
         """A message that does nothing: keeps an idle group's connections within their timeout."""
@@ -250,54 +237,33 @@ def _is_comm_error(e: BaseException) -> bool:
 
 
 class KVMirror:
-    """A follower's copies of rank 0's KV caches, for its own heads, kept in step by `sync`."""
+    """A follower's KV caches for its own heads, kept in step with rank 0's by `sync`."""
 
     def __init__(self, model: Pixtral) -> None:
         self.model = model
         self.caches: dict[int, SequenceKVCache] = {}
-        self.pool: KVPool | None = None
+        self.pool: PagedKVPool | None = None
         self.pool_id = -1
 
-    def sync(self, kv: dict) -> list[SequenceKVCache]:
-        """Apply rank 0's description; return the step's caches in row order."""
-        # copy sources first, as they are now (a move or a new cache may overwrite their slot below)
-        sources = {src: self.caches[src] for _, src, _ in kv["copies"]}
-        copied = {
-            dst: (sources[src].k[:, :n].clone(), sources[src].v[:, :n].clone())
-            for dst, src, n in kv["copies"]
-        }
-        if kv["pool"] is not None and kv["pool"][0] != self.pool_id:  # rank 0 made a new pool
-            self.pool_id, n_slots, slot_len, _ = kv["pool"]
-            self.pool = KVPool.for_model(self.model, n_slots, slot_len)
-        live = kv["live"]
-        moves = [
-            (cache, live[cid][0])
-            for cid, cache in self.caches.items()
-            if cid in live and cache.pool is not None and cache.slot != live[cid][0]
-        ]
-        data = [
-            (cache.k[:, : cache.length].clone(), cache.v[:, : cache.length].clone()) for cache, _ in moves
-        ]
-        for (cache, slot), (k, v) in zip(moves, data, strict=True):
-            cache.k, cache.v, cache.slot = self.pool.k[:, slot], self.pool.v[:, slot], slot
-            cache.k[:, : k.shape[1]] = k
-            cache.v[:, : v.shape[1]] = v
-        for cid in [cid for cid in self.caches if cid not in live]:
-            del self.caches[cid]
-        for cid, (slot, max_len) in live.items():
+    def sync(self, kv: dict) -> list[SequenceKVCache] | PagedBatch:
+        """Apply rank 0's description; return what the step's forward takes as `caches`."""
+        if "pool" in kv:
+            pool_id, n_blocks, block_size = kv["pool"]
+            if pool_id != self.pool_id:  # rank 0 made a new pool
+                self.pool_id, self.pool = pool_id, PagedKVPool.for_model(self.model, n_blocks, block_size)
+                self.pool.k.zero_()  # masked positions must hold finite values (rank 0 zeroes as it hands
+                self.pool.v.zero_()  # blocks out; a block reused here holds a finished sequence's values)
+            for source, target in kv["copies"]:
+                self.pool.copy_blocks(source, target)
+            return PagedBatch.build(self.pool, kv["rows"])
+        self.caches = {cid: c for cid, c in self.caches.items() if cid in set(kv["live"])}
+        rows = []
+        for cid, length, max_len in kv["own"]:
             if cid not in self.caches:
-                if slot >= 0:
-                    self.caches[cid] = SequenceKVCache.in_pool(self.pool, slot)
-                else:
-                    self.caches[cid] = SequenceKVCache.for_model(self.model, max_len)
-        if self.pool is not None:
-            self.pool.n_used = kv["pool"][3] if kv["pool"] else 0
-            self.pool.clean_below(self.pool.n_used)  # as rank 0's allocate() did
-        for dst, (k, v) in copied.items():
-            self.caches[dst].copy_prefix_from(k, v)
-        rows = [self.caches[cid] for cid in kv["rows"]]
-        for cache, n in zip(rows, kv["lengths"], strict=True):
-            cache.length = n
+                self.caches[cid] = SequenceKVCache.for_model(self.model, max_len)
+            cache = self.caches[cid]
+            cache.length = length
+            rows.append(cache)
         return rows
 
 
