@@ -52,7 +52,7 @@ def test_reference_loop_creates_every_tensor_on_the_models_device(test_model, sa
 def test_scheduler_creates_every_tensor_on_the_models_device(test_model, meta_scheduler_thread, sampled):
     requests = make_requests(5)  # text only, one and two images; prefilled 8 tokens at a time, batched decode
     expected = [alone(test_model, ids, ims, params(i, sampled)) for i, (ids, ims) in enumerate(requests)]
-    scheduler = Scheduler(test_model, SchedulerConfig(max_num_batched_tokens=8, prefix_block=8))
+    scheduler = Scheduler(test_model, SchedulerConfig(max_num_batched_tokens=8, kv_block_size=8))
     with torch.device("meta"):
         handles = [
             scheduler.submit(ids, ims, params(i, sampled), EOS) for i, (ids, ims) in enumerate(requests)
@@ -65,7 +65,7 @@ def test_scheduler_creates_every_tensor_on_the_models_device(test_model, meta_sc
 
 def test_prefix_cache_hit_creates_every_tensor_on_the_models_device(test_model, meta_scheduler_thread):
     ids, images = make_requests(2)[1]
-    scheduler = Scheduler(test_model, SchedulerConfig(max_num_batched_tokens=8, prefix_block=8))
+    scheduler = Scheduler(test_model, SchedulerConfig(max_num_batched_tokens=8, kv_block_size=8))
     first, _ = collect(scheduler.submit(ids, images, params(0, True), EOS))
     follow_up = ids + first + [TEST_CONFIG.eos_id, 3, 1050, 1060, 1070, 4]
     expected = alone(test_model, follow_up, images, params(1, True))

@@ -26,7 +26,7 @@ def test_engine_matches_the_reference_loop(config, tmp_path):
     config = with_text(config, vocab_size=VOCAB)
     save_model(random_model(config, seed=12), tmp_path, "native")
     write_family_tekken(tmp_path, "v7", 14, 280, 2)
-    engine = Engine.load(tmp_path, scheduler=SchedulerConfig(max_num_batched_tokens=7, prefix_block=4))
+    engine = Engine.load(tmp_path, scheduler=SchedulerConfig(max_num_batched_tokens=7, kv_block_size=4))
     try:
         chats = [
             [

@@ -86,7 +86,7 @@ def test_image_cache_hits_and_does_not_change_outputs(test_model):
 
 
 def test_prefix_cache_reuses_a_previous_turn(test_model):
-    scheduler = Scheduler(test_model, SchedulerConfig(prefix_block=8))
+    scheduler = Scheduler(test_model, SchedulerConfig(kv_block_size=8))
     ids, images = prompt_with_images([(3, 4)], seed=31)
     ids, images = ids[0].tolist(), [im.numpy() for im in images]
     params = SamplingParams(max_tokens=6)
@@ -100,7 +100,7 @@ def test_prefix_cache_reuses_a_previous_turn(test_model):
 
 
 def test_identical_placeholders_with_different_images_never_share_kv(test_model):
-    scheduler = Scheduler(test_model, SchedulerConfig(prefix_block=8))
+    scheduler = Scheduler(test_model, SchedulerConfig(kv_block_size=8))
     _, images = prompt_with_images([(3, 4)], seed=41)
     ids = [1, 3, *range(1100, 1110), *image_block(3, 4), 1111, 1112, 4]  # block 0 is text only
     a = [im.numpy() for im in images]

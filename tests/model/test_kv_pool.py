@@ -4,6 +4,7 @@ sequence's own contiguous cache (fp32, 1e-5)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pixtral.model import decoder as decoder_module
@@ -98,10 +99,35 @@ def test_blocks_are_taken_as_sequences_grow_and_given_back():
     assert not pool.grow(b, 9) and b == [] and pool.n_free == 2  # 3 blocks asked, 2 free: nothing taken
     assert pool.grow(b, 8)
     assert pool.slots(a, 3, 6) == [a[0] * 4 + 3, a[1] * 4, a[1] * 4 + 1]
-    k = torch.randn(TEST_CONFIG.text.n_layers, 6, TEST_CONFIG.text.n_kv_heads, TEST_CONFIG.text.head_dim)
-    pool.write(a, k, k + 1)
+    pool.k[:, a] = torch.randn(pool.k[:, a].shape)
     pool.copy_blocks(a, b)
-    rk, rv = pool.read(b, 6)
-    assert torch.equal(rk, k) and torch.equal(rv, k + 1)
+    assert torch.equal(pool.k[:, b], pool.k[:, a]) and torch.equal(pool.v[:, b], pool.v[:, a])
     pool.release(a)
     assert a == [] and pool.n_free == 2
+
+
+def test_shared_and_cached_blocks_are_reference_counted():
+    pool = PagedKVPool(TEST_CONFIG.text, n_blocks=4, block_size=4, dtype=torch.float32, device="cpu")
+    evicted: list[int] = []
+    pool.on_evict = evicted.append
+    a: list[int] = []
+    assert pool.grow(a, 12)  # 3 blocks
+    prefix = a[:2]
+    for block in prefix:  # the prefix cache keeps the two full blocks
+        pool.cache_block(block)
+    b: list[int] = []
+    pool.share(b, prefix)  # another sequence starts from them: no copy
+    assert b == prefix and [pool.refs(x) for x in prefix] == [3, 3]
+    pool.release(a)
+    assert pool.n_free == 2 and [pool.refs(x) for x in prefix] == [2, 2]  # a's own last block is free
+    pool.release(b)  # only the cache holds the prefix now: evictable, counted as available
+    assert (pool.n_free, pool.n_available, pool.n_cached) == (2, 4, 2) and evicted == []
+    c: list[int] = []
+    assert pool.grow(c, 12)  # needs one evictable block: the prefix's tail goes first, its head stays
+    assert evicted == [prefix[1]] and pool.n_cached == 1 and pool.refs(prefix[0]) == 1
+    assert prefix[1] in c and pool.refs(prefix[1]) == 1  # handed out again, to c alone
+    pool.release(c)
+    with pytest.raises(ValueError, match="free"):
+        pool.share([], [prefix[1]])  # only a held block can be shared
+    pool.uncache_block(prefix[0])  # the cache is cleared: every block is free, every count zero
+    assert pool.n_free == 4 and all(pool.refs(x) == 0 for x in range(4))

@@ -107,7 +107,7 @@ class Engine:
         for the kernels of that device; `dtype` is then the dtype of everything else.
         tensor_parallel_size N > 1: the model is split over N ranks (parallel/launch.py: under torchrun, or
         N - 1 processes started here); this process is rank 0, and on the other ranks of a torchrun group this
-        call does not return. The prefix cache is off (it holds rank 0's keys only)."""
+        call does not return. The compiled decode step is off."""
         path = default_model_path() if model is None else model
         where = resolve_device(device)
         dtype = dtype or default_dtype(where)
@@ -116,9 +116,7 @@ class Engine:
 
             spec = LoadSpec(str(path), dtype, where.type, quantize, group_size)
             net, ckpt = start(spec, tensor_parallel_size)
-            scheduler = replace(
-                scheduler, prefix_cache_bytes=0, compile=False
-            )  # the ranks follow forwards only
+            scheduler = replace(scheduler, compile=False)  # the ranks follow forwards only
         elif quantize:
             from pixtral.engine.quantize import load_quantized
 

@@ -2,20 +2,16 @@
 
 Prompts are cut into blocks of `block` tokens, and block i's key chains the previous key, the block's token
 ids and the content hashes of every image whose tokens appear in the block. Two prompts whose image
-placeholders are identical token for token but whose images differ therefore never share a key.
+placeholders are identical token for token but whose images differ therefore never share a key. A key names
+one block of the paged KV pool (model/kv_cache.py), which the cache shares with requests instead of copying.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
-import threading
-from collections import OrderedDict
-from dataclasses import dataclass
-
-import torch
 
 from pixtral.config import VisionConfig
+from pixtral.model.kv_cache import PagedKVPool
 
 
 def block_keys(
@@ -43,73 +39,69 @@ def block_keys(
     return keys
 
 
-@dataclass
-class _Entry:
-    k: torch.Tensor  # (n_layers, n_tokens, n_kv, hd)
-    v: torch.Tensor
-    keys: list[bytes]
-
-    @property
-    def nbytes(self) -> int:
-        return 2 * self.k.numel() * self.k.element_size()
-
-
 class PrefixCache:
-    def __init__(self, capacity_bytes: int, block: int = 32) -> None:
-        self.capacity = capacity_bytes
-        self.block = block
-        self._entries: OrderedDict[int, _Entry] = OrderedDict()
-        self._index: dict[bytes, tuple[int, int]] = {}  # block key -> (entry id, n tokens)
-        self._ids = itertools.count()
-        self._bytes = 0
-        self._lock = threading.Lock()
+    """Full prompt blocks of the KV pool, found again by their keys: the cache holds one reference to each
+    block it keeps (`PagedKVPool.cache_block`), so a hit shares the blocks with the new request (no copy) and
+    a store copies nothing either. Its capacity is in blocks of the pool; besides, the pool takes back (and
+    the cache forgets, `_forget`) any cached block no request holds as soon as it has no free block left,
+    least recently used first, so a full cache never makes a request wait or be preempted."""
+
+    def __init__(self, capacity_blocks: int, block: int) -> None:
+        self.capacity = capacity_blocks
+        self.block = block  # tokens per key: the pool's block size
+        self.pool: PagedKVPool | None = None
+        self._blocks: dict[bytes, int] = {}  # block key -> pool block
+        self._keys: dict[int, bytes] = {}  # pool block -> block key
         self.hits = 0
         self.misses = 0
         self.tokens_reused = 0
 
-    def lookup(self, keys: list[bytes], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The longest cached prefix of at most max_tokens tokens: (k, v) views, or None."""
-        with self._lock:
-            for i in range(min(len(keys), max_tokens // self.block) - 1, -1, -1):
-                hit = self._index.get(keys[i])
-                if hit is not None:
-                    entry_id, n = hit
-                    entry = self._entries[entry_id]
-                    self._entries.move_to_end(entry_id)
-                    self.hits += 1
-                    self.tokens_reused += n
-                    return entry.k[:, :n], entry.v[:, :n]
+    def attach(self, pool: PagedKVPool) -> None:
+        """Cache blocks of `pool` (once, when the scheduler makes it)."""
+        if pool.block_size != self.block:
+            raise ValueError(f"prefix cache blocks of {self.block} tokens over a pool of {pool.block_size}")
+        self.pool = pool
+        pool.on_evict = self._forget
+
+    def lookup(self, keys: list[bytes], max_tokens: int) -> list[int]:
+        """The pool blocks of the longest cached prefix of at most max_tokens tokens ([] when none)."""
+        found: list[int] = []
+        for key in keys[: max_tokens // self.block]:
+            block = self._blocks.get(key)
+            if block is None:
+                break
+            found.append(block)
+        if found:
+            self.hits += 1
+            self.tokens_reused += len(found) * self.block
+        else:
             self.misses += 1
-            return None
+        return found
 
-    def has(self, key: bytes) -> bool:
-        """Whether the prefix that `key` identifies is stored."""
-        with self._lock:
-            return key in self._index
+    def store(self, keys: list[bytes], blocks: list[int]) -> None:
+        """Keep blocks[i] (full and written: read only from now on) as the prefix keys[: i + 1] names, for
+        each key not cached yet, one reference each; stops where the capacity is reached and nothing can be
+        evicted."""
+        if self.pool is None:
+            return
+        for key, block in zip(keys, blocks, strict=False):
+            if key in self._blocks or block in self._keys:
+                continue
+            if len(self._keys) >= self.capacity and not self.pool.evict(1):
+                return
+            self.pool.cache_block(block)
+            self._blocks[key] = block
+            self._keys[block] = key
 
-    def store(self, keys: list[bytes], k: torch.Tensor, v: torch.Tensor) -> None:
-        """Keep k, v (n_layers, n, ...) for the prefix of len(keys) full blocks (copied)."""
-        n = len(keys) * self.block
-        if n == 0 or keys[-1] in self._index:
-            return
-        entry = _Entry(k[:, :n].clone(), v[:, :n].clone(), keys)
-        if entry.nbytes > self.capacity:
-            return
-        with self._lock:
-            entry_id = next(self._ids)
-            self._entries[entry_id] = entry
-            self._bytes += entry.nbytes
-            for i, key in enumerate(keys):
-                current = self._index.get(key)
-                if current is None or current[1] < (i + 1) * self.block:
-                    self._index[key] = (entry_id, (i + 1) * self.block)
-            while self._bytes > self.capacity:
-                old_id, old = self._entries.popitem(last=False)
-                self._bytes -= old.nbytes
-                for key in old.keys:
-                    if self._index.get(key, (None,))[0] == old_id:
-                        del self._index[key]
+    def clear(self) -> None:
+        """Drop every cached block's reference."""
+        for block in list(self._keys):
+            self.pool.uncache_block(block)
+            self._forget(block)
+
+    def _forget(self, block: int) -> None:
+        del self._blocks[self._keys.pop(block)]
 
     @property
-    def nbytes(self) -> int:
-        return self._bytes
+    def n_blocks(self) -> int:
+        return len(self._keys)

@@ -5,12 +5,13 @@ Each step of the loop (a background thread):
    first every decode (one token), then prefill chunks of the requests still prefilling, in admission order;
    then waiting requests are admitted (at most `max_num_seqs` running) and prefilled with what is left. A
    prefill chunk computes no logits unless it ends the prompt. Images are encoded once per content, at
-   admission, through the image cache; a cached prompt prefix skips its share of the prefill. The n choices
-   of one prompt (`submit_choices`) are admitted together and prefilled once: the others copy the first
-   one's KV blocks and sample from its last logits;
+   admission, through the image cache; a cached prompt prefix skips its share of the prefill (its blocks are
+   shared, not copied). The n choices of one prompt (`submit_choices`) are admitted together and prefilled
+   once: the others share the first one's full prompt blocks, copy its partly written last block, and sample
+   from its last logits;
 2. the KV cache is a pool of blocks (model/kv_cache.py: `PagedKVPool`, `kv_budget_bytes` in all, blocks of
    `kv_block_size` positions) charged as sequences grow. When a decode finds no free block, the most
-   recently admitted request is preempted (recompute): its blocks are freed and it goes back to the front of
+   recently admitted request is preempted (recompute): its blocks are released and it goes back to the front of
    the waiting queue with its generated tokens appended to its prompt, to be prefilled again and resumed
    where it was (its sampling generator and grammar state kept, so its output does not change). Only a
    request whose prompt + max_tokens exceeds the whole pool is refused, at submission;
@@ -69,8 +70,7 @@ class SchedulerConfig:
         512  # new tokens per step: decodes + prefill chunks (--max-num-batched-tokens)
     )
     image_cache_bytes: int = 256 * 1024**2
-    prefix_cache_bytes: int = 512 * 1024**2
-    prefix_block: int = 32
+    prefix_cache_bytes: int = 512 * 1024**2  # at most this many bytes of pool blocks kept as cached prefixes
     compile: bool | None = None  # torch.compile the decode step (engine/compiled.py); None: on CUDA only
 
     def __post_init__(self) -> None:
@@ -123,9 +123,8 @@ class Scheduler:
         self.model = model
         self.config = config = config or SchedulerConfig()
         self.image_cache = ImageFeatureCache(config.image_cache_bytes)
-        self.prefix_cache = PrefixCache(config.prefix_cache_bytes, config.prefix_block)
         self.steps = 0
-        self.prefill_tokens = 0  # prompt tokens run through the model (cached prefixes and copies excluded)
+        self.prefill_tokens = 0  # prompt tokens run through the model (cached prefixes and shares excluded)
         self.finished_requests = 0
         self.preemptions = 0
         self.last_step: tuple[int, int] = (0, 0)  # (decode rows, prefill tokens) of the latest step
@@ -137,6 +136,7 @@ class Scheduler:
         self._pool: PagedKVPool | None = None
         self._block_bytes = PagedKVPool.bytes_per_block(model.config.text, model.dtype, config.kv_block_size)
         self._n_blocks = self._pool_blocks()
+        self.prefix_cache = PrefixCache(config.prefix_cache_bytes // self._block_bytes, config.kv_block_size)
         self._decode_step = None  # the compiled decode forward, made on first use
         self._compile = config.compile if config.compile is not None else model.device.type == "cuda"
 
@@ -177,7 +177,7 @@ class Scheduler:
         stop_ids: frozenset[int],
     ) -> list[Request]:
         """One request per entry of `params` (the choices of one prompt), admitted together; the prompt is
-        prefilled (and its images encoded) once, by the first, whose KV cache the others copy."""
+        prefilled (and its images encoded) once, by the first, whose prompt blocks the others share."""
         requests = [Request(list(prompt_ids), images, p, stop_ids) for p in params]
         leader = requests[0]
         for follower in requests[1:]:
@@ -228,10 +228,11 @@ class Scheduler:
 
     @property
     def kv_bytes_used(self) -> int:
-        """Bytes of the KV blocks held by requests (charged as they fill)."""
+        """Bytes of the KV blocks held by requests (charged as they fill; a shared block counts once, a block
+        only the prefix cache holds not at all)."""
         if self._pool is None:
             return 0
-        return (self._n_blocks - self._pool.n_free) * self._block_bytes
+        return (self._n_blocks - self._pool.n_available) * self._block_bytes
 
     def stats(self) -> dict[str, int]:
         return {
@@ -246,6 +247,7 @@ class Scheduler:
             "prefix_cache_hits": self.prefix_cache.hits,
             "prefix_cache_misses": self.prefix_cache.misses,
             "prefix_cache_tokens_reused": self.prefix_cache.tokens_reused,
+            "prefix_cache_bytes": self.prefix_cache.n_blocks * self._block_bytes,
             "steps": self.steps,
             "prefill_tokens": self.prefill_tokens,
         }
@@ -273,6 +275,7 @@ class Scheduler:
         if self._pool is None:  # with the compiled step, one more block: the padding rows' scratch
             n_blocks = self._n_blocks + (1 if self._compile else 0)
             self._pool = PagedKVPool.for_model(self.model, n_blocks, self.config.kv_block_size)
+            self.prefix_cache.attach(self._pool)
             if self._compile:
                 from pixtral.engine.compiled import compiled_decode
 
@@ -339,15 +342,15 @@ class Scheduler:
         return True
 
     def _fit(self, request: Request, n: int) -> int:
-        """How many of the next n tokens of a prefilling request fit in free blocks (blocks taken for them)."""
-        room = (len(request.blocks) + self._pool.n_free) * self._pool.block_size - request.computed
+        """How many of the next n tokens of a prefilling request fit in available blocks (taken for them)."""
+        room = (len(request.blocks) + self._pool.n_available) * self._pool.block_size - request.computed
         n = min(n, room)
         if n > 0:
             self._pool.grow(request.blocks, request.computed + n)
         return max(n, 0)
 
     def _preempt(self, request: Request) -> None:
-        """Recompute preemption: free the request's KV blocks (and those of its choices still waiting for its
+        """Recompute preemption: release the request's KV blocks (and those of its choices still waiting for its
         prefill) and put it back at the front of the waiting queue; its tokens so far become its prompt."""
         waiting = [f for f in request.followers if f.leader is request and f in self._running]
         for r in (request, *waiting):
@@ -373,7 +376,7 @@ class Scheduler:
         its images are encoded and a cached prefix reused. None when it must wait for memory."""
         request = self._waiting[0]
         choices = [request, *(f for f in request.followers if f.leader is request)]
-        if self._pool.blocks_for(len(request.tokens)) > self._pool.n_free and self._running:
+        if self._pool.blocks_for(len(request.tokens)) > self._pool.n_available and self._running:
             return None  # waits for memory to free up (alone, it always fits: checked at submission)
         with self._work:
             self._waiting.popleft()
@@ -391,7 +394,7 @@ class Scheduler:
         return request
 
     def _prepare_prompt(self, request: Request) -> None:
-        """Encode the images (cached by content) and reuse a cached prompt prefix."""
+        """Encode the images (cached by content) and share the blocks of a cached prompt prefix."""
         device = self.model.device
         request.image_hashes = [image_hash(im) for im in request.images]
         features = []
@@ -414,9 +417,9 @@ class Scheduler:
         )
         # Reuse at most len - 1 tokens: the last token must run to give the first logits.
         hit = self.prefix_cache.lookup(keys, min(len(request.prompt_ids), len(request.tokens) - 1))
-        if hit is not None and self._pool.grow(request.blocks, hit[0].shape[1]):
-            self._pool.write(request.blocks, *hit)
-            request.computed = hit[0].shape[1]
+        if hit and not request.blocks:
+            self._pool.share(request.blocks, hit)  # read only: its new tokens go to blocks after these
+            request.computed = len(hit) * self._pool.block_size
 
     def _run(self, rows: list[tuple[Request, int]]) -> None:
         """One packed forward over `rows`, then the sampling of the rows whose chunk ends their tokens. A
@@ -455,12 +458,10 @@ class Scheduler:
             for follower in request.followers:
                 if follower in self._running and follower.leader is request:
                     follower.leader = None
-                    if self._pool.grow(follower.blocks, request.computed):
-                        self._pool.copy_blocks(request.blocks, follower.blocks)
-                        follower.computed = request.computed
+                    if self._share_prompt(request, follower):
                         sampling.append(follower)
                         index.append(row)
-                    else:  # no room for a copy now: it prefills on its own
+                    else:  # no room for its own last block now: it prefills on its own
                         self._prepare_follower(follower)
         self.last_step = (n_decode, sum(n for _, n in rows) - n_decode)
         if sampling:
@@ -506,17 +507,30 @@ class Scheduler:
             logits_index=index,
         )
 
+    def _share_prompt(self, leader: Request, follower: Request) -> bool:
+        """Another choice starts from the leader's prefilled prompt: it shares the full blocks and gets its own
+        copy of the partly written last one (copy on write: both write their next tokens there); False when
+        no block is available for that copy (nothing taken)."""
+        bs = self._pool.block_size
+        full, partial = divmod(leader.computed, bs)
+        if partial and not self._pool.n_available:
+            return False
+        self._pool.share(follower.blocks, leader.blocks[:full])
+        if partial:
+            self._pool.grow(follower.blocks, leader.computed)
+            self._pool.copy_blocks([leader.blocks[full]], [follower.blocks[full]])
+        follower.computed = leader.computed
+        return True
+
     def _store_prefix(self, request: Request) -> None:
-        full_blocks = (len(request.prompt_ids) - 1) // self.prefix_cache.block
+        """The full blocks of a prefilled prompt go to the prefix cache (shared, not copied)."""
+        full_blocks = len(request.prompt_ids) // self.prefix_cache.block
         if not full_blocks or self.prefix_cache.capacity == 0:
             return
         keys = block_keys(
             request.prompt_ids, request.image_hashes, self.model.config.vision, self.prefix_cache.block
         )[:full_blocks]
-        if not self.prefix_cache.has(keys[-1]):
-            self.prefix_cache.store(
-                keys, *self._pool.read(request.blocks, full_blocks * self.prefix_cache.block)
-            )
+        self.prefix_cache.store(keys, request.blocks[:full_blocks])
 
     def _prepare_follower(self, follower: Request) -> None:
         try:

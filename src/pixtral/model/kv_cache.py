@@ -13,6 +13,8 @@ default device.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -67,9 +69,17 @@ class SequenceKVCache:
 
 class PagedKVPool:
     """Preallocated KV in blocks of `block_size` positions, shared by every sequence of the engine: one buffer
-    per k and v of shape (n_layers, n_blocks, block_size, n_kv, hd). A sequence owns a list of blocks (its
-    block table), handed out one at a time as it grows and given back when it ends or is preempted, so memory
-    is charged as it fills. Made on the model's device and in its dtype."""
+    per k and v of shape (n_layers, n_blocks, block_size, n_kv, hd). A sequence holds a list of blocks (its
+    block table), handed out one at a time as it grows, so memory is charged as it fills. Made on the model's
+    device and in its dtype.
+
+    Blocks are reference-counted: a block can be in several tables (the full blocks of a shared prompt prefix,
+    `share`) and held by the prefix cache (`cache_block`); `release` drops a table's references and a block
+    is free when none is left. A block whose only reference is the prefix cache's is *evictable*: `grow`
+    takes it (least recently released first, `on_evict(block)` told) when no block is free, so cached
+    prefixes never stand in the way of a sequence (`n_available` counts free + evictable). Whatever holds a
+    block shared with another holder only reads it: new keys/values always go to a block that one table
+    holds alone (docs/engine.md, "The prefix cache")."""
 
     def __init__(
         self,
@@ -85,8 +95,12 @@ class PagedKVPool:
         self.block_size = block_size
         self.n_blocks = n_blocks
         self._free = list(range(n_blocks - 1, -1, -1))  # a stack: the lowest ids first
+        self._refs = [0] * n_blocks  # tables holding the block, + 1 while the prefix cache holds it
+        self._cached: set[int] = set()  # blocks the prefix cache holds
+        self._evictable: OrderedDict[int, None] = OrderedDict()  # cached, no table: least recent first
+        self.on_evict: Callable[[int], None] | None = None  # told of each cached block `grow` takes back
         # When a list: every write into the pool made outside a forward is logged there, ("copy", source,
-        # target) or ("write", blocks), for a tensor-parallel group to replay on its other ranks.
+        # target), for a tensor-parallel group to replay on its other ranks.
         self.outside_writes: list[tuple] | None = None
 
     @classmethod
@@ -99,22 +113,48 @@ class PagedKVPool:
 
     @property
     def n_free(self) -> int:
+        """Blocks nothing holds."""
         return len(self._free)
+
+    @property
+    def n_available(self) -> int:
+        """Blocks a sequence can get now: the free ones and those only the prefix cache holds."""
+        return len(self._free) + len(self._evictable)
+
+    @property
+    def n_cached(self) -> int:
+        return len(self._cached)
+
+    def refs(self, block: int) -> int:
+        return self._refs[block]
 
     def blocks_for(self, n_positions: int) -> int:
         return -(-n_positions // self.block_size)
 
     def grow(self, blocks: list[int], n_positions: int) -> bool:
         """Append blocks to the table `blocks` until it holds n_positions; False (nothing taken) when the
-        pool has too few free blocks."""
+        pool has too few available blocks. Evictable cached blocks are taken once no block is free."""
         need = self.blocks_for(n_positions) - len(blocks)
-        if need > len(self._free):
+        if need > self.n_available:
             return False
         if need > 0:
+            self.evict(need - len(self._free))
             new = [self._free.pop() for _ in range(need)]
+            for block in new:
+                self._refs[block] = 1
             self._zero(new)
             blocks += new
         return True
+
+    def share(self, blocks: list[int], shared: list[int]) -> None:
+        """Append `shared` (blocks another table or the prefix cache holds) to the table: no copy, one more
+        reference each. They are read only from then on."""
+        for block in shared:
+            if self._refs[block] == 0:
+                raise ValueError(f"KV block {block} is free: only a held block can be shared")
+            self._refs[block] += 1
+            self._evictable.pop(block, None)
+        blocks += shared
 
     def _zero(self, blocks: list[int]) -> None:
         """Zero blocks as they are handed out: attention reads a block's positions past a sequence's length
@@ -126,44 +166,63 @@ class PagedKVPool:
     def reserve(self) -> int:
         """Take one block out of circulation for good (a scratch block for padding rows) and return it."""
         block = self._free.pop(0)  # the highest free id
+        self._refs[block] = 1
         self._zero([block])
         return block
 
     def release(self, blocks: list[int]) -> None:
-        """Give the table's blocks back (the table is emptied)."""
-        self._free.extend(reversed(blocks))
+        """Drop the table's references (the table is emptied), the last block first: a block no one holds
+        is free; one only the prefix cache holds becomes evictable (a prefix's tail before its head)."""
+        for block in reversed(blocks):
+            self._unref(block)
         blocks.clear()
+
+    def _unref(self, block: int) -> None:
+        self._refs[block] -= 1
+        if self._refs[block] == 0:
+            self._free.append(block)
+        elif self._refs[block] == 1 and block in self._cached:
+            self._evictable[block] = None
+
+    def cache_block(self, block: int) -> None:
+        """The prefix cache takes a reference to a (full, written) block a table holds."""
+        if self._refs[block] == 0 or block in self._cached:
+            raise ValueError(f"KV block {block}: only a held block that is not cached yet can be cached")
+        self._cached.add(block)
+        self._refs[block] += 1
+
+    def uncache_block(self, block: int) -> None:
+        """The prefix cache drops its reference."""
+        self._cached.remove(block)
+        self._evictable.pop(block, None)
+        self._unref(block)
+
+    def evict(self, n: int) -> int:
+        """Take back up to n evictable blocks, least recently released first (each told to `on_evict`);
+        returns how many."""
+        done = 0
+        while done < n and self._evictable:
+            block = next(iter(self._evictable))
+            self.uncache_block(block)
+            if self.on_evict is not None:
+                self.on_evict(block)
+            done += 1
+        return done
 
     def slots(self, blocks: list[int], start: int, end: int) -> list[int]:
         """Flat slot indices (block * block_size + offset) of positions start .. end - 1 of a sequence."""
         bs = self.block_size
         return [blocks[p // bs] * bs + p % bs for p in range(start, end)]
 
-    def read(self, blocks: list[int], n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first n positions of a sequence: k, v (n_layers, n, n_kv, hd) (copies)."""
-        index = torch.tensor(self.slots(blocks, 0, n), device=self.k.device)
-        return self._flat(self.k)[:, index], self._flat(self.v)[:, index]
-
-    def write(self, blocks: list[int], k: torch.Tensor, v: torch.Tensor) -> None:
-        """Positions 0 .. n - 1 of a sequence from k, v (n_layers, n, n_kv, hd) (a cached prefix)."""
-        if self.outside_writes is not None:
-            self.outside_writes.append(("write", list(blocks)))
-        index = torch.tensor(self.slots(blocks, 0, k.shape[1]), device=self.k.device)
-        self._flat(self.k)[:, index] = k
-        self._flat(self.v)[:, index] = v
-
     def copy_blocks(self, source: list[int], target: list[int]) -> None:
-        """Copy whole blocks source[i] -> target[i] (another choice of the same prompt)."""
+        """Copy whole blocks source[i] -> target[i] (the partly written last block of a prompt, for another
+        choice of it: copy on write)."""
         if self.outside_writes is not None:
             self.outside_writes.append(("copy", list(source), list(target)))
         src = torch.tensor(source, device=self.k.device)
         dst = torch.tensor(target, device=self.k.device)
         self.k[:, dst] = self.k[:, src]
         self.v[:, dst] = self.v[:, src]
-
-    @staticmethod
-    def _flat(x: torch.Tensor) -> torch.Tensor:
-        return x.view(x.shape[0], -1, *x.shape[3:])  # (n_layers, n_blocks * block_size, n_kv, hd)
 
 
 @dataclass

@@ -11,10 +11,11 @@ The KV caches are the scheduler's (rank 0's); each other rank keeps its own copy
 - the paged pool (the scheduler's, model/kv_cache.py): every rank has a pool of the same blocks, so a step's
   block tables (`PagedBatch.rows`) mean the same positions on every rank and are all a follower needs to
   build the same batch. What the scheduler writes into the pool outside a forward is logged by the pool
-  (`outside_writes`) and travels with the next step: block copies (the n choices of one prompt start from a
-  copy of the first one's prefill) are replayed; a cached prefix written in (a prefix-cache hit) holds rank
-  0's keys only and cannot be replayed, so it is refused (the engine turns the prefix cache off under tensor
-  parallelism).
+  (`outside_writes`) and travels with the next step: block copies (another choice of a prompt copies the
+  partly written last block of the first one's prefill) are replayed. Shared blocks (a prefix-cache hit, the
+  full prompt blocks of the n choices) need nothing: a block id names the same positions on every rank, and
+  a block held by a table or the prefix cache is never handed out again, so every rank still holds what the
+  forward that wrote it wrote there.
 - per-sequence caches (`SequenceKVCache`, the reference generation loop): mirrored by id and length.
 
 A step that stops half-way would leave the ranks waiting at different collectives, so rank 0 raises the
@@ -183,11 +184,6 @@ class TensorParallelModel(nn.Module):
                 self._pools[pool] = next(self._new_id)
                 pool.outside_writes = []
             outside, pool.outside_writes = pool.outside_writes, []
-            if any(entry[0] == "write" for entry in outside):
-                raise TensorParallelError(
-                    "a cached prefix was written into the KV pool (a prefix-cache hit): it holds rank 0's "
-                    "keys only, so the other ranks cannot follow; turn the prefix cache off"
-                )
             return {
                 "pool": (self._pools[pool], pool.n_blocks, pool.block_size),
                 "rows": caches.rows,
