@@ -63,7 +63,7 @@ class PrefixCache:
         self.pool = pool
         pool.on_evict = self._forget
 
-    def lookup(self, keys: list[bytes], max_tokens: int) -> list[int]:
+    def find(self, keys: list[bytes], max_tokens: int) -> list[int]:
         """The pool blocks of the longest cached prefix of at most max_tokens tokens ([] when none)."""
         found: list[int] = []
         for key in keys[: max_tokens // self.block]:
@@ -71,12 +71,15 @@ class PrefixCache:
             if block is None:
                 break
             found.append(block)
-        if found:
+        return found
+
+    def count(self, hit: list[int]) -> None:
+        """Count a lookup whose result (find's) is used."""
+        if hit:
             self.hits += 1
-            self.tokens_reused += len(found) * self.block
+            self.tokens_reused += len(hit) * self.block
         else:
             self.misses += 1
-        return found
 
     def store(self, keys: list[bytes], blocks: list[int]) -> None:
         """Keep blocks[i] (full and written: read only from now on) as the prefix keys[: i + 1] names, for

@@ -95,6 +95,7 @@ class Request:
     computed: int = 0  # positions of `tokens` whose keys/values are in the pool
     features: torch.Tensor | None = None  # (n_img_tokens, dim), in prompt order
     image_hashes: list[str] = field(default_factory=list)
+    prefix_keys: list[bytes] | None = None  # the prefix cache's key of each full block of the prompt
     generated: int = 0
     preempted: int = 0  # times its KV cache was dropped to make room (then recomputed)
     generator: torch.Generator | None = None
@@ -376,7 +377,15 @@ class Scheduler:
         its images are encoded and a cached prefix reused. None when it must wait for memory."""
         request = self._waiting[0]
         choices = [request, *(f for f in request.followers if f.leader is request)]
-        if self._pool.blocks_for(len(request.tokens)) > self._pool.n_available and self._running:
+        try:
+            hit = self._cached_prefix(request)
+        except Exception:  # images that do not match the prompt: _prepare_prompt reports it
+            hit = []
+        # the blocks it needs beside the cached ones, against those available once the cached ones are
+        # shared (a cached block no one else holds is evictable, so counted as available, until then)
+        need = self._pool.blocks_for(len(request.tokens)) - len(hit)
+        pinned = sum(1 for block in hit if self._pool.refs(block) == 1)
+        if need > self._pool.n_available - pinned and self._running:
             return None  # waits for memory to free up (alone, it always fits: checked at submission)
         with self._work:
             self._waiting.popleft()
@@ -384,7 +393,7 @@ class Scheduler:
             for choice in choices:
                 if choice.generator is None and not choice.params.greedy:
                     choice.generator = seeded_generator(choice.params.seed, self.model.device)
-            self._prepare_prompt(request)
+            self._prepare_prompt(request, hit)
         except Exception as e:
             for choice in choices:
                 self._pool.release(choice.blocks)
@@ -393,10 +402,25 @@ class Scheduler:
         self._running += choices
         return request
 
-    def _prepare_prompt(self, request: Request) -> None:
-        """Encode the images (cached by content) and share the blocks of a cached prompt prefix."""
+    def _cached_prefix(self, request: Request) -> list[int]:
+        """The pool blocks of the longest cached prefix of the request's prompt (keys made once)."""
+        if request.prefix_keys is None:
+            if len(request.image_hashes) != len(request.images):
+                request.image_hashes = [image_hash(im) for im in request.images]
+            request.prefix_keys = block_keys(
+                request.prompt_ids, request.image_hashes, self.model.config.vision, self.prefix_cache.block
+            )
+        # Reuse at most len - 1 tokens: the last token must run to give the first logits.
+        return self.prefix_cache.find(
+            request.prefix_keys, min(len(request.prompt_ids), len(request.tokens) - 1)
+        )
+
+    def _prepare_prompt(self, request: Request, hit: list[int] | None = None) -> None:
+        """Encode the images (cached by content) and share the blocks of a cached prompt prefix (`hit`, when
+        the caller looked it up)."""
         device = self.model.device
-        request.image_hashes = [image_hash(im) for im in request.images]
+        if len(request.image_hashes) != len(request.images):
+            request.image_hashes = [image_hash(im) for im in request.images]
         features = []
         for pixels, key in zip(request.images, request.image_hashes, strict=True):
             cached = self.image_cache.get(key)
@@ -412,11 +436,9 @@ class Scheduler:
             raise ImageTokenMismatch(
                 f"the prompt has {n_slots} [IMG] tokens but the images give {n_features} patch features"
             )
-        keys = block_keys(
-            request.prompt_ids, request.image_hashes, self.model.config.vision, self.prefix_cache.block
-        )
-        # Reuse at most len - 1 tokens: the last token must run to give the first logits.
-        hit = self.prefix_cache.lookup(keys, min(len(request.prompt_ids), len(request.tokens) - 1))
+        if hit is None:
+            hit = self._cached_prefix(request)
+        self.prefix_cache.count(hit)
         if hit and not request.blocks:
             self._pool.share(request.blocks, hit)  # read only: its new tokens go to blocks after these
             request.computed = len(hit) * self._pool.block_size
@@ -525,12 +547,9 @@ class Scheduler:
     def _store_prefix(self, request: Request) -> None:
         """The full blocks of a prefilled prompt go to the prefix cache (shared, not copied)."""
         full_blocks = len(request.prompt_ids) // self.prefix_cache.block
-        if not full_blocks or self.prefix_cache.capacity == 0:
+        if not full_blocks or self.prefix_cache.capacity == 0 or request.prefix_keys is None:
             return
-        keys = block_keys(
-            request.prompt_ids, request.image_hashes, self.model.config.vision, self.prefix_cache.block
-        )[:full_blocks]
-        self.prefix_cache.store(keys, request.blocks[:full_blocks])
+        self.prefix_cache.store(request.prefix_keys[:full_blocks], request.blocks[:full_blocks])
 
     def _prepare_follower(self, follower: Request) -> None:
         try:
