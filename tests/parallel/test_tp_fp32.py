@@ -1,7 +1,7 @@
 """Tensor parallelism over 2 gloo ranks against one process, float32, from a native checkpoint: logits
 within 1e-5 and identical greedy tokens for text, one image and three images of different sizes; the
 engine's scheduler on the sharded model (KV pool, own buffers, the n choices' copied prefill) gives every
-request exactly the tokens it gets in one process."""
+request exactly the tokens it gets in one process, prefix-cache hits (shared blocks) included."""
 
 from __future__ import annotations
 
@@ -82,11 +82,22 @@ def test_the_scheduler_gives_each_request_its_one_process_tokens(models):
     assert got == run(reference)[0]
 
 
-def test_a_prefix_cache_hit_is_refused_not_miscomputed(models):
-    _, parallel = models
-    scheduler = Scheduler(parallel, SchedulerConfig(prefix_block=8))  # the prefix cache on
+def test_a_prefix_cache_hit_gives_the_one_process_tokens(models):
+    """The cached prefix's blocks are shared (the same block ids on every rank), not written in from rank 0:
+    a follow-up turn and two choices of it hit the cache and get exactly the one-process tokens."""
+    reference, parallel = models
     ids, ims = make_requests(2)[1]
-    assert collect(scheduler.submit(ids, ims, SamplingParams(max_tokens=2), EOS))[1].reason == "length"
-    tokens, finished = collect(scheduler.submit(ids, ims, SamplingParams(max_tokens=2), EOS))
-    scheduler.close()
-    assert finished.reason == "error" and "prefix cache" in str(finished.error)
+    follow_up = ids + [1100, 1101, 4]
+
+    def run(model):
+        scheduler = Scheduler(model, SchedulerConfig(kv_block_size=8))  # the prefix cache on
+        first = collect(scheduler.submit(ids, ims, SamplingParams(max_tokens=4), EOS))[0]
+        choices = [SamplingParams(max_tokens=4, temperature=0.8, seed=9 + i) for i in range(2)]
+        out = [first] + [collect(h)[0] for h in scheduler.submit_choices(follow_up, ims, choices, EOS)]
+        hits = scheduler.prefix_cache.hits
+        scheduler.close()
+        return out, hits
+
+    got, hits = run(parallel)
+    assert hits >= 1
+    assert got == run(reference)[0]
