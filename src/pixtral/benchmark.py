@@ -13,8 +13,10 @@ Prints (ours | transformers | ratio | limit):
   weight bytes read per token × tokens/s) beside the measured memory read bandwidth;
 - aggregate decode tokens/s with 8 and 32 concurrent requests (continuous batching);
 - peak RSS.
-- int8 decode at batch 1 beside llama.cpp's Q8_0 on the same weights (our GGUF export, llama-cpp-python;
-  the row says "skipped" when llama-cpp-python is not installed).
+- int8 and int4 (group 32) decode at batch 1 beside llama.cpp's Q8_0 and Q4_0 on the same weights (our GGUF
+  export, llama-cpp-python), with the bandwidth each reaches for its bytes (the peer cell is empty and the
+  note says why when llama-cpp-python is not installed);
+- the CPU kernels chosen for the linear layers (engine/cpu_kernels.py; --kernel or PIXTRAL_KERNEL to force).
 The machine is shared and noisy: compare ratios from one run, not absolute times across runs.
 """
 
@@ -37,6 +39,7 @@ from pixtral.checkpoint.loader import convert, load_model
 from pixtral.checkpoint.random_init import create_random_checkpoint
 from pixtral.config import preset
 from pixtral.engine import Engine, SamplingParams
+from pixtral.engine.cpu_kernels import KERNELS, apply_cpu_kernels_, cpu_model_name
 from pixtral.engine.device import default_dtype, resolve_device
 from pixtral.engine.scheduler import Finished, SchedulerConfig
 from pixtral.prompt.tokenizer import load_tokenizer
@@ -59,13 +62,23 @@ def best_of(fn, repeat: int = 3) -> float:
     return min(times)
 
 
-def machine_limits(device: torch.device | str | None = None, read_gib: float = 1.0) -> dict[str, float]:
+def machine_limits(
+    device: torch.device | str | None = None, read_gib: float = 1.0, dtype: torch.dtype = torch.float32
+) -> dict[str, float]:
+    """Read bandwidth (sum of read_gib GiB of float32) and 2048² matmul FLOP/s in float32 and, when `dtype`
+    is another, in that dtype too ("matmul_gflops_dtype"; bfloat16 on AMX is several times float32)."""
     device = torch.device(device) if device is not None else torch.get_default_device()
     x = torch.ones(int(read_gib * 1024**3) // 4, device=device)  # read_gib GiB of float32
     read = x.numel() * 4 / best_of(lambda: x.sum())
-    a, b = torch.randn(2048, 2048, device=device), torch.randn(2048, 2048, device=device)
-    flops = 2 * 2048**3 / best_of(lambda: a @ b)
-    return {"read_bandwidth_gbs": read / 1e9, "matmul_gflops": flops / 1e9}
+    x = None  # free it before the matmuls
+    out = {"read_bandwidth_gbs": read / 1e9}
+    for key, dt in (("matmul_gflops", torch.float32), ("matmul_gflops_dtype", dtype)):
+        a, b = (
+            torch.randn(2048, 2048, device=device, dtype=dt),
+            torch.randn(2048, 2048, device=device, dtype=dt),
+        )
+        out[key] = 2 * 2048**3 / best_of(lambda a=a, b=b: a @ b) / 1e9
+    return out
 
 
 def image_pixels(side_w: int, side_h: int, seed: int) -> np.ndarray:
@@ -168,9 +181,9 @@ def bench_ttft(engine: Engine, hf, limits) -> list[dict]:
             "note": f"preprocessing {1e3 * t_pre:.0f} ms, vision {1e3 * t_vis:.0f} ms, prefill {1e3 * t_fill:.0f} ms",
         },
         {
-            "what": "prefill achieved GFLOP/s (decoder only)",
+            "what": f"prefill achieved GFLOP/s (decoder only; limit: {model.dtype} 2048² matmul)",
             "ours": flops / t_fill / 1e9,
-            "limit": limits["matmul_gflops"],
+            "limit": limits.get("matmul_gflops_dtype", limits["matmul_gflops"]),
         },
     ]
 
@@ -242,28 +255,80 @@ def bench_decode(engine: Engine, hf, limits, n_tokens: int) -> list[dict]:
     return rows
 
 
-def bench_int8_vs_llama_cpp(native: Path, tmp: Path, n_tokens: int) -> list[dict]:
-    """Batch-1 decode at 8 bits on the same weights: our int8 engine beside llama.cpp's Q8_0 (llama-cpp-python,
-    the GGUF written by our exporter). A row says why when llama.cpp or the gguf package is missing."""
-    what = "decode tokens/s, batch 1, int8 (peer: llama.cpp Q8_0, same weights)"
+LLAMA_CPP_PEERS = (("int8", 128, "q8_0"), ("int4", 32, "q4_0"))  # ours (mode, group) beside llama.cpp's type
+
+
+def bench_quantized_vs_llama_cpp(
+    native: Path, tmp: Path, n_tokens: int, limits: dict, kernel: str | None = None, rounds: int = 3
+) -> list[dict]:
+    """Batch-1 decode of our int8 and int4 (group 32) engines beside llama.cpp's Q8_0 and Q4_0 on the same
+    weights (llama-cpp-python; Q8_0 is our exporter's GGUF, Q4_0 that GGUF's f16 twin quantized by llama.cpp's
+    own `llama_model_quantize`). Ours and the peer alternate for `rounds` rounds; each figure is the median.
+    Rows say why when llama-cpp-python is missing."""
+    from pixtral.engine.quantize import decoder_bytes_per_token, load_quantized
+
     try:
         import llama_cpp
     except ImportError:
-        return [{"what": what, "ours": float("nan"), "note": "skipped: llama-cpp-python is not installed "
-                 "(pip install llama-cpp-python builds llama.cpp from source, several minutes)"}]  # fmt: skip
-    from pixtral.checkpoint.gguf_export import export_gguf
-    from pixtral.engine.quantize import load_quantized
+        llama_cpp = None
+    if llama_cpp is not None:
+        from pixtral.checkpoint.gguf_export import export_gguf
 
-    gguf_path = tmp / "model-q8_0.gguf"
-    export_gguf(native, gguf_path, "q8_0", mmproj=False)
-    model, _, _ = load_quantized(native, "int8", dtype="float32")
-    engine = Engine(model, load_tokenizer(None), scheduler=SchedulerConfig(max_batch=1))
-    ours, _ = decode_rate(engine, 1, n_tokens)
-    engine.close()
-    del engine, model
-    llm = llama_cpp.Llama(
-        model_path=str(gguf_path), n_ctx=256, n_threads=torch.get_num_threads(), verbose=False
-    )
+        export_gguf(native, tmp / "model-q8_0.gguf", "q8_0", mmproj=False)
+        export_gguf(native, tmp / "model-f16.gguf", "f16", mmproj=False)
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
+        params.nthread = torch.get_num_threads()
+        llama_cpp.llama_model_quantize(
+            str(tmp / "model-f16.gguf").encode(), str(tmp / "model-q4_0.gguf").encode(), params
+        )
+        (tmp / "model-f16.gguf").unlink()
+    rows = []
+    for mode, group, peer_type in LLAMA_CPP_PEERS:
+        label = f"{mode}{'' if mode == 'int8' else f' g{group}'}"
+        what = f"decode tokens/s, batch 1, {label} (peer: llama.cpp {peer_type.upper()}, same weights)"
+        model, _, _ = load_quantized(native, mode, dtype="float32", group_size=group)
+        choice = apply_cpu_kernels_(model, kernel)
+        per_token = decoder_bytes_per_token(model)
+        engine = Engine(model, load_tokenizer(None), scheduler=SchedulerConfig(max_batch=1))
+        ours, peer = [], []
+        llm = None
+        if llama_cpp is not None:
+            llm = llama_cpp.Llama(
+                model_path=str(tmp / f"model-{peer_type}.gguf"),
+                n_ctx=256,
+                n_threads=torch.get_num_threads(),
+                verbose=False,
+            )
+        for _ in range(rounds):
+            ours.append(decode_rate(engine, 1, n_tokens)[0])
+            if llm is not None:
+                peer.append(_llama_cpp_decode_rate(llm, n_tokens))
+        engine.close()
+        del engine, model
+        note = f"kernel {choice.by_kind.get(mode)}; {per_token / 1e9:.3f} GB read per token"
+        if llm is None:
+            note += (
+                "; peer skipped: llama-cpp-python is not installed (pip install llama-cpp-python builds it)"
+            )
+        else:
+            llm.close()
+            note += f"; llama-cpp-python {llama_cpp.__version__}"
+        rate = float(np.median(ours))
+        rows.append(
+            {"what": what, "ours": rate, "peer": float(np.median(peer)) if peer else None, "note": note}
+        )
+        rows.append(
+            {
+                "what": f"{label} decode effective bandwidth GB/s (quantized bytes read per token × tok/s)",
+                "ours": per_token * rate / 1e9,
+                "limit": limits["read_bandwidth_gbs"],
+            }
+        )
+    return rows
+
+
+def _llama_cpp_decode_rate(llm, n_tokens: int) -> float:
     prompt = [1, 3, 22177, 1044, 4]
 
     def decode() -> None:
@@ -276,9 +341,7 @@ def bench_int8_vs_llama_cpp(native: Path, tmp: Path, n_tokens: int) -> list[dict
         llm.reset()
         llm.eval(prompt)
 
-    peer = n_tokens / (best_of(decode, 2) - best_of(prefill, 2))
-    llm.close()
-    return [{"what": what, "ours": ours, "peer": peer, "note": f"llama-cpp-python {llama_cpp.__version__}"}]
+    return n_tokens / (best_of(decode, 1) - best_of(prefill, 2))
 
 
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
@@ -305,6 +368,12 @@ def _add_arguments(ap: argparse.ArgumentParser) -> None:
         default=32,
         help="decoded tokens per measurement, at least 2 (default 32)",
     )
+    ap.add_argument(
+        "--kernel",
+        choices=KERNELS,
+        default=None,
+        help="CPU kernels of the linear layers (engine/cpu_kernels.py; default: $PIXTRAL_KERNEL, else auto)",
+    )
     ap.add_argument("--no-peer", action="store_true", help="skip transformers")
     ap.add_argument("--json", type=Path, help="also write the results here")
 
@@ -320,11 +389,12 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     args.dtype = args.dtype or default_dtype(device)
     dtype = getattr(torch, args.dtype)
-    limits = machine_limits(device)
+    limits = machine_limits(device, dtype=dtype)
     with tempfile.TemporaryDirectory() as tmp:
         native = Path(tmp) / "native"
         create_random_checkpoint(native, preset(args.preset), dtype=dtype)
         model, ckpt = load_model(native, dtype=dtype, device=device)
+        kernels = apply_cpu_kernels_(model, args.kernel) if device.type == "cpu" else None
         engine = Engine(
             model,
             load_tokenizer(None),
@@ -349,14 +419,18 @@ def run(args: argparse.Namespace) -> int:
         engine.close()
         del hf, engine
         if not args.no_peer and device.type == "cpu":  # llama.cpp here is the CPU build
-            rows += bench_int8_vs_llama_cpp(native, Path(tmp), args.tokens)
+            rows += bench_quantized_vs_llama_cpp(native, Path(tmp), args.tokens, limits, args.kernel)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print(
         f"\n{args.preset} preset ({model.config.num_parameters()['total'] / 1e9:.2f} B params), {args.dtype}, "
         f"on {device}, "
         f"{torch.get_num_threads()} threads; measured read bandwidth {limits['read_bandwidth_gbs']:.1f} GB/s, "
-        f"fp32 matmul {limits['matmul_gflops']:.0f} GFLOP/s; peak RSS {peak_gb:.1f} GB (both models)\n"
+        f"fp32 matmul {limits['matmul_gflops']:.0f} GFLOP/s, {args.dtype} matmul "
+        f"{limits['matmul_gflops_dtype']:.0f} GFLOP/s; peak RSS {peak_gb:.1f} GB (both models)"
     )
+    if kernels is not None:
+        print(f"{cpu_model_name()}; {kernels}")
+    print()
     print("| measurement | pixtral | peer (transformers; llama.cpp where named) | speed-up | limit | note |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -376,6 +450,7 @@ def run(args: argparse.Namespace) -> int:
                     "device": str(device),
                     "limits": limits,
                     "peak_rss_gb": peak_gb,
+                    "kernels": None if kernels is None else str(kernels),
                     "rows": rows,
                 },
                 indent=2,

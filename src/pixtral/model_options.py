@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from pixtral.argtypes import add_threads_option
+from pixtral.engine.cpu_kernels import KERNELS
 from pixtral.engine.quantize import GROUP_SIZES
 
 
@@ -38,6 +39,13 @@ def add_load_options(p: argparse.ArgumentParser, threads_help: str) -> None:
         default=128,
         help=f"int4 group size: {', '.join(map(str, GROUP_SIZES))} (default 128)",
     )
+    p.add_argument(
+        "--kernel",
+        choices=KERNELS,
+        default=None,
+        help="CPU kernels of the linear layers: auto (by the CPU's flags), onednn (packed bfloat16, int8 x int8 "
+        "with VNNI/AMX) or aten (PyTorch's default ops); default: $PIXTRAL_KERNEL, else auto",
+    )
     add_threads_option(p, threads_help)
 
 
@@ -55,5 +63,6 @@ def load_engine(args: argparse.Namespace, **engine_options):
         device=args.device,
         quantize=args.quantize,
         group_size=args.group_size,
+        kernel=args.kernel,
         **engine_options,
     )

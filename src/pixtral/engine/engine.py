@@ -81,6 +81,7 @@ class Engine:
         self.eos_id = model.config.eos_id
         self.scheduler = Scheduler(model, scheduler)
         self.system_prompt: str | None = None  # the model folder's SYSTEM_PROMPT.txt, for chats without one
+        self.kernels = None  # the CPU kernels chosen by Engine.load (engine/cpu_kernels.KernelChoice)
         self.think_ids = think_token_ids(tokenizer)  # ([THINK], [/THINK]) of reasoning models, else None
         self._grammars: Grammars | None = None  # structured output's compiler, built on first use
         self.thread_safe = True  # generate/stream may be called from many threads at once (they batch)
@@ -98,6 +99,7 @@ class Engine:
         max_image_tokens: int | None = None,
         quantize: str | None = None,
         group_size: int = 128,
+        kernel: str | None = None,
     ) -> Engine:
         """A model folder (native or HF format), a hub id, or None for the bundled default model.
 
@@ -105,7 +107,9 @@ class Engine:
         float32 on the CPU. Everything the engine makes afterwards (KV caches, ids, image tensors, sampling
         generators) is made on the model's device.
         quantize "int8" | "int4": the decoder's linear layers are quantized while loading (engine/quantize.py),
-        for the kernels of that device; `dtype` is then the dtype of everything else."""
+        for the kernels of that device; `dtype` is then the dtype of everything else.
+        kernel "auto" | "onednn" | "aten" (None: $PIXTRAL_KERNEL, else auto): the CPU kernels of the linear
+        layers (engine/cpu_kernels.py); the choice is in `engine.kernels`."""
         path = default_model_path() if model is None else model
         where = resolve_device(device)
         dtype = dtype or default_dtype(where)
@@ -115,6 +119,11 @@ class Engine:
             net, ckpt, _ = load_quantized(path, quantize, dtype=dtype, group_size=group_size, device=where)
         else:
             net, ckpt = load_model(path, dtype=dtype, device=where)
+        kernels = None
+        if where.type == "cpu":
+            from pixtral.engine.cpu_kernels import apply_cpu_kernels_
+
+            kernels = apply_cpu_kernels_(net, kernel)
         tokenizer = load_tokenizer(ckpt.folder, net.config)
         vocab = tokenizer.instruct_tokenizer.tokenizer.n_words
         if vocab > net.config.text.vocab_size:
@@ -134,6 +143,7 @@ class Engine:
             max_image_tokens=max_image_tokens,
         )
         engine.system_prompt = system_prompt
+        engine.kernels = kernels
         return engine
 
     def close(self) -> None:
