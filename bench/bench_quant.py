@@ -156,8 +156,8 @@ def load_variant(path: Path, mode: str):
 
 def bench_model(config, tokens: int, modes: list[str], rounds: int) -> list[dict]:
     """Every mode loaded at once, then `rounds` rounds of batch-1 decode (8-token prompt, `tokens` tokens
-    with the KV cache) taken in turn, so that each mode sees the same machine load; per mode the median
-    over rounds of each round's median step time."""
+    with the KV cache), the modes stepping in turn; per mode the median step time over all rounds, and
+    per mode its speed relative to float32 (or the first mode) step by step (median of the ratios)."""
     from pixtral.checkpoint.streaming_init import write_random_checkpoint_streaming
     from pixtral.engine.quantize import decoder_bytes_per_token
     from pixtral.model.kv_cache import SequenceKVCache
@@ -170,31 +170,38 @@ def bench_model(config, tokens: int, modes: list[str], rounds: int) -> list[dict
         shutil.rmtree(tmp, ignore_errors=True)
     ids = torch.randint(1000, config.text.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0))
     steps: dict[str, list[float]] = {m: [] for m in modes}
-
-    def decode(model) -> float:
-        cache = SequenceKVCache.for_model(model, 8 + tokens + 1)
-        times = []
-        logits = model(ids, caches=[cache], last_only=True)[:, -1]
-        for _ in range(tokens):
-            tok = logits.argmax(-1)
-            t0 = time.perf_counter()
-            logits = model(tok[:, None], caches=[cache])[:, -1]
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-
     with torch.inference_mode():
         for r in range(rounds):
+            # every mode prefills, then they decode in lockstep: one step each in turn, so that a change of
+            # machine load hits all of them alike (the shared machine's load changes by the second)
+            state = {}
             for mode, (model, _) in models.items():
-                steps[mode].append(decode(model))
+                cache = SequenceKVCache.for_model(model, 8 + tokens + 1)
+                state[mode] = (cache, model(ids, caches=[cache], last_only=True)[:, -1])
+            for _ in range(tokens):
+                for mode, (model, _) in models.items():
+                    cache, logits = state[mode]
+                    tok = logits.argmax(-1)
+                    t0 = time.perf_counter()
+                    logits = model(tok[:, None], caches=[cache])[:, -1]
+                    steps[mode].append(time.perf_counter() - t0)
+                    state[mode] = (cache, logits)
             print(
                 json.dumps(
-                    {"step": "round", "round": r, **{m: round(1 / t[-1], 2) for m, t in steps.items()}}
+                    {
+                        "step": "round",
+                        "round": r,
+                        **{m: round(1 / statistics.median(t[-tokens:]), 2) for m, t in steps.items()},
+                    }
                 )
             )
+            del state
     rows = []
+    first = steps[modes[0]]
     for mode, (model, choice) in models.items():
         per_token = decoder_bytes_per_token(model)
         t = statistics.median(steps[mode])
+        speedup = statistics.median(a / b for a, b in zip(first, steps[mode], strict=True))
         rows.append(
             {
                 "mode": mode,
@@ -202,6 +209,7 @@ def bench_model(config, tokens: int, modes: list[str], rounds: int) -> list[dict
                 "bytes_per_token_gb": per_token / 1e9,
                 "tok_per_s": 1 / t,
                 "gb_per_s": per_token / t / 1e9,
+                f"speedup_vs_{modes[0]}": speedup,
             }
         )
         print(json.dumps({"step": "model", **rows[-1]}), flush=True)
@@ -219,6 +227,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-model", action="store_true", help="skip the whole-model decode")
+    ap.add_argument("--no-stack", action="store_true", help="skip the linear stack")
     ap.add_argument(
         "--modes",
         default="float32,bfloat16@aten,bfloat16@onednn,int8@aten,int8@onednn,int4-g32",
@@ -236,7 +245,7 @@ def main() -> None:
     config = preset(args.preset)
     bw = read_bandwidth()
     print(json.dumps({"step": "machine", "read_gb_per_s": round(bw, 2), "threads": args.threads}), flush=True)
-    stack = bench_stack(config, args.variants.split(","), args.reps)
+    stack = [] if args.no_stack else bench_stack(config, args.variants.split(","), args.reps)
     model = [] if args.no_model else bench_model(config, args.tokens, args.modes.split(","), args.rounds)
     bw_after = read_bandwidth()
     print(f"\nread bandwidth: {bw:.1f} GB/s before, {bw_after:.1f} GB/s after ({args.threads} threads)\n")
@@ -248,10 +257,15 @@ def main() -> None:
         )
     if model:
         print(f"\nwhole '{args.preset}' model, batch-1 decode with the KV cache:")
-        print("| weights | GB read/token | tok/s | GB/s | % of read bandwidth |\n|---|---|---|---|---|")
+        first = args.modes.split(",")[0]
+        print(
+            f"| weights@kernel | GB read/token | tok/s | GB/s | % of read bandwidth | × {first} (step by step) |"
+        )
+        print("|---|---|---|---|---|---|")
         for r in model:
             print(
-                f"| {r['mode']} | {r['bytes_per_token_gb']:.3f} | {r['tok_per_s']:.2f} | {r['gb_per_s']:.1f} | {100 * r['gb_per_s'] / bw:.0f}% |"
+                f"| {r['mode']} | {r['bytes_per_token_gb']:.3f} | {r['tok_per_s']:.2f} | {r['gb_per_s']:.1f} | "
+                f"{100 * r['gb_per_s'] / max(bw, bw_after):.0f}% | {r[f'speedup_vs_{first}']:.2f}× |"
             )
     if args.json:
         args.json.write_text(

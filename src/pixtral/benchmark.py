@@ -374,7 +374,12 @@ def _add_arguments(ap: argparse.ArgumentParser) -> None:
         default=None,
         help="CPU kernels of the linear layers (engine/cpu_kernels.py; default: $PIXTRAL_KERNEL, else auto)",
     )
-    ap.add_argument("--no-peer", action="store_true", help="skip transformers")
+    ap.add_argument("--no-peer", action="store_true", help="skip transformers and llama.cpp")
+    ap.add_argument(
+        "--quantized-only",
+        action="store_true",
+        help="only the int8 / int4 decode rows beside llama.cpp (CPU; skips the float model's rows)",
+    )
     ap.add_argument("--json", type=Path, help="also write the results here")
 
 
@@ -393,36 +398,17 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         native = Path(tmp) / "native"
         create_random_checkpoint(native, preset(args.preset), dtype=dtype)
-        model, ckpt = load_model(native, dtype=dtype, device=device)
-        kernels = apply_cpu_kernels_(model, args.kernel) if device.type == "cpu" else None
-        engine = Engine(
-            model,
-            load_tokenizer(None),
-            model_name=args.preset,
-            scheduler=SchedulerConfig(kv_budget_bytes=8 * 1024**3, max_batch=32),
-        )
-        hf = None
-        if not args.no_peer:
-            import transformers
-
-            convert(native, Path(tmp) / "hf", "hf")
-            hf = (
-                transformers.LlavaForConditionalGeneration.from_pretrained(Path(tmp) / "hf", dtype=dtype)
-                .eval()
-                .to(device)
-            )
-        rows = (
-            bench_vision(model, hf, dtype)
-            + bench_ttft(engine, hf, limits)
-            + bench_decode(engine, hf, limits, args.tokens)
-        )
-        engine.close()
-        del hf, engine
-        if not args.no_peer and device.type == "cpu":  # llama.cpp here is the CPU build
+        kernels, rows = None, []
+        if not args.quantized_only:
+            model, _ = load_model(native, dtype=dtype, device=device)
+            kernels = apply_cpu_kernels_(model, args.kernel) if device.type == "cpu" else None
+            rows = _engine_rows(args, model, native, Path(tmp), device, dtype, limits)
+            del model
+        if (args.quantized_only or not args.no_peer) and device.type == "cpu":  # llama.cpp: a CPU build
             rows += bench_quantized_vs_llama_cpp(native, Path(tmp), args.tokens, limits, args.kernel)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print(
-        f"\n{args.preset} preset ({model.config.num_parameters()['total'] / 1e9:.2f} B params), {args.dtype}, "
+        f"\n{args.preset} preset ({preset(args.preset).num_parameters()['total'] / 1e9:.2f} B params), {args.dtype}, "
         f"on {device}, "
         f"{torch.get_num_threads()} threads; measured read bandwidth {limits['read_bandwidth_gbs']:.1f} GB/s, "
         f"fp32 matmul {limits['matmul_gflops']:.0f} GFLOP/s, {args.dtype} matmul "
@@ -456,6 +442,33 @@ def run(args: argparse.Namespace) -> int:
                 indent=2,
             )
         )
+
+
+def _engine_rows(args, model, native: Path, tmp: Path, device, dtype, limits) -> list[dict]:
+    """Vision, TTFT/prefill and decode rows of `model`, beside transformers unless --no-peer."""
+    engine = Engine(
+        model,
+        load_tokenizer(None),
+        model_name=args.preset,
+        scheduler=SchedulerConfig(kv_budget_bytes=8 * 1024**3, max_batch=32),
+    )
+    hf = None
+    if not args.no_peer:
+        import transformers
+
+        convert(native, tmp / "hf", "hf")
+        hf = (
+            transformers.LlavaForConditionalGeneration.from_pretrained(tmp / "hf", dtype=dtype)
+            .eval()
+            .to(device)
+        )
+    rows = (
+        bench_vision(model, hf, dtype)
+        + bench_ttft(engine, hf, limits)
+        + bench_decode(engine, hf, limits, args.tokens)
+    )
+    engine.close()
+    return rows
 
 
 def _number(x: float) -> str:

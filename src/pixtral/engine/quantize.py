@@ -557,7 +557,7 @@ def decoder_bytes_per_token(model: Pixtral) -> int:
     for name, module in model.named_modules():
         if name.startswith(("vision_encoder", "vision_language_adapter")):
             continue
-        if isinstance(module, _QuantizedLinear):
+        if hasattr(module, "weight_bytes"):  # quantized or packed (engine/cpu_kernels.py) linears
             total += module.weight_bytes()
         elif isinstance(module, (nn.Linear, RMSNorm)):
             total += sum(p.numel() * p.element_size() for p in module.parameters(recurse=False))
