@@ -291,29 +291,21 @@ def bench_quantized_vs_llama_cpp(
         choice = apply_cpu_kernels_(model, kernel)
         per_token = decoder_bytes_per_token(model)
         engine = Engine(model, load_tokenizer(None), scheduler=SchedulerConfig(max_batch=1))
-        ours, peer = [], []
-        llm = None
-        if llama_cpp is not None:
-            llm = llama_cpp.Llama(
-                model_path=str(tmp / f"model-{peer_type}.gguf"),
-                n_ctx=256,
-                n_threads=torch.get_num_threads(),
-                verbose=False,
-            )
+        ours, peer, how = [], [], ""
         for _ in range(rounds):
             ours.append(decode_rate(engine, 1, n_tokens)[0])
-            if llm is not None:
-                peer.append(_llama_cpp_decode_rate(llm, n_tokens))
+            if llama_cpp is not None:
+                rate, how = _llama_cpp_decode_rate(tmp / f"model-{peer_type}.gguf", n_tokens)
+                peer.append(rate)
         engine.close()
         del engine, model
         note = f"kernel {choice.by_kind.get(mode)}; {per_token / 1e9:.3f} GB read per token"
-        if llm is None:
+        if llama_cpp is None:
             note += (
                 "; peer skipped: llama-cpp-python is not installed (pip install llama-cpp-python builds it)"
             )
         else:
-            llm.close()
-            note += f"; llama-cpp-python {llama_cpp.__version__}"
+            note += f"; llama-cpp-python {llama_cpp.__version__} ({how}), in a child process, alternating with ours"
         rate = float(np.median(ours))
         rows.append(
             {"what": what, "ours": rate, "peer": float(np.median(peer)) if peer else None, "note": note}
@@ -328,20 +320,58 @@ def bench_quantized_vs_llama_cpp(
     return rows
 
 
-def _llama_cpp_decode_rate(llm, n_tokens: int) -> float:
-    prompt = [1, 3, 22177, 1044, 4]
+_LLAMA_CPP_DECODE = r"""
+import sys, time
+import llama_cpp
+import llama_cpp.llama
+path, n_tokens, threads, extra = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+default_params = llama_cpp.llama_model_default_params
+def model_params():
+    p = default_params()
+    p.use_extra_bufts = extra  # llama.cpp's repacked (AMX / AVX-512) weight buffers
+    return p
+llama_cpp.llama.llama_cpp.llama_model_default_params = model_params
+llm = llama_cpp.Llama(model_path=path, n_ctx=256, n_threads=threads, verbose=False)
+prompt = [1, 3, 22177, 1044, 4]
+def timed(n):
+    llm.reset()
+    llm.eval(prompt)
+    t = time.perf_counter()
+    for _ in range(n):
+        llm.eval([22177])  # the token fed does not change the work per step
+    return time.perf_counter() - t
+timed(2)  # warm-up
+print(n_tokens / timed(n_tokens))
+llm.close()
+"""
 
-    def decode() -> None:
-        llm.reset()
-        llm.eval(prompt)
-        for _ in range(n_tokens):
-            llm.eval([22177])  # the token fed does not change the work per step
 
-    def prefill() -> None:
-        llm.reset()
-        llm.eval(prompt)
+def _llama_cpp_decode_rate(gguf: Path, n_tokens: int) -> tuple[float, str]:
+    """llama.cpp's batch-1 decode tokens/s, in a child process (llama.cpp's crashes, below, stay there), and
+    how it ran: with llama.cpp's repacked weight buffers (its AMX / AVX-512 paths) when they work, else
+    without them (llama-cpp-python 0.3.36 built here with GGML_NATIVE segfaults in llama_decode with them
+    on some shapes: the 'tiny' preset's Q8_0)."""
+    import subprocess
+    import sys
 
-    return n_tokens / (best_of(decode, 1) - best_of(prefill, 2))
+    for extra in ("1", "0"):
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _LLAMA_CPP_DECODE,
+                str(gguf),
+                str(n_tokens),
+                str(torch.get_num_threads()),
+                extra,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if out.returncode == 0:
+            how = "repacked weights" if extra == "1" else "plain weights (repacked buffers crashed)"
+            return float(out.stdout.strip().splitlines()[-1]), how
+    raise RuntimeError(f"llama.cpp failed on {gguf}: {out.stderr[-2000:]}")
 
 
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
