@@ -108,7 +108,26 @@ def test_tied_output_is_not_copied():
     choice = apply_cpu_kernels_(model, "onednn")
     assert isinstance(model.layers[0].attention.wq, PackedBF16Linear)
     assert isinstance(model.output, nn.Linear) and model.output.weight is model.tok_embeddings.weight
-    assert choice.by_kind["bfloat16"] == "onednn"
+    assert choice.by_kind["bfloat16"] == "aten (weight shared with the embedding) + onednn"
+    assert choice.layers["aten (weight shared with the embedding)"] == 1
+
+
+@needs_onednn
+def test_auto_keeps_small_int8_layers_on_aten(monkeypatch):
+    """oneDNN's int8 linear is slow on narrow layers (64 x 2048: ~300x ATen's kernel here): auto takes it only
+    for layers of >= 1024 outputs and >= 2 M weights; a forced onednn takes every layer."""
+    import pixtral.engine.cpu_kernels as ck
+
+    monkeypatch.setattr(ck, "cpu_flags", lambda: frozenset({"avx512_vnni"}))
+    monkeypatch.delenv("PIXTRAL_KERNEL", raising=False)
+    model = nn.Sequential(
+        Int8Linear.from_weight(torch.randn(1024, 2048)), Int8Linear.from_weight(torch.randn(64, 1024))
+    )
+    choice = apply_cpu_kernels_(model, "auto")
+    assert (model[0].kernel, model[1].kernel) == ("onednn", "aten")
+    assert choice.layers == {"onednn": 1, "aten (small int8 layer)": 1}
+    apply_cpu_kernels_(model, "onednn")
+    assert model[1].kernel == "onednn"
 
 
 # ---- the demo model's README sample through every path ------------------------------------------

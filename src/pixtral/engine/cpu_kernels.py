@@ -17,7 +17,8 @@ Kernels (every one from PyTorch's own libraries: ATen, MKL, oneDNN; nothing hand
   - int4 weights: no oneDNN kernel is reachable from PyTorch: int4 layers stay on "aten".
 
 `auto` picks "onednn" for a dtype when the CPU has the instructions that make it fast (int8: AVX512_VNNI,
-AVX_VNNI or AMX-INT8; bfloat16: AVX512_BF16 or AMX-BF16) and PyTorch was built with oneDNN, else "aten".
+AVX_VNNI or AMX-INT8; bfloat16: AVX512_BF16 or AMX-BF16) and PyTorch was built with oneDNN, else "aten";
+int8 layers narrower than 1024 outputs or under 2 M weights stay on "aten" under `auto` (measured slower).
 Float32 weights always use "aten" (MKL's sgemm/sgemv already read at the memory rate). Override with
 `--kernel` or the PIXTRAL_KERNEL environment variable. Choices were measured by bench/bench_quant.py.
 """
@@ -135,13 +136,21 @@ class PackedBF16Linear(nn.Module):
 @dataclass
 class KernelChoice:
     kernel: str  # what was asked: auto, onednn or aten
-    by_kind: dict[str, str] = field(default_factory=dict)  # weight kind -> kernel used
+    by_kind: dict[str, str] = field(default_factory=dict)  # weight kind -> kernel(s) used, " + "-joined
     layers: dict[str, int] = field(default_factory=dict)  # kernel -> number of linear layers on it
 
     def __str__(self) -> str:
         used = ", ".join(f"{k} {v}" for k, v in self.by_kind.items()) or "no linear layers"
         counts = ", ".join(f"{n} on {k}" for k, n in self.layers.items())
         return f"CPU kernels: {used} (asked: {self.kernel}; linear layers: {counts})"
+
+
+def _int8_onednn_pays(out_features: int, in_features: int) -> bool:
+    """oneDNN's int8 linear is slow on narrow layers here (one row into 64 x 2048: 7.3 ms, against 25 us for
+    `_weight_int8pack_mm`; 128 x 128: 1 ms) and no faster than ATen's kernel on small ones, where the
+    activation quantization's ~60 us of small ops outweighs the weight read. `auto` keeps such layers on
+    ATen; a forced `onednn` takes every layer (tests exercise the path on tiny models)."""
+    return out_features >= 1024 and out_features * in_features >= 1 << 21
 
 
 def _kind(module: nn.Module) -> str | None:
@@ -171,7 +180,6 @@ def apply_cpu_kernels_(model: nn.Module, kernel: str | None = "auto") -> KernelC
         if any(t.device.type != "cpu" for t in [*module.parameters(), *module.buffers()]):
             continue  # these are CPU kernels
         used = resolve(kind, choice.kernel)
-        choice.by_kind[kind] = used
         if used == "onednn" and kind == "bfloat16":
             if id(module.weight) in shared:
                 used = "aten (weight shared with the embedding)"
@@ -179,6 +187,13 @@ def apply_cpu_kernels_(model: nn.Module, kernel: str | None = "auto") -> KernelC
                 parent, _, child = name.rpartition(".")
                 setattr(model.get_submodule(parent) if parent else model, child, PackedBF16Linear(module))
         elif used == "onednn" and kind == "int8":
-            module.use_onednn()
+            if choice.kernel == "auto" and not _int8_onednn_pays(module.out_features, module.in_features):
+                used = "aten (small int8 layer)"
+            else:
+                module.use_onednn()
         choice.layers[used] = choice.layers.get(used, 0) + 1
+        seen = choice.by_kind.get(kind)
+        choice.by_kind[kind] = (
+            used if seen in (None, used) else " + ".join(sorted({*seen.split(" + "), used}))
+        )
     return choice

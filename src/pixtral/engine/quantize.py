@@ -268,12 +268,12 @@ class Int8Linear(_QuantizedLinear):
         y = (q1 W^T) s1 + (q2 W^T) s2, with oneDNN applying the weight's per-channel scales."""
         x = x.float()
         m = x.shape[0]
-        s1 = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30).div_(127.0)  # (M, 1)
-        q1 = torch.round(x / s1)  # |q1| <= 127
-        s2 = s1 / 254.0
-        q2 = torch.round((x - q1 * s1).div_(s2))  # |q2| <= 127
+        amax = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)  # (M, 1); s1 = amax / 127
+        y = x * (127.0 / amax)  # x / s1, |y| <= 127
+        q1 = torch.round(y)
+        q2 = y.sub_(q1).mul_(254.0).round_()  # (x - q1 s1) / s2 with s2 = s1 / 254: |q2| <= 127
         q = torch.cat([q1, q2]).to(torch.int8)  # (2M, K)
-        y = torch.ops.onednn.qlinear_pointwise(
+        out = torch.ops.onednn.qlinear_pointwise(
             q,
             1.0,
             0,
@@ -288,7 +288,7 @@ class Int8Linear(_QuantizedLinear):
             [],
             "",
         )  # (2M, N)
-        return y[:m].mul_(s1).add_(y[m:].mul_(s2))
+        return out[:m].add_(out[m:], alpha=1.0 / 254.0).mul_(amax / 127.0)  # (q1 + q2 / 254) W^T s1
 
     @classmethod
     def from_weight(
