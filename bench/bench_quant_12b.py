@@ -24,6 +24,7 @@ _LOAD_AND_DECODE = r"""
 import json, sys, time, torch
 torch.set_num_threads(int(sys.argv[5]))
 path, mode, n_tokens, prompt_len = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+kernel = sys.argv[6]
 def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
@@ -33,6 +34,8 @@ from pixtral.model.kv_cache import SequenceKVCache
 base = status("VmRSS")
 t0 = time.perf_counter()
 model, ckpt, summary = load_quantized(path, mode, dtype="bfloat16")
+from pixtral.engine.cpu_kernels import apply_cpu_kernels_
+kernels = apply_cpu_kernels_(model, kernel)  # as Engine.load does on the CPU
 load_s = time.perf_counter() - t0
 peak_load = status("VmHWM")
 params_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
@@ -40,7 +43,7 @@ per_token = decoder_bytes_per_token(model)
 print(json.dumps({"step": "load", "mode": mode, "load_s": round(load_s, 1), "rss_before_load_gib": round(base / 2**30, 3),
                   "peak_rss_gib": round(peak_load / 2**30, 3), "rss_after_load_gib": round(status("VmRSS") / 2**30, 3),
                   "model_bytes_gb": round(params_bytes / 1e9, 3), "decoder_bytes_per_token_gb": round(per_token / 1e9, 3),
-                  "quantized": str(summary)}), flush=True)
+                  "quantized": str(summary), "kernels": str(kernels)}), flush=True)
 cfg = model.config.text
 cache = SequenceKVCache(cfg, prompt_len + n_tokens + 1, torch.bfloat16, model.device)
 ids = torch.randint(1000, cfg.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(0))
@@ -95,6 +98,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=8, help="tokens to decode")
     ap.add_argument("--prompt-len", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--kernel", default="auto", help="CPU kernels: auto, onednn or aten (engine/cpu_kernels.py)")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoint (default: delete it at the end)")
     ap.add_argument("--json", type=Path, help="also write all results here")
     args = ap.parse_args()
@@ -143,6 +147,7 @@ def main() -> None:
                 str(args.tokens),
                 str(args.prompt_len),
                 str(args.threads),
+                args.kernel,
             ],
             stdout=subprocess.PIPE,
             text=True,

@@ -13,8 +13,10 @@ Prints (ours | transformers | ratio | limit):
   weight bytes read per token × tokens/s) beside the measured memory read bandwidth;
 - aggregate decode tokens/s with 8 and 32 concurrent requests (continuous batching);
 - peak RSS.
-- int8 decode at batch 1 beside llama.cpp's Q8_0 on the same weights (our GGUF export, llama-cpp-python;
-  the row says "skipped" when llama-cpp-python is not installed).
+- int8 and int4 (group 32) decode at batch 1 beside llama.cpp's Q8_0 and Q4_0 on the same weights (our GGUF
+  export, llama-cpp-python), with the bandwidth each reaches for its bytes (the peer cell is empty and the
+  note says why when llama-cpp-python is not installed);
+- the CPU kernels chosen for the linear layers (engine/cpu_kernels.py; --kernel or PIXTRAL_KERNEL to force).
 The machine is shared and noisy: compare ratios from one run, not absolute times across runs.
 """
 
@@ -37,6 +39,7 @@ from pixtral.checkpoint.loader import convert, load_model
 from pixtral.checkpoint.random_init import create_random_checkpoint
 from pixtral.config import preset
 from pixtral.engine import Engine, SamplingParams
+from pixtral.engine.cpu_kernels import KERNELS, apply_cpu_kernels_, cpu_model_name
 from pixtral.engine.device import default_dtype, resolve_device
 from pixtral.engine.scheduler import Finished, SchedulerConfig
 from pixtral.prompt.tokenizer import load_tokenizer
@@ -60,13 +63,23 @@ def best_of(fn, repeat: int = 3) -> float:
     return min(times)
 
 
-def machine_limits(device: torch.device | str | None = None, read_gib: float = 1.0) -> dict[str, float]:
+def machine_limits(
+    device: torch.device | str | None = None, read_gib: float = 1.0, dtype: torch.dtype = torch.float32
+) -> dict[str, float]:
+    """Read bandwidth (sum of read_gib GiB of float32) and 2048² matmul FLOP/s in float32 and, when `dtype`
+    is another, in that dtype too ("matmul_gflops_dtype"; bfloat16 on AMX is several times float32)."""
     device = torch.device(device) if device is not None else torch.get_default_device()
     x = torch.ones(int(read_gib * 1024**3) // 4, device=device)  # read_gib GiB of float32
     read = x.numel() * 4 / best_of(lambda: x.sum())
-    a, b = torch.randn(2048, 2048, device=device), torch.randn(2048, 2048, device=device)
-    flops = 2 * 2048**3 / best_of(lambda: a @ b)
-    return {"read_bandwidth_gbs": read / 1e9, "matmul_gflops": flops / 1e9}
+    x = None  # free it before the matmuls
+    out = {"read_bandwidth_gbs": read / 1e9}
+    for key, dt in (("matmul_gflops", torch.float32), ("matmul_gflops_dtype", dtype)):
+        a, b = (
+            torch.randn(2048, 2048, device=device, dtype=dt),
+            torch.randn(2048, 2048, device=device, dtype=dt),
+        )
+        out[key] = 2 * 2048**3 / best_of(lambda a=a, b=b: a @ b) / 1e9
+    return out
 
 
 def image_pixels(side_w: int, side_h: int, seed: int) -> np.ndarray:
@@ -169,9 +182,9 @@ def bench_ttft(engine: Engine, hf, limits) -> list[dict]:
             "note": f"preprocessing {1e3 * t_pre:.0f} ms, vision {1e3 * t_vis:.0f} ms, prefill {1e3 * t_fill:.0f} ms",
         },
         {
-            "what": "prefill achieved GFLOP/s (decoder only)",
+            "what": f"prefill achieved GFLOP/s (decoder only; limit: {model.dtype} 2048² matmul)",
             "ours": flops / t_fill / 1e9,
-            "limit": limits["matmul_gflops"],
+            "limit": limits.get("matmul_gflops_dtype", limits["matmul_gflops"]),
         },
     ]
 
@@ -243,43 +256,123 @@ def bench_decode(engine: Engine, hf, limits, n_tokens: int) -> list[dict]:
     return rows
 
 
-def bench_int8_vs_llama_cpp(native: Path, tmp: Path, n_tokens: int) -> list[dict]:
-    """Batch-1 decode at 8 bits on the same weights: our int8 engine beside llama.cpp's Q8_0 (llama-cpp-python,
-    the GGUF written by our exporter). A row says why when llama.cpp or the gguf package is missing."""
-    what = "decode tokens/s, batch 1, int8 (peer: llama.cpp Q8_0, same weights)"
+LLAMA_CPP_PEERS = (("int8", 128, "q8_0"), ("int4", 32, "q4_0"))  # ours (mode, group) beside llama.cpp's type
+
+
+def bench_quantized_vs_llama_cpp(
+    native: Path, tmp: Path, n_tokens: int, limits: dict, kernel: str | None = None, rounds: int = 3
+) -> list[dict]:
+    """Batch-1 decode of our int8 and int4 (group 32) engines beside llama.cpp's Q8_0 and Q4_0 on the same
+    weights (llama-cpp-python; Q8_0 is our exporter's GGUF, Q4_0 that GGUF's f16 twin quantized by llama.cpp's
+    own `llama_model_quantize`). Ours and the peer alternate for `rounds` rounds; each figure is the median.
+    Rows say why when llama-cpp-python is missing."""
+    from pixtral.engine.quantize import decoder_bytes_per_token, load_quantized
+
     try:
         import llama_cpp
     except ImportError:
-        return [{"what": what, "ours": float("nan"), "note": "skipped: llama-cpp-python is not installed "
-                 "(pip install llama-cpp-python builds llama.cpp from source, several minutes)"}]  # fmt: skip
-    from pixtral.checkpoint.gguf_export import export_gguf
-    from pixtral.engine.quantize import load_quantized
+        llama_cpp = None
+    if llama_cpp is not None:
+        from pixtral.checkpoint.gguf_export import export_gguf
 
-    gguf_path = tmp / "model-q8_0.gguf"
-    export_gguf(native, gguf_path, "q8_0", mmproj=False)
-    model, _, _ = load_quantized(native, "int8", dtype="float32")
-    engine = Engine(model, load_tokenizer(None), scheduler=SchedulerConfig(max_num_seqs=1))
-    ours, _ = decode_rate(engine, 1, n_tokens)
-    engine.close()
-    del engine, model
-    llm = llama_cpp.Llama(
-        model_path=str(gguf_path), n_ctx=256, n_threads=torch.get_num_threads(), verbose=False
-    )
-    prompt = [1, 3, 22177, 1044, 4]
+        export_gguf(native, tmp / "model-q8_0.gguf", "q8_0", mmproj=False)
+        export_gguf(native, tmp / "model-f16.gguf", "f16", mmproj=False)
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
+        params.nthread = torch.get_num_threads()
+        llama_cpp.llama_model_quantize(
+            str(tmp / "model-f16.gguf").encode(), str(tmp / "model-q4_0.gguf").encode(), params
+        )
+        (tmp / "model-f16.gguf").unlink()
+    rows = []
+    for mode, group, peer_type in LLAMA_CPP_PEERS:
+        label = f"{mode}{'' if mode == 'int8' else f' g{group}'}"
+        what = f"decode tokens/s, batch 1, {label} (peer: llama.cpp {peer_type.upper()}, same weights)"
+        model, _, _ = load_quantized(native, mode, dtype="float32", group_size=group)
+        choice = apply_cpu_kernels_(model, kernel)
+        per_token = decoder_bytes_per_token(model)
+        engine = Engine(model, load_tokenizer(None), scheduler=SchedulerConfig(max_num_seqs=1))
+        ours, peer, how = [], [], ""
+        for _ in range(rounds):
+            ours.append(decode_rate(engine, 1, n_tokens)[0])
+            if llama_cpp is not None:
+                rate, how = _llama_cpp_decode_rate(tmp / f"model-{peer_type}.gguf", n_tokens)
+                peer.append(rate)
+        engine.close()
+        del engine, model
+        note = f"kernel {choice.by_kind.get(mode)}; {per_token / 1e9:.3f} GB read per token"
+        if llama_cpp is None:
+            note += (
+                "; peer skipped: llama-cpp-python is not installed (pip install llama-cpp-python builds it)"
+            )
+        else:
+            note += f"; llama-cpp-python {llama_cpp.__version__} ({how}), in a child process, alternating with ours"
+        rate = float(np.median(ours))
+        rows.append(
+            {"what": what, "ours": rate, "peer": float(np.median(peer)) if peer else None, "note": note}
+        )
+        rows.append(
+            {
+                "what": f"{label} decode effective bandwidth GB/s (quantized bytes read per token × tok/s)",
+                "ours": per_token * rate / 1e9,
+                "limit": limits["read_bandwidth_gbs"],
+            }
+        )
+    return rows
 
-    def decode() -> None:
-        llm.reset()
-        llm.eval(prompt)
-        for _ in range(n_tokens):
-            llm.eval([22177])  # the token fed does not change the work per step
 
-    def prefill() -> None:
-        llm.reset()
-        llm.eval(prompt)
+_LLAMA_CPP_DECODE = r"""
+import sys, time
+import llama_cpp
+import llama_cpp.llama
+path, n_tokens, threads, extra = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+default_params = llama_cpp.llama_model_default_params
+def model_params():
+    p = default_params()
+    p.use_extra_bufts = extra  # llama.cpp's repacked (AMX / AVX-512) weight buffers
+    return p
+llama_cpp.llama.llama_cpp.llama_model_default_params = model_params
+llm = llama_cpp.Llama(model_path=path, n_ctx=256, n_threads=threads, verbose=False)
+prompt = [1, 3, 22177, 1044, 4]
+def timed(n):
+    llm.reset()
+    llm.eval(prompt)
+    t = time.perf_counter()
+    for _ in range(n):
+        llm.eval([22177])  # the token fed does not change the work per step
+    return time.perf_counter() - t
+timed(2)  # warm-up
+print(n_tokens / timed(n_tokens))
+llm.close()
+"""
 
-    peer = n_tokens / (best_of(decode, 2) - best_of(prefill, 2))
-    llm.close()
-    return [{"what": what, "ours": ours, "peer": peer, "note": f"llama-cpp-python {llama_cpp.__version__}"}]
+
+def _llama_cpp_decode_rate(gguf: Path, n_tokens: int) -> tuple[float, str]:
+    """llama.cpp's batch-1 decode tokens/s, in a child process (llama.cpp's crashes, below, stay there), and
+    how it ran: with llama.cpp's repacked weight buffers (its AMX / AVX-512 paths) when they work, else
+    without them (llama-cpp-python 0.3.36 built here with GGML_NATIVE segfaults in llama_decode with them
+    on some shapes: the 'tiny' preset's Q8_0)."""
+    import subprocess
+    import sys
+
+    for extra in ("1", "0"):
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _LLAMA_CPP_DECODE,
+                str(gguf),
+                str(n_tokens),
+                str(torch.get_num_threads()),
+                extra,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if out.returncode == 0:
+            how = "repacked weights" if extra == "1" else "plain weights (repacked buffers crashed)"
+            return float(out.stdout.strip().splitlines()[-1]), how
+    raise RuntimeError(f"llama.cpp failed on {gguf}: {out.stderr[-2000:]}")
 
 
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
@@ -306,8 +399,19 @@ def _add_arguments(ap: argparse.ArgumentParser) -> None:
         default=32,
         help="decoded tokens per measurement, at least 2 (default 32)",
     )
-    ap.add_argument("--no-peer", action="store_true", help="skip transformers")
+    ap.add_argument(
+        "--kernel",
+        choices=KERNELS,
+        default=None,
+        help="CPU kernels of the linear layers (engine/cpu_kernels.py; default: $PIXTRAL_KERNEL, else auto)",
+    )
+    ap.add_argument("--no-peer", action="store_true", help="skip transformers and llama.cpp")
     add_scheduler_options(ap, kv_gib=8)
+    ap.add_argument(
+        "--quantized-only",
+        action="store_true",
+        help="only the int8 / int4 decode rows beside llama.cpp (CPU; skips the float model's rows)",
+    )
     ap.add_argument("--json", type=Path, help="also write the results here")
 
 
@@ -322,43 +426,29 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     args.dtype = args.dtype or default_dtype(device)
     dtype = getattr(torch, args.dtype)
-    limits = machine_limits(device)
+    limits = machine_limits(device, dtype=dtype)
     with tempfile.TemporaryDirectory() as tmp:
         native = Path(tmp) / "native"
         create_random_checkpoint(native, preset(args.preset), dtype=dtype)
-        model, ckpt = load_model(native, dtype=dtype, device=device)
-        engine = Engine(
-            model,
-            load_tokenizer(None),
-            model_name=args.preset,
-            scheduler=scheduler_config(args),
-        )
-        hf = None
-        if not args.no_peer:
-            import transformers
-
-            convert(native, Path(tmp) / "hf", "hf")
-            hf = (
-                transformers.LlavaForConditionalGeneration.from_pretrained(Path(tmp) / "hf", dtype=dtype)
-                .eval()
-                .to(device)
-            )
-        rows = (
-            bench_vision(model, hf, dtype)
-            + bench_ttft(engine, hf, limits)
-            + bench_decode(engine, hf, limits, args.tokens)
-        )
-        engine.close()
-        del hf, engine
-        if not args.no_peer and device.type == "cpu":  # llama.cpp here is the CPU build
-            rows += bench_int8_vs_llama_cpp(native, Path(tmp), args.tokens)
+        kernels, rows = None, []
+        if not args.quantized_only:
+            model, _ = load_model(native, dtype=dtype, device=device)
+            kernels = apply_cpu_kernels_(model, args.kernel) if device.type == "cpu" else None
+            rows = _engine_rows(args, model, native, Path(tmp), device, dtype, limits)
+            del model
+        if (args.quantized_only or not args.no_peer) and device.type == "cpu":  # llama.cpp: a CPU build
+            rows += bench_quantized_vs_llama_cpp(native, Path(tmp), args.tokens, limits, args.kernel)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print(
-        f"\n{args.preset} preset ({model.config.num_parameters()['total'] / 1e9:.2f} B params), {args.dtype}, "
+        f"\n{args.preset} preset ({preset(args.preset).num_parameters()['total'] / 1e9:.2f} B params), {args.dtype}, "
         f"on {device}, "
         f"{torch.get_num_threads()} threads; measured read bandwidth {limits['read_bandwidth_gbs']:.1f} GB/s, "
-        f"fp32 matmul {limits['matmul_gflops']:.0f} GFLOP/s; peak RSS {peak_gb:.1f} GB (both models)\n"
+        f"fp32 matmul {limits['matmul_gflops']:.0f} GFLOP/s, {args.dtype} matmul "
+        f"{limits['matmul_gflops_dtype']:.0f} GFLOP/s; peak RSS {peak_gb:.1f} GB (both models)"
     )
+    if kernels is not None:
+        print(f"{cpu_model_name()}; {kernels}")
+    print()
     print("| measurement | pixtral | peer (transformers; llama.cpp where named) | speed-up | limit | note |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -378,11 +468,39 @@ def run(args: argparse.Namespace) -> int:
                     "device": str(device),
                     "limits": limits,
                     "peak_rss_gb": peak_gb,
+                    "kernels": None if kernels is None else str(kernels),
                     "rows": rows,
                 },
                 indent=2,
             )
         )
+
+
+def _engine_rows(args, model, native: Path, tmp: Path, device, dtype, limits) -> list[dict]:
+    """Vision, TTFT/prefill and decode rows of `model`, beside transformers unless --no-peer."""
+    engine = Engine(
+        model,
+        load_tokenizer(None),
+        model_name=args.preset,
+        scheduler=scheduler_config(args),
+    )
+    hf = None
+    if not args.no_peer:
+        import transformers
+
+        convert(native, tmp / "hf", "hf")
+        hf = (
+            transformers.LlavaForConditionalGeneration.from_pretrained(tmp / "hf", dtype=dtype)
+            .eval()
+            .to(device)
+        )
+    rows = (
+        bench_vision(model, hf, dtype)
+        + bench_ttft(engine, hf, limits)
+        + bench_decode(engine, hf, limits, args.tokens)
+    )
+    engine.close()
+    return rows
 
 
 def _number(x: float) -> str:

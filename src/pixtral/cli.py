@@ -629,7 +629,9 @@ def _add_info(sub) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from pixtral.checkpoint.loader import open_checkpoint  # lazy: imports torch, which --help does not need
+    # lazy: both import torch, which --help does not need
+    from pixtral.checkpoint.loader import open_checkpoint
+    from pixtral.engine.cpu_kernels import describe as describe_kernels
 
     ckpt = open_checkpoint(args.model)
     counts = ckpt.config.num_parameters()
@@ -642,6 +644,7 @@ def _info(args: argparse.Namespace) -> int:
         "untrained": (ckpt.folder / UNTRAINED_MARKER).exists(),
         "family": family_member(ckpt.config),
         "config": asdict(ckpt.config),
+        "cpu_kernels": describe_kernels(),  # what this machine's CPU would run it with (engine/cpu_kernels.py)
     }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -664,6 +667,7 @@ def _info(args: argparse.Namespace) -> int:
         f"  tokens:  [IMG] {v.image_token_id}, [IMG_BREAK] {v.image_break_token_id}, [IMG_END] {v.image_end_token_id}"
     )
     print(f"  family:  {family_member(ckpt.config)}")
+    print(f"  CPU kernels on this machine: {info['cpu_kernels']}")
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from pixtral.argtypes import add_tensor_parallel_option, add_threads_option
+from pixtral.engine.cpu_kernels import KERNELS
 from pixtral.engine.quantize import GROUP_SIZES
 
 
@@ -39,6 +40,13 @@ def add_load_options(p: argparse.ArgumentParser, threads_help: str) -> None:
         help=f"int4 group size: {', '.join(map(str, GROUP_SIZES))} (default 128)",
     )
     add_tensor_parallel_option(p)
+    p.add_argument(
+        "--kernel",
+        choices=KERNELS,
+        default=None,
+        help="CPU kernels of the linear layers: auto (by the CPU's flags), onednn (packed bfloat16, int8 x int8 "
+        "with VNNI/AMX) or aten (PyTorch's default ops); default: $PIXTRAL_KERNEL, else auto",
+    )
     add_threads_option(p, threads_help)
 
 
@@ -60,5 +68,6 @@ def load_engine(args: argparse.Namespace, **engine_options):
         group_size=args.group_size,
         tensor_parallel_size=args.tensor_parallel_size,
         scheduler=scheduler_config(args),
+        kernel=args.kernel,
         **engine_options,
     )

@@ -80,6 +80,7 @@ class Engine:
         self.eos_id = model.config.eos_id
         self.scheduler = Scheduler(model, scheduler)
         self.system_prompt: str | None = None  # the model folder's SYSTEM_PROMPT.txt, for chats without one
+        self.kernels = None  # the CPU kernels chosen by Engine.load (engine/cpu_kernels.KernelChoice)
         self.think_ids = think_token_ids(tokenizer)  # ([THINK], [/THINK]) of reasoning models, else None
         self._grammars: Grammars | None = None  # structured output's compiler, built on first use
         self.thread_safe = True  # generate/stream may be called from many threads at once (they batch)
@@ -97,6 +98,7 @@ class Engine:
         quantize: str | None = None,
         group_size: int = 128,
         tensor_parallel_size: int = 1,
+        kernel: str | None = None,
     ) -> Engine:
         """A model folder (native or HF format), a hub id, or None for the bundled default model.
 
@@ -107,7 +109,10 @@ class Engine:
         for the kernels of that device; `dtype` is then the dtype of everything else.
         tensor_parallel_size N > 1: the model is split over N ranks (parallel/launch.py: under torchrun, or
         N - 1 processes started here); this process is rank 0, and on the other ranks of a torchrun group this
-        call does not return. The compiled decode step is off."""
+        call does not return. The compiled decode step is off.
+        kernel "auto" | "onednn" | "aten" (None: $PIXTRAL_KERNEL, else auto): the CPU kernels of the linear
+        layers (engine/cpu_kernels.py), one process only (tensor-parallel ranks use ATen's); the choice is in
+        `engine.kernels`."""
         path = default_model_path() if model is None else model
         where = resolve_device(device)
         dtype = dtype or default_dtype(where)
@@ -123,6 +128,11 @@ class Engine:
             net, ckpt, _ = load_quantized(path, quantize, dtype=dtype, group_size=group_size, device=where)
         else:
             net, ckpt = load_model(path, dtype=dtype, device=where)
+        kernels = None
+        if where.type == "cpu" and tensor_parallel_size == 1:  # the ranks of a group keep ATen's kernels
+            from pixtral.engine.cpu_kernels import apply_cpu_kernels_
+
+            kernels = apply_cpu_kernels_(net, kernel)
         tokenizer = load_tokenizer(ckpt.folder, net.config)
         vocab = tokenizer.instruct_tokenizer.tokenizer.n_words
         if vocab > net.config.text.vocab_size:
@@ -141,6 +151,7 @@ class Engine:
             max_image_tokens=max_image_tokens,
         )
         engine.system_prompt = system_prompt
+        engine.kernels = kernels
         return engine
 
     def close(self) -> None:

@@ -241,6 +241,52 @@ class Int8Linear(_QuantizedLinear):
         self.register_buffer("scales", scales.to(device, KERNEL_DTYPE).contiguous())  # (N,)
         if self.bias is not None:
             self.bias.data = self.bias.data.to(device)
+        self.kernel = "aten"  # "onednn" after use_onednn() (engine/cpu_kernels.py)
+
+    def use_onednn(self) -> None:
+        """Move the weight into oneDNN's packed int8 layout (VNNI/AMX) and multiply from then on with int8
+        activations (see `_onednn`; engine/cpu_kernels.py). The plain int8 buffer is dropped (the packed one
+        holds the same bytes); `dequantize()` unpacks it."""
+        if self.kernel == "onednn":
+            return
+        self._nbytes = self.weight_bytes()
+        self._packed = torch.ops.onednn.qlinear_prepack(self.weight_int8, None)  # (N, K) -> opaque
+        self._w_scales = self.scales.float()  # (N,): oneDNN's per-channel weight scales
+        self._w_zeros = torch.zeros(self.out_features, dtype=torch.int64)
+        self.weight_int8 = None
+        self.kernel = "onednn"
+
+    def _onednn(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, K) float -> (M, N) float32, int8 x int8 products with int32 sums, to the weight-only result.
+
+        One int8 row per activation row loses ~1% per element (what llama.cpp's Q8_0 accepts); here each row
+        is split into two int8 rows: q1 = round(x / s1), s1 = max|x| / 127, and q2 = round((x - q1 s1) / s2),
+        s2 = s1 / 254 (|x - q1 s1| <= s1 / 2), so x = q1 s1 + q2 s2 to 1 part in ~64,000 of max|x|. Both
+        rows go through one call (2M rows: the weight is still read once, the cost of a GEMV);
+        y = (q1 W^T) s1 + (q2 W^T) s2, with oneDNN applying the weight's per-channel scales."""
+        x = x.float()
+        m = x.shape[0]
+        amax = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)  # (M, 1); s1 = amax / 127
+        y = x * (127.0 / amax)  # x / s1, |y| <= 127
+        q1 = torch.round(y)
+        q2 = y.sub_(q1).mul_(254.0).round_()  # (x - q1 s1) / s2 with s2 = s1 / 254: |q2| <= 127
+        q = torch.cat([q1, q2]).to(torch.int8)  # (2M, K)
+        out = torch.ops.onednn.qlinear_pointwise(
+            q,
+            1.0,
+            0,
+            self._packed,
+            self._w_scales,
+            self._w_zeros,
+            None,
+            1.0,
+            0,
+            torch.float32,
+            "none",
+            [],
+            "",
+        )  # (2M, N)
+        return out[:m].add_(out[m:], alpha=1.0 / 254.0).mul_(amax / 127.0)  # (q1 + q2 / 254) W^T s1
 
     @classmethod
     def from_weight(
@@ -260,6 +306,10 @@ class Int8Linear(_QuantizedLinear):
         return torch.ops.aten._weight_int8pack_mm(x, self.weight_int8, self.scales)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "onednn":  # every batch size: int8 x int8 with VNNI/AMX
+            lead = x.shape[:-1]
+            y = self._onednn(x.reshape(-1, self.in_features)).reshape(*lead, self.out_features).to(x.dtype)
+            return y if self.bias is None else y + self.bias
         if x.device.type == "cuda" or x.numel() // self.in_features < PREFILL_ROWS:
             return super().forward(x)  # decode: the packed GEMV kernel, bandwidth-bound
         # prefill: the packed kernel runs at ~half of float32 GEMM here; dequantize a block of rows at a
@@ -275,10 +325,14 @@ class Int8Linear(_QuantizedLinear):
         return y if self.bias is None else y + self.bias
 
     def dequantize(self) -> torch.Tensor:
-        return dequantize_int8(self.weight_int8, self.scales)
+        q = self._packed.to_dense().T if self.kernel == "onednn" else self.weight_int8  # (N, K)
+        return dequantize_int8(q, self.scales)
+
+    def weight_bytes(self) -> int:
+        return self._nbytes if self.kernel == "onednn" else super().weight_bytes()
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + ", int8 per-channel"
+        return super().extra_repr() + f", int8 per-channel, kernel {self.kernel}"
 
 
 class Int4Linear(_QuantizedLinear):
@@ -485,7 +539,7 @@ def decoder_bytes_per_token(model: Pixtral) -> int:
     for name, module in model.named_modules():
         if name.startswith(("vision_encoder", "vision_language_adapter")):
             continue
-        if isinstance(module, _QuantizedLinear):
+        if hasattr(module, "weight_bytes"):  # quantized or packed (engine/cpu_kernels.py) linears
             total += module.weight_bytes()
         elif isinstance(module, (nn.Linear, RMSNorm)):
             total += sum(p.numel() * p.element_size() for p in module.parameters(recurse=False))
