@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pixtral.checkpoint.loader import set_submodule
 from pixtral.engine.cpu_kernels import (
     KERNELS,
     PackedBF16Linear,
@@ -18,7 +19,7 @@ from pixtral.engine.cpu_kernels import (
     describe,
     resolve,
 )
-from pixtral.engine.quantize import Int4Linear, Int8Linear, _set_submodule, quantize_model_
+from pixtral.engine.quantize import Int4Linear, Int8Linear, quantize_model_
 from tests.factories import random_model
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch without oneDNN")
@@ -78,7 +79,7 @@ def _dequantized(model: nn.Module) -> nn.Module:
         if isinstance(mod, (Int8Linear, Int4Linear)):
             lin = nn.Linear(mod.in_features, mod.out_features, bias=False)
             lin.weight.data = mod.dequantize()
-            _set_submodule(ref, name, lin)
+            set_submodule(ref, name, lin)
     return ref
 
 

@@ -129,10 +129,10 @@ class Engine:
         else:
             net, ckpt = load_model(path, dtype=dtype, device=where)
         kernels = None
-        if where.type == "cpu" and tensor_parallel_size == 1:  # the ranks of a group keep ATen's kernels
+        if tensor_parallel_size == 1:  # the ranks of a group keep ATen's kernels
             from pixtral.engine.cpu_kernels import apply_cpu_kernels_
 
-            kernels = apply_cpu_kernels_(net, kernel)
+            kernels = apply_cpu_kernels_(net, kernel)  # the layers on the CPU; others are left as they are
         tokenizer = load_tokenizer(ckpt.folder, net.config)
         vocab = tokenizer.instruct_tokenizer.tokenizer.n_words
         if vocab > net.config.text.vocab_size:
