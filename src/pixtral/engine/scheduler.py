@@ -55,6 +55,7 @@ from pixtral.engine.structured import GrammarState
 from pixtral.errors import InputError
 from pixtral.model.kv_cache import PagedBatch, PagedKVPool
 from pixtral.model.pixtral import ImageTokenMismatch, Pixtral
+from pixtral.units import format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -188,9 +189,9 @@ class Scheduler:
         if longest > self.kv_capacity_tokens:  # could not finish even alone in the whole pool
             need = longest * self._block_bytes // self.config.kv_block_size
             raise InputError(
-                f"this request needs {_human(need)} of KV cache ({len(prompt_ids)} prompt tokens + "
+                f"this request needs {format_bytes(need)} of KV cache ({len(prompt_ids)} prompt tokens + "
                 f"{max(p.max_tokens for p in params)} new tokens) but the budget is "
-                f"{_human(self._n_blocks * self._block_bytes)} (--kv-cache-memory): lower max_tokens or "
+                f"{format_bytes(self._n_blocks * self._block_bytes)} (--kv-cache-memory): lower max_tokens or "
                 "shorten the prompt"
             )
         with self._work:
@@ -661,11 +662,3 @@ def _close_at_exit(ref: weakref.ref[Scheduler]) -> None:
     scheduler = ref()
     if scheduler is not None:
         scheduler.close(timeout_s=10.0)
-
-
-def _human(n_bytes: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n_bytes < 1024 or unit == "GiB":
-            return f"{n_bytes:.1f} {unit}" if unit != "B" else f"{n_bytes} B"
-        n_bytes /= 1024
-    return f"{n_bytes:.1f} GiB"
