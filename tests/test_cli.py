@@ -156,6 +156,16 @@ def test_bench_runs_on_the_tiny_preset(tmp_path, capsys):
     assert all(r["ours"] > 0 for r in rows)
 
 
+def test_bench_runs_over_two_tensor_parallel_ranks(tmp_path, capsys):
+    """`pixtral bench --tensor-parallel-size 2`: the engine's rows from a model split over 2 gloo ranks."""
+    argv = ["bench", "--preset", "tiny", "--tokens", "4", "--no-peer", "--tensor-parallel-size", "2"]
+    assert main([*argv, "--device", "cpu", "--json", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "tensor parallel over 2 ranks" in out and "vision encoder" not in out
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert rows and all(r["ours"] > 0 for r in rows)
+
+
 def test_threads_option_sets_torch_threads(tiny_dir, capsys):
     import torch
 

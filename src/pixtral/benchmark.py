@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pixtral.argtypes import int_at_least
+from pixtral.argtypes import add_tensor_parallel_option, int_at_least
 from pixtral.checkpoint.loader import convert, load_model
 from pixtral.checkpoint.random_init import create_random_checkpoint
 from pixtral.config import preset
@@ -406,6 +406,7 @@ def _add_arguments(ap: argparse.ArgumentParser) -> None:
         help="CPU kernels of the linear layers (engine/cpu_kernels.py; default: $PIXTRAL_KERNEL, else auto)",
     )
     ap.add_argument("--no-peer", action="store_true", help="skip transformers and llama.cpp")
+    add_tensor_parallel_option(ap)
     add_scheduler_options(ap, kv_gib=8)
     ap.add_argument(
         "--quantized-only",
@@ -431,10 +432,22 @@ def run(args: argparse.Namespace) -> int:
         native = Path(tmp) / "native"
         create_random_checkpoint(native, preset(args.preset), dtype=dtype)
         kernels, rows = None, []
-        if not args.quantized_only:
+        if args.tensor_parallel_size > 1 and not args.quantized_only:
+            engine = Engine.load(
+                native,
+                dtype=args.dtype,
+                device=str(device),
+                scheduler=scheduler_config(args),
+                tensor_parallel_size=args.tensor_parallel_size,
+            )
+            rows = _engine_rows(args, engine, None, native, Path(tmp), device, dtype, limits)
+        elif not args.quantized_only:
             model, _ = load_model(native, dtype=dtype, device=device)
             kernels = apply_cpu_kernels_(model, args.kernel) if device.type == "cpu" else None
-            rows = _engine_rows(args, model, native, Path(tmp), device, dtype, limits)
+            engine = Engine(
+                model, load_tokenizer(None), model_name=args.preset, scheduler=scheduler_config(args)
+            )
+            rows = _engine_rows(args, engine, model, native, Path(tmp), device, dtype, limits)
             del model
         if (args.quantized_only or not args.no_peer) and device.type == "cpu":  # llama.cpp: a CPU build
             rows += bench_quantized_vs_llama_cpp(native, Path(tmp), args.tokens, limits, args.kernel)
@@ -476,14 +489,9 @@ def run(args: argparse.Namespace) -> int:
         )
 
 
-def _engine_rows(args, model, native: Path, tmp: Path, device, dtype, limits) -> list[dict]:
-    """Vision, TTFT/prefill and decode rows of `model`, beside transformers unless --no-peer."""
-    engine = Engine(
-        model,
-        load_tokenizer(None),
-        model_name=args.preset,
-        scheduler=scheduler_config(args),
-    )
+def _engine_rows(args, engine: Engine, model, native: Path, tmp: Path, device, dtype, limits) -> list[dict]:
+    """Vision (when `model`, the one-process model, is given), TTFT/prefill and decode rows of `engine`, beside
+    transformers unless --no-peer; the engine is closed."""
     hf = None
     if not args.no_peer:
         import transformers
@@ -495,11 +503,17 @@ def _engine_rows(args, model, native: Path, tmp: Path, device, dtype, limits) ->
             .to(device)
         )
     rows = (
-        bench_vision(model, hf, dtype)
+        (bench_vision(model, hf, dtype) if model is not None else [])
         + bench_ttft(engine, hf, limits)
         + bench_decode(engine, hf, limits, args.tokens)
     )
     engine.close()
+    if args.tensor_parallel_size > 1:  # rank 0's config holds its shard's dims: no FLOP or byte counts
+        rows = [r for r in rows if not r["what"].startswith(("prefill achieved", "decode effective"))]
+        for row in rows:
+            row["note"] = "; ".join(
+                filter(None, [row.get("note"), f"tensor parallel over {args.tensor_parallel_size} ranks"])
+            )
     return rows
 
 
