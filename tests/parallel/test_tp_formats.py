@@ -1,10 +1,12 @@
 """Tensor parallelism from a sharded Hugging Face checkpoint (q/k permuted on read, each rank reading its
-block across shard files): 2 ranks with int8 weight-only quantization of each shard against int8 in one
-process (greedy tokens identical), and 4 ranks in float32 on a config with 4 KV heads (logits <= 1e-5)."""
+block across shard files): 2 ranks with int8 and int4 (groups of 32) weight-only quantization of each shard against the same mode in
+one process (greedy tokens identical), and 4 ranks in float32 on a config with 4 KV heads (logits <= 1e-5)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+
+import pytest
 
 from pixtral.checkpoint.formats import write_checkpoint
 from pixtral.checkpoint.loader import load_model, open_checkpoint, save_model
@@ -22,12 +24,17 @@ def _hf_sharded(root, config, seed):
     return root / "hf"
 
 
-def test_int8_over_two_ranks_from_sharded_hf_gives_the_one_process_int8_tokens(tmp_path):
-    folder = _hf_sharded(tmp_path, TEST_CONFIG, seed=12)
-    reference, _, summary = load_quantized(folder, "int8", dtype="float32")
-    parallel = start_group(folder, 2, quantize="int8")
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantized_over_two_ranks_from_sharded_hf_gives_the_one_process_tokens(tmp_path, mode):
+    # halves the int4 kernel takes (output rows in multiples of 16, input columns in whole groups of 32), so
+    # every layer is quantized on both sides (a half it refuses would stay float over 2 ranks only)
+    config = replace(TEST_CONFIG, text=replace(TEST_CONFIG.text, vocab_size=1280, hidden_dim=128))
+    folder = _hf_sharded(tmp_path, config, seed=12)
+    reference, _, summary = load_quantized(folder, mode, dtype="float32", group_size=32)
+    parallel = start_group(folder, 2, quantize=mode)  # int4 groups of 32
     try:
-        assert parallel.shard.layers[0].attention.wo.inner.__class__.__name__ == "Int8Linear"
+        kind = {"int8": "Int8Linear", "int4": "Int4Linear"}[mode]
+        assert parallel.shard.layers[0].attention.wo.inner.__class__.__name__ == kind
         for grids in GRIDS:
             ids, images = prompt_with_images(grids, seed=20 + len(grids))
             want, want_tokens = prefill_and_decode(reference, ids, images, steps=6)
