@@ -51,4 +51,4 @@ def test_killing_a_rank_mid_request_ends_the_engine_with_an_error_within_seconds
         proc.kill()
     stderr = proc.stderr.read()
     assert proc.returncode != 0 and elapsed < 5.0, (elapsed, stderr[-2000:])
-    assert "tensor-parallel rank" in stderr, stderr[-2000:]
+    assert "tensor-parallel rank" in stderr, (proc.returncode, stderr[-2000:])

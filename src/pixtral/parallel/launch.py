@@ -161,7 +161,9 @@ def _monitor(model: TensorParallelModel, processes: list, exit_on_rank_loss: boo
         "of the model, so this one cannot go on"
     )
     if exit_on_rank_loss:
-        print(f"pixtral: error: {model.failed}", file=sys.stderr, flush=True)
+        # straight to the file descriptor: the main thread may hold sys.stderr's lock (printing the same
+        # failure as it surfaces there), and os._exit would drop a message still waiting for it
+        os.write(2, f"pixtral: error: {model.failed}\n".encode())
         os._exit(1)
 
 
