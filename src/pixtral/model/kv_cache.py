@@ -142,7 +142,7 @@ class PagedKVPool:
             new = [self._free.pop() for _ in range(need)]
             for block in new:
                 self._refs[block] = 1
-            self._zero(new)
+            self.zero_blocks(new)
             blocks += new
         return True
 
@@ -156,7 +156,7 @@ class PagedKVPool:
             self._evictable.pop(block, None)
         blocks += shared
 
-    def _zero(self, blocks: list[int]) -> None:
+    def zero_blocks(self, blocks: list[int]) -> None:
         """Zero blocks as they are handed out: attention reads a block's positions past a sequence's length
         (masked), and garbage there could be NaN, which a mask does not cancel (NaN * 0 = NaN)."""
         index = torch.tensor(blocks, device=self.k.device)
@@ -167,7 +167,7 @@ class PagedKVPool:
         """Take one block out of circulation for good (a scratch block for padding rows) and return it."""
         block = self._free.pop(0)  # the highest free id
         self._refs[block] = 1
-        self._zero([block])
+        self.zero_blocks([block])
         return block
 
     def release(self, blocks: list[int]) -> None:

@@ -240,6 +240,7 @@ class KVMirror:
         self.caches: dict[int, SequenceKVCache] = {}
         self.pool: PagedKVPool | None = None
         self.pool_id = -1
+        self.zeroed: set[int] = set()  # blocks of the pool written or zeroed at least once
 
     def sync(self, kv: dict) -> list[SequenceKVCache] | PagedBatch:
         """Apply rank 0's description; return what the step's forward takes as `caches`."""
@@ -247,10 +248,16 @@ class KVMirror:
             pool_id, n_blocks, block_size = kv["pool"]
             if pool_id != self.pool_id:  # rank 0 made a new pool
                 self.pool_id, self.pool = pool_id, PagedKVPool.for_model(self.model, n_blocks, block_size)
-                self.pool.k.zero_()  # masked positions must hold finite values (rank 0 zeroes as it hands
-                self.pool.v.zero_()  # blocks out; a block reused here holds a finished sequence's values)
+                self.zeroed = set()
             for source, target in kv["copies"]:
                 self.pool.copy_blocks(source, target)
+                self.zeroed.update(target)  # whole blocks written
+            # masked positions must hold finite values: a block is zeroed when first used (memory charged as
+            # it fills, as on rank 0); a block used again holds a finished sequence's finite values
+            fresh = sorted({b for blocks, _, _ in kv["rows"] for b in blocks} - self.zeroed)
+            if fresh:
+                self.pool.zero_blocks(fresh)
+                self.zeroed.update(fresh)
             return PagedBatch.build(self.pool, kv["rows"])
         self.caches = {cid: c for cid, c in self.caches.items() if cid in set(kv["live"])}
         rows = []
