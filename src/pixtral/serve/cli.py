@@ -252,8 +252,11 @@ def run_serve(args: argparse.Namespace) -> int:
         if loader.is_alive():
             _exit_while_loading(130 if isinstance(e, KeyboardInterrupt) else 1)
         raise
-    if loader.is_alive():  # SIGTERM before the model was loaded
-        _exit_while_loading(0)
+    if loader.is_alive():  # a signal before the model was loaded
+        # uvicorn re-raises a SIGINT once it has shut down, but the KeyboardInterrupt may come after this line:
+        # the exit status is that of the signal received, not of when Python delivers it
+        interrupted = getattr(server, "received_signal", None) == signal.SIGINT
+        _exit_while_loading(130 if interrupted else 0)
     return 1 if failed else 0
 
 
@@ -301,6 +304,7 @@ def _draining_server(config: Any) -> Any:
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
+            self.received_signal = sig
             super().handle_exit(sig, frame)
             captured = getattr(self, "_captured_signals", None)
             if sig == signal.SIGTERM and isinstance(captured, list) and sig in captured:
