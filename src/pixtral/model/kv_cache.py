@@ -99,9 +99,9 @@ class PagedKVPool:
         self._cached: set[int] = set()  # blocks the prefix cache holds
         self._evictable: OrderedDict[int, None] = OrderedDict()  # cached, no table: least recent first
         self.on_evict: Callable[[int], None] | None = None  # told of each cached block `grow` takes back
-        # When a list: every write into the pool made outside a forward is logged there, ("copy", source,
-        # target), for a tensor-parallel group to replay on its other ranks.
-        self.outside_writes: list[tuple] | None = None
+        # When a list: every block copy made outside a forward (the only write into the pool outside one) is
+        # logged there as (source blocks, target blocks), for a tensor-parallel group to replay on its ranks.
+        self.outside_copies: list[tuple[list[int], list[int]]] | None = None
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, n_blocks: int, block_size: int) -> PagedKVPool:
@@ -217,8 +217,8 @@ class PagedKVPool:
     def copy_blocks(self, source: list[int], target: list[int]) -> None:
         """Copy whole blocks source[i] -> target[i] (the partly written last block of a prompt, for another
         choice of it: copy on write)."""
-        if self.outside_writes is not None:
-            self.outside_writes.append(("copy", list(source), list(target)))
+        if self.outside_copies is not None:
+            self.outside_copies.append((list(source), list(target)))
         src = torch.tensor(source, device=self.k.device)
         dst = torch.tensor(target, device=self.k.device)
         self.k[:, dst] = self.k[:, src]

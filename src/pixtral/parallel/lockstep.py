@@ -11,7 +11,7 @@ The KV caches are the scheduler's (rank 0's); each other rank keeps its own copy
 - the paged pool (the scheduler's, model/kv_cache.py): every rank has a pool of the same blocks, so a step's
   block tables (`PagedBatch.rows`) mean the same positions on every rank and are all a follower needs to
   build the same batch. What the scheduler writes into the pool outside a forward is logged by the pool
-  (`outside_writes`) and travels with the next step: block copies (another choice of a prompt copies the
+  (`outside_copies`) and travels with the next step: block copies (another choice of a prompt copies the
   partly written last block of the first one's prefill) are replayed. Shared blocks (a prefix-cache hit, the
   full prompt blocks of the n choices) need nothing: a block id names the same positions on every rank, and
   a block held by a table or the prefix cache is never handed out again, so every rank still holds what the
@@ -182,12 +182,12 @@ class TensorParallelModel(nn.Module):
             pool = caches.pool
             if pool not in self._pools:
                 self._pools[pool] = next(self._new_id)
-                pool.outside_writes = []
-            outside, pool.outside_writes = pool.outside_writes, []
+                pool.outside_copies = []
+            copies, pool.outside_copies = pool.outside_copies, []
             return {
                 "pool": (self._pools[pool], pool.n_blocks, pool.block_size),
                 "rows": caches.rows,
-                "copies": [(src, dst) for _, src, dst in outside],
+                "copies": copies,
             }
         rows = []
         for cache in caches:
