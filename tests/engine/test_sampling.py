@@ -5,7 +5,6 @@ element by element as the oracle), and the scheduler's fast path gives the token
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
@@ -22,11 +21,12 @@ from pixtral.engine.sampling import (
     sample_next,
     token_logprobs,
 )
-from pixtral.engine.scheduler import Finished, Scheduler
+from pixtral.engine.scheduler import Scheduler
 from pixtral.errors import InputError
 from pixtral.model.init import init_random_weights_
 from pixtral.model.pixtral import Pixtral
 from pixtral.prompt.tokenizer import load_tokenizer
+from tests.engine.test_scheduler import collect
 from tests.factories import TEST_CONFIG, prompt_with_images
 
 V = 12
@@ -148,16 +148,6 @@ def test_out_of_range_values_are_refused_by_name(kwargs, field):
 
 
 # ---- the scheduler (fast path) against decode_steps (slow reference path) --------------------------------
-
-
-def collect(request, timeout: float = 60.0) -> tuple[list[int], Finished]:
-    tokens, deadline = [], time.time() + timeout
-    while time.time() < deadline:
-        item = request.events.get(timeout=timeout)
-        if isinstance(item, Finished):
-            return tokens, item
-        tokens.append(item)
-    raise TimeoutError
 
 
 @pytest.mark.parametrize(
