@@ -252,7 +252,7 @@ class Int8Linear(_QuantizedLinear):
         self._nbytes = self.weight_bytes()
         self._packed = torch.ops.onednn.qlinear_prepack(self.weight_int8, None)  # (N, K) -> opaque
         self._w_scales = self.scales.float()  # (N,): oneDNN's per-channel weight scales
-        self._w_zeros = torch.zeros(self.out_features, dtype=torch.int64)
+        self._w_zeros = torch.zeros(self.out_features, dtype=torch.int64, device=self.scales.device)
         self.weight_int8 = None
         self.kernel = "onednn"
 
