@@ -244,7 +244,9 @@ class PagedBatch:
     their gathered blocks, and each segment in one call."""
 
     pool: PagedKVPool
-    rows: list[tuple[list[int], int, int]]  # what it was built from (block table, first position, count)
+    # what it was built from (block table, first position, count), the scheduler's own tables: read within the
+    # step only (tensor parallelism sends them with the forward), so they are not copied
+    rows: list[tuple[list[int], int, int]]
     positions: torch.Tensor  # (1, N) int64
     slots: torch.Tensor  # (N,) int64: the flat pool slot each new key/value goes to
     n_single: int
@@ -287,7 +289,7 @@ class PagedBatch:
                 segments.append(Segment(first, first + n, key_slots, causal_mask(n, start + n, device)))
         return PagedBatch(
             pool,
-            [(list(blocks), start, n) for blocks, start, n in rows],
+            rows,
             torch.tensor([positions], device=device),
             torch.tensor(slots, device=device),
             n_single,
