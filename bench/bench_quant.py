@@ -70,7 +70,7 @@ def stack_shapes(config) -> list[tuple[int, int]]:
 def bench_stack(config, variants: list[str], reps: int) -> list[dict]:
     """All variants are built first, then timed round-robin (one token each, `reps` rounds): on a shared
     machine whose load changes by the minute, every variant sees the same conditions."""
-    from pixtral.engine.cpu_kernels import PackedBF16Linear
+    from pixtral.engine.cpu_kernels import PackedLinear
     from pixtral.engine.quantize import Int4Linear, Int8Linear, can_quantize
 
     shapes = stack_shapes(config)
@@ -87,7 +87,7 @@ def bench_stack(config, variants: list[str], reps: int) -> list[dict]:
             elif variant == "bfloat16@onednn":
                 lin = nn.Linear(k, n, bias=False, device="meta")
                 lin.weight = nn.Parameter(w.to(torch.bfloat16), requires_grad=False)
-                layers.append(PackedBF16Linear(lin))
+                layers.append(PackedLinear(lin))
             elif variant.startswith("int8"):
                 layers.append(Int8Linear.from_weight(w))
                 if variant == "int8@onednn":

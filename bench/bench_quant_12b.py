@@ -98,7 +98,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=8, help="tokens to decode")
     ap.add_argument("--prompt-len", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--kernel", default="auto", help="CPU kernels: auto, onednn or aten (engine/cpu_kernels.py)")
+    ap.add_argument(
+        "--kernel", default="auto", help="CPU kernels: auto, onednn or aten (engine/cpu_kernels.py)"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the checkpoint (default: delete it at the end)")
     ap.add_argument("--json", type=Path, help="also write all results here")
     args = ap.parse_args()

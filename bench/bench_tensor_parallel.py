@@ -88,8 +88,12 @@ def main() -> None:
             create_random_checkpoint(path, preset("small"), dtype=torch.bfloat16)
         rows = [run(path, args.dtype, n, args.tokens) for n in args.sizes]
     one = max(rows[0]["peaks"]) if rows[0]["size"] == 1 else None
-    print(f"model: {args.model or 'small preset (random, bf16 file)'}, dtype {args.dtype}, {args.tokens} tokens")
-    print("| N | peak RSS per rank (GB) | max rank / one process | decode tok/s | collectives ms/step | target |")
+    print(
+        f"model: {args.model or 'small preset (random, bf16 file)'}, dtype {args.dtype}, {args.tokens} tokens"
+    )
+    print(
+        "| N | peak RSS per rank (GB) | max rank / one process | decode tok/s | collectives ms/step | target |"
+    )
     print("|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{max(r['peaks']) / one:.2f}" if one else "-"

@@ -39,8 +39,9 @@ from pixtral.checkpoint.loader import convert, load_model
 from pixtral.checkpoint.random_init import create_random_checkpoint
 from pixtral.config import preset
 from pixtral.engine import Engine, SamplingParams
-from pixtral.engine.cpu_kernels import KERNELS, apply_cpu_kernels_, cpu_model_name
+from pixtral.engine.cpu_kernels import KERNELS, cpu_model_name
 from pixtral.engine.device import default_dtype, resolve_device
+from pixtral.engine.engine import prepare_for_inference_
 from pixtral.engine.scheduler import Finished, SchedulerConfig
 from pixtral.prompt.tokenizer import load_tokenizer
 from pixtral.scheduler_options import add_scheduler_options, scheduler_config
@@ -289,7 +290,7 @@ def bench_quantized_vs_llama_cpp(
         label = f"{mode}{'' if mode == 'int8' else f' g{group}'}"
         what = f"decode tokens/s, batch 1, {label} (peer: llama.cpp {peer_type.upper()}, same weights)"
         model, _, _ = load_quantized(native, mode, dtype="float32", group_size=group)
-        choice = apply_cpu_kernels_(model, kernel)
+        choice = prepare_for_inference_(model, kernel)
         per_token = decoder_bytes_per_token(model)
         engine = Engine(model, load_tokenizer(None), scheduler=SchedulerConfig(max_num_seqs=1))
         ours, peer, how = [], [], ""
@@ -443,7 +444,8 @@ def run(args: argparse.Namespace) -> int:
             rows = _engine_rows(args, engine, None, native, Path(tmp), device, dtype, limits)
         elif not args.quantized_only:
             model, _ = load_model(native, dtype=dtype, device=device)
-            kernels = apply_cpu_kernels_(model, args.kernel) if device.type == "cpu" else None
+            kernels = prepare_for_inference_(model, args.kernel)
+            kernels = kernels if device.type == "cpu" else None
             engine = Engine(
                 model, load_tokenizer(None), model_name=args.preset, scheduler=scheduler_config(args)
             )

@@ -13,7 +13,7 @@ from torch import nn
 from pixtral.checkpoint.loader import set_submodule
 from pixtral.engine.cpu_kernels import (
     KERNELS,
-    PackedBF16Linear,
+    PackedLinear,
     apply_cpu_kernels_,
     cpu_flags,
     describe,
@@ -27,8 +27,10 @@ needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reas
 
 def test_resolve_follows_flag_then_env_then_cpu(monkeypatch):
     monkeypatch.delenv("PIXTRAL_KERNEL", raising=False)
-    assert resolve("float32", "onednn") == "aten"  # no faster kernel for these: always the fallback
-    assert resolve("int4", "onednn") == "aten"
+    assert resolve("int4", "onednn") == "aten"  # no faster kernel for int4: always the fallback
+    assert resolve("float32", "auto") == "aten"  # MKL's sgemv: batch 1 is not slowed
+    if torch.backends.mkldnn.is_available():
+        assert resolve("float32", "onednn") == "onednn"  # asked: packed, for batches
     assert resolve("int8", "aten") == "aten"
     monkeypatch.setenv("PIXTRAL_KERNEL", "aten")
     assert resolve("int8", None) == "aten"
@@ -62,14 +64,15 @@ def test_int8_onednn_matches_the_dequantized_weight(rows):
 
 
 @needs_onednn
-def test_bfloat16_packed_linear_equals_f_linear():
+@pytest.mark.parametrize("dtype, atol", [(torch.bfloat16, 2e-2), (torch.float32, 1e-5)])  # bf16: its rounding
+def test_packed_linear_equals_f_linear(dtype, atol):
     torch.manual_seed(0)
-    lin = nn.Linear(64, 48, bias=True).to(torch.bfloat16)
-    x = torch.randn(3, 5, 64, dtype=torch.bfloat16)
-    packed = PackedBF16Linear(lin)
-    torch.testing.assert_close(packed(x).float(), lin(x).float(), rtol=0, atol=2e-2)  # bf16 rounding
+    lin = nn.Linear(64, 48, bias=True).to(dtype)
+    x = torch.randn(3, 5, 64, dtype=dtype)
+    packed = PackedLinear(lin)
+    torch.testing.assert_close(packed(x).float(), lin(x).float(), rtol=0, atol=atol)
     assert torch.equal(packed.dequantize(), lin.weight.float())
-    assert packed.weight.shape == (48, 64) and packed.weight.dtype == torch.bfloat16
+    assert packed.weight.shape == (48, 64) and packed.weight.dtype == dtype
 
 
 def _dequantized(model: nn.Module) -> nn.Module:
@@ -107,7 +110,7 @@ def test_tied_output_is_not_copied():
     model = random_model(replace(TEST_CONFIG, text=replace(TEST_CONFIG.text, tied_embeddings=True)))
     model = model.to(torch.bfloat16)
     choice = apply_cpu_kernels_(model, "onednn")
-    assert isinstance(model.layers[0].attention.wq, PackedBF16Linear)
+    assert isinstance(model.layers[0].attention.wq, PackedLinear)
     assert isinstance(model.output, nn.Linear) and model.output.weight is model.tok_embeddings.weight
     assert choice.by_kind["bfloat16"] == "aten (weight shared with the embedding) + onednn"
     assert choice.layers["aten (weight shared with the embedding)"] == 1
@@ -136,7 +139,7 @@ def test_auto_keeps_small_int8_layers_on_aten(monkeypatch):
 
 @pytest.mark.parametrize(
     "dtype, quantize",
-    [("bfloat16", None), ("float32", "int8"), ("bfloat16", "int8"), ("float32", "int4")],
+    [("float32", None), ("bfloat16", None), ("float32", "int8"), ("bfloat16", "int8"), ("float32", "int4")],
 )
 def test_every_kernel_gives_the_same_greedy_answer_on_the_readme_sample(dtype, quantize):
     from pixtral.engine.engine import Engine

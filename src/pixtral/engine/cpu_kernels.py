@@ -9,6 +9,10 @@ Kernels (every one from PyTorch's own libraries: ATen, MKL, oneDNN; nothing hand
   - bfloat16 weights: prepacked into oneDNN's blocked layout once at load (`mkldnn._reorder_linear_weight`),
     multiplied by `mkldnn._linear_pointwise` (AVX512_BF16 / AMX). ATen's bf16 `F.linear` for one row runs at
     about half of float32's bytes/s; the packed call reads at the float32 rate, for half the bytes.
+  - float32 weights, only when asked (`--kernel onednn`): the same packed call. With 8 rows it is 2x MKL's
+    (whose small-M GEMM reads the weight at 10 GB/s), with 32 rows 1.4x, but with one row ~8% slower than
+    MKL's sgemv: `auto` keeps float32 on ATen, so batch-1 decode is not slowed; a server of many concurrent
+    float32 requests gains from `onednn`.
   - int8 weights: int8 activations x int8 weights, `onednn.qlinear_pointwise` (VNNI / AMX-INT8, int32
     sums) on a prepacked weight. Each activation row is split into two int8 rows (the value and its rounding
     residual, `Int8Linear._onednn`), so the result is the weight-only one (x times the dequantized weight) to
@@ -19,7 +23,7 @@ Kernels (every one from PyTorch's own libraries: ATen, MKL, oneDNN; nothing hand
 `auto` picks "onednn" for a dtype when the CPU has the instructions that make it fast (int8: AVX512_VNNI,
 AVX_VNNI or AMX-INT8; bfloat16: AVX512_BF16 or AMX-BF16) and PyTorch was built with oneDNN, else "aten";
 int8 layers narrower than 1024 outputs or under 2 M weights stay on "aten" under `auto` (measured slower).
-Float32 weights always use "aten" (MKL's sgemm/sgemv already read at the memory rate). Override with
+Float32 weights use "aten" under `auto` (above). Override with
 `--kernel` or the PIXTRAL_KERNEL environment variable. Choices were measured by bench/bench_quant.py.
 """
 
@@ -76,8 +80,8 @@ def resolve(kind: str, kernel: str | None = "auto") -> str:
     """The kernel for weights of `kind` ("float32", "bfloat16", "int8", "int4"): `kernel` when it is not
     "auto" (None: the PIXTRAL_KERNEL environment variable, else auto), else by the CPU's flags."""
     kernel = check_kernel(kernel or os.environ.get(ENV_VAR) or "auto")
-    if kind in ("float32", "int4"):
-        return "aten"  # no faster library kernel for these here (docs/quantization.md, "CPU kernels")
+    if kind == "int4":
+        return "aten"  # no faster library kernel here (docs/quantization.md, "CPU kernels")
     if not torch.backends.mkldnn.is_available():
         if kernel == "onednn":
             raise ValueError(
@@ -86,6 +90,8 @@ def resolve(kind: str, kernel: str | None = "auto") -> str:
         return "aten"
     if kernel != "auto":
         return kernel
+    if kind == "float32":  # batch 1 is MKL's on the plain weight; --kernel onednn trades some for batches
+        return "aten"
     return "onednn" if cpu_flags() & set(_FAST_FLAGS[kind]) else "aten"
 
 
@@ -96,11 +102,17 @@ def describe(kernel: str | None = "auto") -> str:
     return f"{kinds} (kernel {kernel or os.environ.get(ENV_VAR) or 'auto'}; {cpu_model_name()}, {' '.join(flags) or 'no VNNI/BF16 flags'})"
 
 
-# ---- bfloat16: a prepacked oneDNN linear ------------------------------------------------------------
+# ---- float weights: a prepacked oneDNN linear -------------------------------------------------------
 
 
-class PackedBF16Linear(nn.Module):
-    """A bfloat16 `nn.Linear` whose weight lives in oneDNN's packed layout (same bytes, read once per call).
+PACK_BATCH_HINT = (
+    8  # the rows oneDNN packs weights for (any number runs); docs/quantization.md, "CPU kernels"
+)
+
+
+class PackedLinear(nn.Module):
+    """A float32 or bfloat16 `nn.Linear` whose weight lives in oneDNN's packed layout (same bytes, read once
+    per call).
 
     `weight` is a meta tensor with the original shape and dtype (for code that reads `.dtype`/`.shape`);
     `dequantize()` gives the values."""
@@ -108,16 +120,16 @@ class PackedBF16Linear(nn.Module):
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         w = linear.weight.detach()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(w.to(torch.bfloat16).contiguous(), None)
+        self.in_features, self.out_features, self.dtype = linear.in_features, linear.out_features, w.dtype
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), PACK_BATCH_HINT)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
-        self.nbytes = w.numel() * 2
+        self.nbytes = w.numel() * w.element_size()
 
     @property
     def weight(self) -> torch.Tensor:
-        return torch.empty((self.out_features, self.in_features), dtype=torch.bfloat16, device="meta")
+        return torch.empty((self.out_features, self.in_features), dtype=self.dtype, device="meta")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) bfloat16 -> (..., N)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., N), the weight's dtype
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     def dequantize(self) -> torch.Tensor:
@@ -127,7 +139,10 @@ class PackedBF16Linear(nn.Module):
         return self.nbytes
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bfloat16 oneDNN-packed"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"{str(self.dtype).removeprefix('torch.')} oneDNN-packed"
+        )
 
 
 # ---- applying a choice to a model ---------------------------------------------------------------------
@@ -180,12 +195,12 @@ def apply_cpu_kernels_(model: nn.Module, kernel: str | None = "auto") -> KernelC
         if any(t.device.type != "cpu" for t in [*module.parameters(), *module.buffers()]):
             continue  # these are CPU kernels
         used = resolve(kind, choice.kernel)
-        if used == "onednn" and kind == "bfloat16":
+        if used == "onednn" and kind in ("float32", "bfloat16"):
             if id(module.weight) in shared:
                 used = "aten (weight shared with the embedding)"
             else:
                 parent, _, child = name.rpartition(".")
-                setattr(model.get_submodule(parent) if parent else model, child, PackedBF16Linear(module))
+                setattr(model.get_submodule(parent) if parent else model, child, PackedLinear(module))
         elif used == "onednn" and kind == "int8":
             if choice.kernel == "auto" and not _int8_onednn_pays(module.out_features, module.in_features):
                 used = "aten (small int8 layer)"

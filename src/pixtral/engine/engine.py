@@ -21,7 +21,9 @@ import torch
 
 from pixtral.checkpoint.loader import load_model
 from pixtral.default_model import UNTRAINED_MARKER, default_model_path
+from pixtral.engine.cpu_kernels import KernelChoice, apply_cpu_kernels_
 from pixtral.engine.device import default_dtype, resolve_device
+from pixtral.engine.fused_projections import fuse_projections_
 from pixtral.engine.sampling import SamplingParams, TokenLogprobs
 from pixtral.engine.scheduler import Finished, Request, Scheduler, SchedulerConfig
 from pixtral.engine.structured import Grammars
@@ -57,6 +59,14 @@ class StreamEvent:
     index: int = 0  # the choice (0 .. n - 1) the event belongs to
     reasoning: str = ""  # new [THINK]-block text since the last event (prompt/thinking.py)
     logprobs: list[TokenLogprobs] | None = None  # with params.logprobs: one per id of token_ids
+
+
+def prepare_for_inference_(model: Pixtral, kernel: str | None = None) -> KernelChoice:
+    """What a loaded one-process model gets before serving, in place: its stacked projections
+    (engine/fused_projections.py), then the CPU kernels of its linear layers (engine/cpu_kernels.py; layers on
+    another device are left as they are). Returns the kernel choice."""
+    fuse_projections_(model)
+    return apply_cpu_kernels_(model, kernel)
 
 
 class Engine:
@@ -129,10 +139,8 @@ class Engine:
         else:
             net, ckpt = load_model(path, dtype=dtype, device=where)
         kernels = None
-        if tensor_parallel_size == 1:  # the ranks of a group keep ATen's kernels
-            from pixtral.engine.cpu_kernels import apply_cpu_kernels_
-
-            kernels = apply_cpu_kernels_(net, kernel)  # the layers on the CPU; others are left as they are
+        if tensor_parallel_size == 1:  # the ranks of a group keep separate layers and ATen's kernels
+            kernels = prepare_for_inference_(net, kernel)
         tokenizer = load_tokenizer(ckpt.folder, net.config)
         vocab = tokenizer.instruct_tokenizer.tokenizer.n_words
         if vocab > net.config.text.vocab_size:

@@ -250,7 +250,10 @@ class Int8Linear(_QuantizedLinear):
         if self.kernel == "onednn":
             return
         self._nbytes = self.weight_bytes()
-        self._packed = torch.ops.onednn.qlinear_prepack(self.weight_int8, None)  # (N, K) -> opaque
+        from pixtral.engine.cpu_kernels import PACK_BATCH_HINT
+
+        hint = [PACK_BATCH_HINT, self.in_features]  # the input shape oneDNN picks its layout for
+        self._packed = torch.ops.onednn.qlinear_prepack(self.weight_int8, hint)  # (N, K) -> opaque
         self._w_scales = self.scales.float()  # (N,): oneDNN's per-channel weight scales
         self._w_zeros = torch.zeros(self.out_features, dtype=torch.int64, device=self.scales.device)
         self.weight_int8 = None
@@ -324,6 +327,15 @@ class Int8Linear(_QuantizedLinear):
         y = torch.cat(outs, dim=1).reshape(*lead, self.out_features).to(x.dtype)
         return y if self.bias is None else y + self.bias
 
+    @classmethod
+    def stacked(cls, parts: Sequence[Int8Linear]) -> Int8Linear | None:
+        """One layer over the stacked output rows of `parts` (same input; engine/fused_projections.py); None
+        when they cannot be stacked (packed for oneDNN already, or with biases)."""
+        if any(p.kernel != "aten" or p.bias is not None for p in parts):
+            return None
+        q = torch.cat([p.weight_int8 for p in parts])  # (sum N, K)
+        return cls(q, torch.cat([p.scales for p in parts]), parts[0].orig_dtype)
+
     def dequantize(self) -> torch.Tensor:
         q = self._packed.to_dense().T if self.kernel == "onednn" else self.weight_int8  # (N, K)
         return dequantize_int8(q, self.scales)
@@ -383,6 +395,28 @@ class Int4Linear(_QuantizedLinear):
         return torch.ops.aten._weight_int4pack_mm_for_cpu(
             x, self.weight_int4pack, self.group_size, self.scales_and_zeros
         )
+
+    @classmethod
+    def stacked(cls, parts: Sequence[Int4Linear]) -> Int4Linear | None:
+        """One layer over the stacked output rows of `parts` (engine/fused_projections.py), without repacking:
+        the CPU packing is local to blocks of 64 rows, so parts stack by concatenation when every part but the
+        last has 64k rows. None for other parts (CUDA's tiled layout is not stacked here: not verified on a
+        GPU)."""
+        first = parts[0]
+        if any(p.out_features % 64 for p in parts[:-1]) or any(
+            p.packed_for != "cpu" or p.bias is not None or p.group_size != first.group_size for p in parts
+        ):
+            return None
+        out = cls.__new__(cls)
+        _QuantizedLinear.__init__(
+            out, first.in_features, sum(p.out_features for p in parts), first.orig_dtype, None
+        )
+        out.group_size, out.packed_for = first.group_size, "cpu"
+        out.register_buffer("weight_int4pack", torch.cat([p.weight_int4pack for p in parts]))
+        out.register_buffer(
+            "scales_and_zeros", torch.cat([p.scales_and_zeros for p in parts], dim=1)
+        )  # (K/g, sum N, 2)
+        return out
 
     def dequantize(self) -> torch.Tensor:
         """The weight the kernel multiplies by, recovered by running the kernel on the identity."""

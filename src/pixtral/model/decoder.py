@@ -27,6 +27,9 @@ class DecoderAttention(nn.Module):
         self.wk = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
         self.wv = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
         self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
+        # For inference, wq/wk/wv may be replaced by one layer of their stacked rows (engine/fused_projections.py):
+        # one weight read and one kernel call instead of three.
+        self.wqkv: nn.Module | None = None
 
     def forward(
         self,
@@ -37,9 +40,20 @@ class DecoderAttention(nn.Module):
         q_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, t, _ = x.shape
-        q = self.wq(x).view(b, t, self.n_heads, self.head_dim)  # (B, T, dim) -> (B, T, H, hd)
-        k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim)  # (B, T, dim) -> (B, T, KV, hd)
-        v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim)
+        if self.wqkv is not None:  # (B, T, dim) -> (B, T, (H + 2 KV) hd), split into views
+            q, k, v = self.wqkv(x).split(
+                [
+                    self.n_heads * self.head_dim,
+                    self.n_kv_heads * self.head_dim,
+                    self.n_kv_heads * self.head_dim,
+                ],
+                dim=-1,
+            )
+        else:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        q = q.view(b, t, self.n_heads, self.head_dim)  # (B, T, H hd) -> (B, T, H, hd)
+        k = k.view(b, t, self.n_kv_heads, self.head_dim)  # (B, T, KV hd) -> (B, T, KV, hd)
+        v = v.view(b, t, self.n_kv_heads, self.head_dim)
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         if q_scale is not None:  # (B, T, 1, 1) float32
             q = q * q_scale.to(q.dtype)
