@@ -58,10 +58,14 @@ class DecoderAttention(nn.Module):
         if q_scale is not None:  # (B, T, 1, 1) float32
             q = q * q_scale.to(q.dtype)
         if caches is None:  # the whole sequence at once (prefill from empty, training)
-            if mask is None:
-                mask = causal_mask(t, t, x.device)
+            # no mask: SDPA's own causal masking skips the blocks above the diagonal (half the work)
             out = F.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, enable_gqa=True
+                q.transpose(1, 2),
+                k.transpose(1, 2),
+                v.transpose(1, 2),
+                attn_mask=mask,
+                is_causal=mask is None and t > 1,
+                enable_gqa=True,
             ).transpose(1, 2)  # (B, T, H, hd)
         elif isinstance(caches, PagedBatch):  # a packed step over the paged pool
             out = self._paged(q[0], k[0], v[0], caches)[None]
@@ -112,6 +116,7 @@ class DecoderAttention(nn.Module):
                 keys.transpose(0, 1)[None],
                 values.transpose(0, 1)[None],
                 attn_mask=seg.mask,
+                is_causal=seg.mask is None,  # from position 0: top-left causal is the causal mask
                 enable_gqa=True,
             )[0].transpose(0, 1)
         return out

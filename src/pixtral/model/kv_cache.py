@@ -232,7 +232,7 @@ class Segment:
     start: int  # first index in the packed step
     end: int
     key_slots: torch.Tensor | None  # (S,) flat slots of all its keys so far; None: starts at position 0
-    mask: torch.Tensor | None  # (T, S) bool causal mask, True = attend
+    mask: torch.Tensor | None  # (T, S) bool causal mask, True = attend; None from position 0 (is_causal)
 
 
 @dataclass
@@ -286,7 +286,8 @@ class PagedBatch:
                 key_slots = (
                     None if start == 0 else torch.tensor(pool.slots(blocks, 0, start + n), device=device)
                 )
-                segments.append(Segment(first, first + n, key_slots, causal_mask(n, start + n, device)))
+                mask = None if start == 0 else causal_mask(n, start + n, device)  # None: SDPA's is_causal
+                segments.append(Segment(first, first + n, key_slots, mask))
         return PagedBatch(
             pool,
             rows,
