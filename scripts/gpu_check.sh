@@ -6,7 +6,7 @@
 #   scripts/gpu_check.sh                          # on the first CUDA device
 #   scripts/gpu_check.sh --device cuda:1 --json /tmp/h100.json
 #   scripts/gpu_check.sh --device cpu --preset tiny --parity-preset tiny --batches 1,4 --tokens 4 \
-#       --requests 4 --image-side 256 --request-image-side 64 --kv-cache-gib 1     # what the tests run
+#       --requests 4 --image-side 256 --request-image-side 64 --kv-cache-memory 1     # what the tests run
 #
 # Exit status 1 when parity fails. Later flags override the defaults below.
 set -euo pipefail

@@ -37,11 +37,13 @@ from pixtral.benchmark import decode_rate, machine_limits, synchronize
 from pixtral.config import PixtralConfig, preset, with_text
 from pixtral.engine import Engine, SamplingParams
 from pixtral.engine.device import default_dtype, resolve_device
+from pixtral.engine.engine import prepare_for_inference_
 from pixtral.engine.quantize import decoder_bytes_per_token
 from pixtral.engine.scheduler import SchedulerConfig
 from pixtral.model.norm import RMSNorm
 from pixtral.model.pixtral import Pixtral
 from pixtral.prompt.tokenizer import load_tokenizer
+from pixtral.scheduler_options import kv_memory
 
 # Vendors' memory bandwidth (bytes/s), for the ceiling beside the measured one.
 NOMINAL_BANDWIDTH = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12, "L40S": 0.864e12}
@@ -253,11 +255,12 @@ def run_gpu_check(
     requests: int = 64,
     image_side: int = 1024,
     request_image_side: int = 512,
-    kv_cache_gib: float = 48.0,
+    kv_cache_memory: tuple[float, bool] = (48.0, False),
     tensor_parallel: int | None = None,
 ) -> dict[str, Any]:
-    """`tensor_parallel`: ranks of the tensor-parallel check (None: 2 when two CUDA devices are present,
-    else none; 0: none)."""
+    """`kv_cache_memory`: (GiB, False) or (fraction of the free device memory, True), as `--kv-cache-memory`.
+    `tensor_parallel`: ranks of the tensor-parallel check (None: 2 when two CUDA devices are present, else
+    none; 0: none)."""
     where = resolve_device(device)
     dtype_name = default_dtype(where)
     report: dict[str, Any] = {
@@ -281,13 +284,17 @@ def run_gpu_check(
             torch.cuda.empty_cache()
 
     model = random_model_on(where, preset(preset_name), getattr(torch, dtype_name))
+    report["kernels"] = str(prepare_for_inference_(model))  # as Engine.load: stacked projections, CPU kernels
+    value, fraction = kv_cache_memory
     engine = Engine(
         model,
         load_tokenizer(None),
         model_name=f"{preset_name}-random",
         untrained=True,
         scheduler=SchedulerConfig(
-            kv_budget_bytes=int(kv_cache_gib * 1024**3), max_num_seqs=max(64, *batches)
+            kv_budget_bytes=int(value * 1024**3) if not fraction else SchedulerConfig().kv_budget_bytes,
+            kv_memory_fraction=value if fraction else None,
+            max_num_seqs=max(64, *batches),
         ),
     )
     try:
@@ -332,7 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--request-image-side", type=int, default=512, help="image side of the concurrent requests"
     )
-    ap.add_argument("--kv-cache-gib", type=float, default=48.0, help="KV budget of the speed engine")
+    ap.add_argument(
+        "--kv-cache-memory",
+        type=kv_memory,
+        default=(48.0, False),
+        metavar="GIB|PCT%",
+        help="KV pool of the speed engine in GiB, or a percentage of the free GPU memory (default 48)",
+    )
     ap.add_argument(
         "--tensor-parallel",
         type=int,
@@ -351,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         requests=args.requests,
         image_side=args.image_side,
         request_image_side=args.request_image_side,
-        kv_cache_gib=args.kv_cache_gib,
+        kv_cache_memory=args.kv_cache_memory,
         tensor_parallel=args.tensor_parallel,
     )
     args.json.write_text(json.dumps(report, indent=2))

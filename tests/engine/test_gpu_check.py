@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 def test_gpu_check_script_runs_on_the_cpu_and_writes_its_json(tmp_path):
     out = tmp_path / "check.json"
     args = "--device cpu --preset tiny --parity-preset tiny --batches 1,4 --tokens 4 --requests 4"
-    args += f" --image-side 256 --request-image-side 64 --kv-cache-gib 1 --tensor-parallel 2 --json {out}"
+    args += f" --image-side 256 --request-image-side 64 --kv-cache-memory 1 --tensor-parallel 2 --json {out}"
     result = subprocess.run(
         ["bash", str(REPO / "scripts" / "gpu_check.sh"), *args.split()],
         env={**os.environ, "PYTHON": sys.executable},
@@ -30,6 +30,7 @@ def test_gpu_check_script_runs_on_the_cpu_and_writes_its_json(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["device"] == "cpu" and report["dtype"] == "float32"
+    assert report["kernels"].startswith("CPU kernels: float32")  # prepared as Engine.load prepares a model
     parity = report["parity"]
     assert parity["ok"] and parity["greedy_tokens_identical"] and parity["max_abs_logit_diff"] <= 1e-4
     assert (
