@@ -34,8 +34,8 @@ from pixtral.model.kv_cache import SequenceKVCache
 base = status("VmRSS")
 t0 = time.perf_counter()
 model, ckpt, summary = load_quantized(path, mode, dtype="bfloat16")
-from pixtral.engine.cpu_kernels import apply_cpu_kernels_
-kernels = apply_cpu_kernels_(model, kernel)  # as Engine.load does on the CPU
+from pixtral.engine.engine import prepare_for_inference_
+kernels = prepare_for_inference_(model, kernel)  # as Engine.load does: stacked projections, CPU kernels
 load_s = time.perf_counter() - t0
 peak_load = status("VmHWM")
 params_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])

@@ -36,6 +36,8 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from pixtral.engine.host_memory import release_free_host_memory
+
 KERNELS = ("auto", "onednn", "aten")
 ENV_VAR = "PIXTRAL_KERNEL"
 _FAST_FLAGS = {
@@ -206,6 +208,8 @@ def apply_cpu_kernels_(model: nn.Module, kernel: str | None = "auto") -> KernelC
                 used = "aten (small int8 layer)"
             else:
                 module.use_onednn()
+        if used == "onednn":
+            release_free_host_memory()  # the unpacked weight just freed (engine/host_memory.py)
         choice.layers[used] = choice.layers.get(used, 0) + 1
         seen = choice.by_kind.get(kind)
         choice.by_kind[kind] = (

@@ -9,7 +9,8 @@ w1 / w3 at 25 GB/s, against 28 GB/s for the 1 GB output head. Stacking moves eve
 
 The stacked layer is of the kind of its parts: a float `nn.Linear`, an int8 `Int8Linear` (ATen layout) or an
 int4 `Int4Linear` packed for the CPU; parts of other kinds (or a mix) stay as they are. Call after loading and
-quantizing and before `apply_cpu_kernels_` (which packs the stacked layers). Training and tensor-parallel
+quantizing and before `apply_cpu_kernels_` (which packs the stacked layers). The freed parts go back to the
+OS layer by layer (engine/host_memory.py), so the stacking costs one layer of memory, not a copy of them all. Training and tensor-parallel
 ranks keep the separate layers (checkpoint names, shards and gradients are per layer).
 """
 
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from pixtral.engine.host_memory import release_free_host_memory
 from pixtral.engine.quantize import Int4Linear, Int8Linear
 
 
@@ -60,4 +62,5 @@ def fuse_projections_(model: nn.Module) -> int:
             if stacked is not None:
                 ffn.w13, ffn.w1, ffn.w3 = stacked, None, None
                 made += 1
+        release_free_host_memory()  # this layer's freed parts, before the next layer allocates
     return made
