@@ -39,6 +39,7 @@ from pixtral.checkpoint.loader import convert, load_model
 from pixtral.checkpoint.random_init import create_random_checkpoint
 from pixtral.config import preset
 from pixtral.engine import Engine, SamplingParams
+from pixtral.engine.compute_thread import in_fresh_thread
 from pixtral.engine.cpu_kernels import KERNELS, cpu_model_name
 from pixtral.engine.device import default_dtype, resolve_device
 from pixtral.engine.engine import prepare_for_inference_
@@ -217,21 +218,25 @@ def decode_rate(engine: Engine, n_requests: int, n_tokens: int) -> tuple[float, 
     return decoded / (end - first), stamps[0][0] - start
 
 
+def _transformers_decode_rate(hf, device: torch.device, n_tokens: int) -> float:
+    """transformers' batch-1 decode tokens/s: `generate` of n + 1 tokens less `generate` of 1 (the prefill)."""
+    ids = torch.tensor([[1, 3, 22177, 1044, 4]], device=device)
+    gen = dict(do_sample=False, pad_token_id=0, eos_token_id=None, attention_mask=torch.ones_like(ids))
+    with torch.inference_mode():
+        t1 = best_of(lambda: hf.generate(input_ids=ids, max_new_tokens=1, min_new_tokens=1, **gen), 2)
+        tn = best_of(
+            lambda: hf.generate(
+                input_ids=ids, max_new_tokens=n_tokens + 1, min_new_tokens=n_tokens + 1, **gen
+            ),
+            1,
+        )
+    return n_tokens / (tn - t1)
+
+
 def bench_decode(engine: Engine, hf, limits, n_tokens: int) -> list[dict]:
+    # the peer first, while the engine's thread has no OpenMP team yet: each measured as the only team
+    peer = None if hf is None else in_fresh_thread(_transformers_decode_rate, hf, engine.device, n_tokens)
     rate1, _ = decode_rate(engine, 1, n_tokens)
-    peer = None
-    if hf is not None:
-        ids = torch.tensor([[1, 3, 22177, 1044, 4]], device=engine.device)
-        gen = dict(do_sample=False, pad_token_id=0, eos_token_id=None, attention_mask=torch.ones_like(ids))
-        with torch.inference_mode():
-            t1 = best_of(lambda: hf.generate(input_ids=ids, max_new_tokens=1, min_new_tokens=1, **gen), 2)
-            tn = best_of(
-                lambda: hf.generate(
-                    input_ids=ids, max_new_tokens=n_tokens + 1, min_new_tokens=n_tokens + 1, **gen
-                ),
-                1,
-            )
-        peer = n_tokens / (tn - t1)
     cfg = engine.model.config
     esize = engine.model.dtype.itemsize
     weight_bytes = (
@@ -260,6 +265,37 @@ def bench_decode(engine: Engine, hf, limits, n_tokens: int) -> list[dict]:
 LLAMA_CPP_PEERS = (("int8", 128, "q8_0"), ("int4", 32, "q4_0"))  # ours (mode, group) beside llama.cpp's type
 
 
+def _llama_cpp_files(llama_cpp, native: Path, tmp: Path) -> None:
+    """model-q8_0.gguf (our exporter) and model-q4_0.gguf (llama.cpp's quantizer, from our f16 export)."""
+    from pixtral.checkpoint.gguf_export import export_gguf
+
+    export_gguf(native, tmp / "model-q8_0.gguf", "q8_0", mmproj=False)
+    export_gguf(native, tmp / "model-f16.gguf", "f16", mmproj=False)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
+    params.nthread = torch.get_num_threads()
+    llama_cpp.llama_model_quantize(
+        str(tmp / "model-f16.gguf").encode(), str(tmp / "model-q4_0.gguf").encode(), params
+    )
+    (tmp / "model-f16.gguf").unlink()
+
+
+def _load_quantized_prepared(native: Path, mode: str, group: int, kernel: str | None):
+    from pixtral.engine.quantize import load_quantized
+
+    model, _, _ = load_quantized(native, mode, dtype="float32", group_size=group)
+    return model, prepare_for_inference_(model, kernel)
+
+
+def _transformers_peer(native: Path, tmp: Path, dtype: torch.dtype, device: torch.device):
+    import transformers
+
+    convert(native, tmp / "hf", "hf")
+    return (
+        transformers.LlavaForConditionalGeneration.from_pretrained(tmp / "hf", dtype=dtype).eval().to(device)
+    )
+
+
 def bench_quantized_vs_llama_cpp(
     native: Path, tmp: Path, n_tokens: int, limits: dict, kernel: str | None = None, rounds: int = 3
 ) -> list[dict]:
@@ -267,30 +303,19 @@ def bench_quantized_vs_llama_cpp(
     weights (llama-cpp-python; Q8_0 is our exporter's GGUF, Q4_0 that GGUF's f16 twin quantized by llama.cpp's
     own `llama_model_quantize`). Ours and the peer alternate for `rounds` rounds; each figure is the median.
     Rows say why when llama-cpp-python is missing."""
-    from pixtral.engine.quantize import decoder_bytes_per_token, load_quantized
+    from pixtral.engine.quantize import decoder_bytes_per_token
 
     try:
         import llama_cpp
     except ImportError:
         llama_cpp = None
     if llama_cpp is not None:
-        from pixtral.checkpoint.gguf_export import export_gguf
-
-        export_gguf(native, tmp / "model-q8_0.gguf", "q8_0", mmproj=False)
-        export_gguf(native, tmp / "model-f16.gguf", "f16", mmproj=False)
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
-        params.nthread = torch.get_num_threads()
-        llama_cpp.llama_model_quantize(
-            str(tmp / "model-f16.gguf").encode(), str(tmp / "model-q4_0.gguf").encode(), params
-        )
-        (tmp / "model-f16.gguf").unlink()
+        in_fresh_thread(_llama_cpp_files, llama_cpp, native, tmp)
     rows = []
     for mode, group, peer_type in LLAMA_CPP_PEERS:
         label = f"{mode}{'' if mode == 'int8' else f' g{group}'}"
         what = f"decode tokens/s, batch 1, {label} (peer: llama.cpp {peer_type.upper()}, same weights)"
-        model, _, _ = load_quantized(native, mode, dtype="float32", group_size=group)
-        choice = prepare_for_inference_(model, kernel)
+        model, choice = in_fresh_thread(_load_quantized_prepared, native, mode, group, kernel)
         per_token = decoder_bytes_per_token(model)
         engine = Engine(model, load_tokenizer(None), scheduler=SchedulerConfig(max_num_seqs=1))
         ours, peer, how = [], [], ""
@@ -428,10 +453,11 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     args.dtype = args.dtype or default_dtype(device)
     dtype = getattr(torch, args.dtype)
-    limits = machine_limits(device, dtype=dtype)
+    # every heavy step outside the engine's own thread runs in a thread that ends with it (compute_thread.py)
+    limits = in_fresh_thread(machine_limits, device, dtype=dtype)
     with tempfile.TemporaryDirectory() as tmp:
         native = Path(tmp) / "native"
-        create_random_checkpoint(native, preset(args.preset), dtype=dtype)
+        in_fresh_thread(create_random_checkpoint, native, preset(args.preset), dtype=dtype)
         kernels, rows = None, []
         if args.tensor_parallel_size > 1 and not args.quantized_only:
             engine = Engine.load(
@@ -443,8 +469,8 @@ def run(args: argparse.Namespace) -> int:
             )
             rows = _engine_rows(args, engine, None, native, Path(tmp), device, dtype, limits)
         elif not args.quantized_only:
-            model, _ = load_model(native, dtype=dtype, device=device)
-            kernels = prepare_for_inference_(model, args.kernel)
+            model, _ = in_fresh_thread(load_model, native, dtype=dtype, device=device)
+            kernels = in_fresh_thread(prepare_for_inference_, model, args.kernel)
             kernels = kernels if device.type == "cpu" else None
             engine = Engine(
                 model, load_tokenizer(None), model_name=args.preset, scheduler=scheduler_config(args)
@@ -494,21 +520,10 @@ def run(args: argparse.Namespace) -> int:
 def _engine_rows(args, engine: Engine, model, native: Path, tmp: Path, device, dtype, limits) -> list[dict]:
     """Vision (when `model`, the one-process model, is given), TTFT/prefill and decode rows of `engine`, beside
     transformers unless --no-peer; the engine is closed."""
-    hf = None
-    if not args.no_peer:
-        import transformers
-
-        convert(native, tmp / "hf", "hf")
-        hf = (
-            transformers.LlavaForConditionalGeneration.from_pretrained(tmp / "hf", dtype=dtype)
-            .eval()
-            .to(device)
-        )
-    rows = (
-        (bench_vision(model, hf, dtype) if model is not None else [])
-        + bench_ttft(engine, hf, limits)
-        + bench_decode(engine, hf, limits, args.tokens)
-    )
+    hf = None if args.no_peer else in_fresh_thread(_transformers_peer, native, tmp, dtype, device)
+    rows = in_fresh_thread(
+        lambda: (bench_vision(model, hf, dtype) if model is not None else []) + bench_ttft(engine, hf, limits)
+    ) + bench_decode(engine, hf, limits, args.tokens)
     engine.close()
     if args.tensor_parallel_size > 1:  # rank 0's config holds its shard's dims: no FLOP or byte counts
         rows = [r for r in rows if not r["what"].startswith(("prefill achieved", "decode effective"))]

@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
-from pixtral.checkpoint.loader import load_model
+from pixtral.checkpoint.loader import Checkpoint, load_model
 from pixtral.default_model import UNTRAINED_MARKER, default_model_path
+from pixtral.engine.compute_thread import in_fresh_thread
 from pixtral.engine.cpu_kernels import KernelChoice, apply_cpu_kernels_
 from pixtral.engine.device import default_dtype, resolve_device
 from pixtral.engine.fused_projections import fuse_projections_
@@ -67,6 +68,24 @@ def prepare_for_inference_(model: Pixtral, kernel: str | None = None) -> KernelC
     another device are left as they are). Returns the kernel choice."""
     fuse_projections_(model)
     return apply_cpu_kernels_(model, kernel)
+
+
+def _load_and_prepare(
+    path: str | Path,
+    dtype: str,
+    device: torch.device,
+    quantize: str | None,
+    group_size: int,
+    kernel: str | None,
+) -> tuple[Pixtral, Checkpoint, KernelChoice]:
+    """Load (quantizing while loading when asked), then `prepare_for_inference_`."""
+    if quantize:
+        from pixtral.engine.quantize import load_quantized
+
+        net, ckpt, _ = load_quantized(path, quantize, dtype=dtype, group_size=group_size, device=device)
+    else:
+        net, ckpt = load_model(path, dtype=dtype, device=device)
+    return net, ckpt, prepare_for_inference_(net, kernel)
 
 
 class Engine:
@@ -132,15 +151,11 @@ class Engine:
             spec = LoadSpec(str(path), dtype, where.type, quantize, group_size)
             net, ckpt = start(spec, tensor_parallel_size)
             scheduler = replace(scheduler, compile=False)  # the ranks follow forwards only
-        elif quantize:
-            from pixtral.engine.quantize import load_quantized
-
-            net, ckpt, _ = load_quantized(path, quantize, dtype=dtype, group_size=group_size, device=where)
-        else:
-            net, ckpt = load_model(path, dtype=dtype, device=where)
-        kernels = None
-        if tensor_parallel_size == 1:  # the ranks of a group keep separate layers and ATen's kernels
-            kernels = prepare_for_inference_(net, kernel)
+            kernels = None  # the ranks of a group keep separate layers and ATen's kernels
+        else:  # one process: loaded and prepared in a thread of its own (engine/compute_thread.py)
+            net, ckpt, kernels = in_fresh_thread(
+                _load_and_prepare, path, dtype, where, quantize, group_size, kernel
+            )
         tokenizer = load_tokenizer(ckpt.folder, net.config)
         vocab = tokenizer.instruct_tokenizer.tokenizer.n_words
         if vocab > net.config.text.vocab_size:
