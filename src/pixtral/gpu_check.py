@@ -43,7 +43,7 @@ from pixtral.engine.scheduler import SchedulerConfig
 from pixtral.model.norm import RMSNorm
 from pixtral.model.pixtral import Pixtral
 from pixtral.prompt.tokenizer import load_tokenizer
-from pixtral.scheduler_options import kv_memory
+from pixtral.scheduler_options import kv_memory, with_kv_memory
 
 # Vendors' memory bandwidth (bytes/s), for the ceiling beside the measured one.
 NOMINAL_BANDWIDTH = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12, "L40S": 0.864e12}
@@ -285,17 +285,12 @@ def run_gpu_check(
 
     model = random_model_on(where, preset(preset_name), getattr(torch, dtype_name))
     report["kernels"] = str(prepare_for_inference_(model))  # as Engine.load: stacked projections, CPU kernels
-    value, fraction = kv_cache_memory
     engine = Engine(
         model,
         load_tokenizer(None),
         model_name=f"{preset_name}-random",
         untrained=True,
-        scheduler=SchedulerConfig(
-            kv_budget_bytes=int(value * 1024**3) if not fraction else SchedulerConfig().kv_budget_bytes,
-            kv_memory_fraction=value if fraction else None,
-            max_num_seqs=max(64, *batches),
-        ),
+        scheduler=with_kv_memory(SchedulerConfig(max_num_seqs=max(64, *batches)), kv_cache_memory),
     )
     try:
         report["time_to_first_token"] = time_to_first_token(engine, image_side)

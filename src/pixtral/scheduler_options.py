@@ -65,14 +65,21 @@ def add_scheduler_options(p: argparse.ArgumentParser, kv_gib: float | None = Non
     )
 
 
-def scheduler_config(args: argparse.Namespace, base: SchedulerConfig = DEFAULT) -> SchedulerConfig:
-    """The SchedulerConfig the flags above describe (other settings from `base`). `compile` None: decided
-    by the device when the engine is loaded (engine.Engine.load)."""
-    value, fraction = args.kv_cache_memory
+def with_kv_memory(base: SchedulerConfig, kv_cache_memory: tuple[float, bool]) -> SchedulerConfig:
+    """`base` with the KV pool that a parsed `--kv-cache-memory` (GiB, or a fraction of free memory) sets."""
+    value, fraction = kv_cache_memory
     return replace(
         base,
         kv_budget_bytes=base.kv_budget_bytes if fraction else int(value * 1024**3),
         kv_memory_fraction=value if fraction else None,
+    )
+
+
+def scheduler_config(args: argparse.Namespace, base: SchedulerConfig = DEFAULT) -> SchedulerConfig:
+    """The SchedulerConfig the flags above describe (other settings from `base`). `compile` None: decided
+    by the device when the engine is loaded (engine.Engine.load)."""
+    return replace(
+        with_kv_memory(base, args.kv_cache_memory),
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         compile=args.compile,

@@ -107,9 +107,8 @@ def describe(kernel: str | None = "auto") -> str:
 # ---- float weights: a prepacked oneDNN linear -------------------------------------------------------
 
 
-PACK_BATCH_HINT = (
-    8  # the rows oneDNN packs weights for (any number runs); docs/quantization.md, "CPU kernels"
-)
+# The rows oneDNN packs weights for (any number runs); docs/quantization.md, "CPU kernels".
+PACK_BATCH_HINT = 8
 
 
 class PackedLinear(nn.Module):

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pixtral.checkpoint.loader import Checkpoint, LoadPlan, Readable, load_model, set_submodule
+from pixtral.engine.cpu_kernels import PACK_BATCH_HINT
 from pixtral.model.norm import RMSNorm
 from pixtral.model.pixtral import Pixtral
 
@@ -250,8 +251,6 @@ class Int8Linear(_QuantizedLinear):
         if self.kernel == "onednn":
             return
         self._nbytes = self.weight_bytes()
-        from pixtral.engine.cpu_kernels import PACK_BATCH_HINT
-
         hint = [PACK_BATCH_HINT, self.in_features]  # the input shape oneDNN picks its layout for
         self._packed = torch.ops.onednn.qlinear_prepack(self.weight_int8, hint)  # (N, K) -> opaque
         self._w_scales = self.scales.float()  # (N,): oneDNN's per-channel weight scales
