@@ -10,8 +10,9 @@ w1 / w3 at 25 GB/s, against 28 GB/s for the 1 GB output head. Stacking moves eve
 The stacked layer is of the kind of its parts: a float `nn.Linear`, an int8 `Int8Linear` (ATen layout) or an
 int4 `Int4Linear` packed for the CPU; parts of other kinds (or a mix) stay as they are. Call after loading and
 quantizing and before `apply_cpu_kernels_` (which packs the stacked layers). The freed parts go back to the
-OS layer by layer (engine/host_memory.py), so the stacking costs one layer of memory, not a copy of them all. Training and tensor-parallel
-ranks keep the separate layers (checkpoint names, shards and gradients are per layer).
+OS layer by layer (engine/host_memory.py), so the stacking costs one layer of memory, not a copy of them
+all. Training and tensor-parallel ranks keep the separate layers (checkpoint names, shards and gradients
+are per layer).
 """
 
 from __future__ import annotations
