@@ -33,6 +33,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from pixtral.checkpoint.loader import Checkpoint, LoadPlan, load_model, open_checkpoint
+from pixtral.engine.compute_thread import in_fresh_thread
 from pixtral.errors import ConfigError
 from pixtral.model.pixtral import Pixtral
 from pixtral.parallel.lockstep import TensorParallelModel, follow
@@ -97,7 +98,8 @@ def start(
         for p in processes:
             p.start()
         _init(spec, 0, size, init)
-    shard, ckpt = load_shard(spec, 0, size)
+    # loaded in a thread that ends with it, so the thread that runs forwards keeps the only OpenMP team
+    shard, ckpt = in_fresh_thread(load_shard, spec, 0, size)
     model = TensorParallelModel(shard, size, on_close=lambda: _close(model, processes))
     atexit.register(model.close)
     threading.Thread(target=_keep_alive, args=(model,), daemon=True, name="pixtral-tp-keepalive").start()
