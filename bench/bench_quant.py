@@ -45,12 +45,6 @@ def median_time(fn, reps: int, warmup: int = 2) -> float:
     return times[len(times) // 2]
 
 
-def read_bandwidth(gib: float = 1.0, reps: int = 7) -> float:
-    x = torch.ones(int(gib * 2**30) // 4)
-    t = median_time(lambda: x.sum(), reps)
-    return x.numel() * 4 / t / 1e9
-
-
 def stack_shapes(config) -> list[tuple[int, int]]:
     """(out, in) of every decoder linear, in the order one token visits them, then the output head."""
     t = config.text
@@ -219,6 +213,7 @@ def bench_model(config, tokens: int, modes: list[str], rounds: int) -> list[dict
 
 
 def main() -> None:
+    from pixtral.benchmark import read_bandwidth_gbs
     from pixtral.config import preset
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -243,11 +238,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     config = preset(args.preset)
-    bw = read_bandwidth()
+    bw = read_bandwidth_gbs()
     print(json.dumps({"step": "machine", "read_gb_per_s": round(bw, 2), "threads": args.threads}), flush=True)
     stack = [] if args.no_stack else bench_stack(config, args.variants.split(","), args.reps)
     model = [] if args.no_model else bench_model(config, args.tokens, args.modes.split(","), args.rounds)
-    bw_after = read_bandwidth()
+    bw_after = read_bandwidth_gbs()
     print(f"\nread bandwidth: {bw:.1f} GB/s before, {bw_after:.1f} GB/s after ({args.threads} threads)\n")
     print(f"linear stack of the '{args.preset}' preset (one token, {len(stack_shapes(config))} GEMVs):")
     print("| weights | GB read/token | ms/token | GB/s | % of read bandwidth |\n|---|---|---|---|---|")

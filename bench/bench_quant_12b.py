@@ -70,24 +70,10 @@ print(json.dumps({"step": "decode_summary", "tokens": n_tokens, "median_s": roun
 """
 
 
-def read_bandwidth_gbs(gib: float = 1.0, repeats: int = 5) -> float:
-    """Plain read bandwidth (sum of a float32 buffer), median of a few runs: the decode ceiling."""
-    import torch
-
-    x = torch.ones(int(gib * 2**30 // 4))
-    x.sum()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        x.sum()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return x.numel() * 4 / times[len(times) // 2] / 1e9
-
-
 def main() -> None:
     import torch
 
+    from pixtral.benchmark import read_bandwidth_gbs
     from pixtral.checkpoint.streaming_init import write_random_checkpoint_streaming
     from pixtral.config import preset
 
