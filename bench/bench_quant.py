@@ -33,18 +33,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def median_time(fn, reps: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
-
-
 def stack_shapes(config) -> list[tuple[int, int]]:
     """(out, in) of every decoder linear, in the order one token visits them, then the output head."""
     t = config.text

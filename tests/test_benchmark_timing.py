@@ -3,11 +3,15 @@
 from pixtral import benchmark
 
 
-def test_best_of_interleaved_runs_the_functions_in_turn_and_keeps_each_ones_best(monkeypatch):
+def test_best_of_interleaved_takes_turns_times_each_second_run_and_keeps_each_ones_best(monkeypatch):
     now = [0.0]
     monkeypatch.setattr(benchmark.time, "perf_counter", lambda: now[0])
     calls = []
-    durations = {"ours": iter([5.0, 3.0, 4.0]), "peer": iter([2.0, 6.0, 1.0])}
+    # per round: an untimed warm run (100 s, never the answer), then the timed one
+    durations = {
+        "ours": iter([100.0, 5.0, 100.0, 3.0, 100.0, 4.0]),
+        "peer": iter([100.0, 2.0, 100.0, 6.0, 100.0, 1.0]),
+    }
 
     def step(name):
         def run():
@@ -17,5 +21,5 @@ def test_best_of_interleaved_runs_the_functions_in_turn_and_keeps_each_ones_best
         return run
 
     best = benchmark.best_of_interleaved({"ours": step("ours"), "peer": step("peer")}, rounds=3)
-    assert calls == ["ours", "peer"] * 3
+    assert calls == ["ours", "ours", "peer", "peer"] * 3
     assert best == {"ours": 3.0, "peer": 1.0}

@@ -68,10 +68,14 @@ def best_of(fn, repeat: int = 3) -> float:
 
 def best_of_interleaved(fns: dict[str, Callable[[], object]], rounds: int = 3) -> dict[str, float]:
     """The best time of each function over `rounds` rounds that run them in turn: ours and a peer's, timed
-    minutes apart, would each meet a different machine (this one's speed drifts by 20% within minutes)."""
+    minutes apart, would each meet a different machine (this one's speed drifts by 20% within minutes).
+    In each round a function runs twice and its second run is timed: right after the other side's run
+    (another model's freed activations) the first pays for fresh memory pages, which a server's
+    consecutive requests do not."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            fn()
             times[name].append(best_of(fn, 1))
     return {name: min(ts) for name, ts in times.items()}
 
@@ -79,7 +83,7 @@ def best_of_interleaved(fns: dict[str, Callable[[], object]], rounds: int = 3) -
 def read_bandwidth_gbs(device: torch.device | str | None = None, gib: float = 1.0, repeat: int = 5) -> float:
     """How fast this machine's threads stream `gib` GiB of float32 from memory, in GB/s: the faster of two
     kernels that read every byte once, a sum and a float32 matrix-vector product (MKL's sgemv on the CPU, the
-    kernel of float32 decode). The sum alone reads 15-25% slower here than the product, which had decode at
+    kernel of float32 decode). The sum alone reads ~25-30% slower here than the product, which had decode at
     "116% of the limit"; a limit must be what the best reader reaches. Best of `repeat` runs each."""
     device = torch.device(device) if device is not None else torch.get_default_device()
     x = torch.ones(int(gib * 1024**3) // 4, device=device)  # (n,) float32
@@ -194,7 +198,7 @@ def bench_ttft(engine: Engine, hf, limits) -> list[dict]:
             inputs = hf_vision_inputs(prompt.images, model.device)
             inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
             steps["peer"] = lambda: hf(input_ids=ids, **inputs, logits_to_keep=1)
-        best = best_of_interleaved(steps)
+        best = best_of_interleaved(steps, rounds=2)
         t_vis, t_fill, peer = best["vision"], best["prefill"], best.get("peer")
     t = model.config.text
     n = ids.shape[1]
@@ -262,6 +266,7 @@ def _transformers_decode_rate(hf, device: torch.device, n_tokens: int) -> float:
 def bench_decode(engine: Engine, hf, limits, n_tokens: int) -> list[dict]:
     # the peer first, while the engine's thread has no OpenMP team yet: each measured as the only team
     peer = None if hf is None else in_fresh_thread(_transformers_decode_rate, hf, engine.device, n_tokens)
+    decode_rate(engine, 1, 4)  # warm-up, as transformers' rate is measured after two warm generates
     rate1, _ = decode_rate(engine, 1, n_tokens)
     cfg = engine.model.config
     esize = engine.model.dtype.itemsize
